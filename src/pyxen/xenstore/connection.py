@@ -1,0 +1,305 @@
+"""One client connection: framing, request dispatch, replies and queued watch events.
+
+Transport-neutral: a Unix socket or a guest's shared ring feeds bytes in with
+``feed()`` and drains ``out``. A connection carries a Caller (its domain, privilege,
+SET_TARGET target), its transactions and its watches. Hostile input gets an error
+reply or, for a broken frame (length over XENSTORE_PAYLOAD_MAX), a disconnect; it
+never raises into the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import path as P
+from . import store as S
+from .perms import Caller, format_perms, parse_perms
+from .transaction import Transaction
+from .watch import Watch
+from .wire import (
+    EQUOTA,
+    HEADER,
+    HEADER_SIZE,
+    OP_VALUES,
+    XENSTORE_PAYLOAD_MAX,
+    Op,
+    XenstoreError,
+    error_payload,
+    join_strings,
+    split_strings,
+)
+
+if TYPE_CHECKING:
+    from .core import Core
+
+log = logging.getLogger("pyxen.xenstore")
+
+OK = b"OK\0"
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+
+# Operations that change the tree or the daemon: refused (EROFS) on the read-only socket.
+_MUTATING = frozenset({Op.WRITE, Op.MKDIR, Op.RM, Op.SET_PERMS, Op.INTRODUCE, Op.RELEASE,
+                       Op.RESUME, Op.SET_TARGET, Op.CONTROL})
+# Operations that act inside the transaction named by the header's tx_id.
+_IN_TX = frozenset({Op.READ, Op.WRITE, Op.MKDIR, Op.RM, Op.DIRECTORY, Op.DIRECTORY_PART,
+                    Op.GET_PERMS, Op.SET_PERMS, Op.TRANSACTION_END})
+_PRIVILEGED = frozenset({Op.INTRODUCE, Op.RELEASE, Op.RESUME, Op.SET_TARGET, Op.CONTROL})
+
+
+class ProtocolViolation(Exception):
+    """The peer broke framing; the transport must drop (socket) or flag (ring) it."""
+
+
+class Connection:
+    def __init__(self, core: Core, caller: Caller, *, read_only: bool = False,
+                 name: str = "") -> None:
+        self.core = core
+        self.caller = caller
+        self.read_only = read_only
+        self.name = name or f"dom{caller.domid}"
+        self.inbuf = bytearray()
+        self.out: deque[tuple[bytes, bool]] = deque()  # (bytes, is_reply)
+        self.out_bytes = 0
+        self.pending_replies = 0
+        self.transactions: dict[int, Transaction] = {}
+        self.watches: list[Watch] = []
+        self.closed = False
+        self.wake_output = lambda: None  # set by the transport
+
+    # -- input ------------------------------------------------------------------------
+    def can_process(self) -> bool:
+        """Backpressure: a client that leaves `outstanding` replies unread is not read."""
+        return not self.closed and self.pending_replies < self.core.quotas.outstanding
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes from the transport and answer every complete request."""
+        if data:
+            self.inbuf += data
+        self.process()
+
+    def process(self) -> None:
+        buf = self.inbuf
+        pos = 0
+        limit = self.core.quotas.outstanding
+        try:
+            while len(buf) - pos >= HEADER_SIZE and self.pending_replies < limit:
+                op, req_id, tx_id, length = _unpack_header(buf, pos)
+                if length > XENSTORE_PAYLOAD_MAX:
+                    raise ProtocolViolation(f"payload length {length} over the maximum")
+                end = pos + HEADER_SIZE + length
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[pos + HEADER_SIZE:end])
+                pos = end
+                self.request(op, req_id, tx_id, payload)
+                if self.closed:
+                    break
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def request(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        try:
+            rop, reply = self.dispatch(op, tx_id, payload)
+        except XenstoreError as e:
+            self.send(Op.ERROR, req_id, tx_id, error_payload(e.name), reply=True)
+            return
+        except Exception:  # a bug must cost one request, never the daemon
+            log.exception("%s: internal error on op %d", self.name, op)
+            self.send(Op.ERROR, req_id, tx_id, error_payload("EIO"), reply=True)
+            return
+        self.send(rop, req_id, tx_id, reply, reply=True)
+        if rop == Op.WATCH:
+            self.core.initial_watch_event(self)
+
+    # -- output -----------------------------------------------------------------------
+    def send(self, op: int, req_id: int, tx_id: int, payload: bytes, *, reply: bool) -> None:
+        if self.closed:
+            return
+        msg = _pack_header(op, req_id, tx_id, len(payload)) + payload
+        self.out.append((msg, reply))
+        self.out_bytes += len(msg)
+        if reply:
+            self.pending_replies += 1
+        cap = (self.core.quotas.privileged_output if self.caller.privileged
+               else self.core.quotas.memory)
+        if self.out_bytes > cap:
+            log.warning("%s: %d bytes of unread output, disconnecting", self.name,
+                        self.out_bytes)
+            self.core.drop(self)
+            return
+        self.wake_output()
+
+    def watch_event(self, path: str, token: bytes) -> None:
+        self.send(Op.WATCH_EVENT, 0, 0, path.encode() + b"\0" + token + b"\0", reply=False)
+
+    def sent(self, n_messages_fully_written: list[bool]) -> None:
+        """Bookkeeping after the transport wrote whole messages (flags: was_reply)."""
+        for was_reply in n_messages_fully_written:
+            if was_reply:
+                self.pending_replies -= 1
+
+    # -- dispatch ---------------------------------------------------------------------
+    def _path(self, raw: bytes, special: bool = False) -> str:
+        c = self.caller
+        return P.resolve(raw, c.domid, special=special,
+                         path_quota=None if c.privileged else self.core.quotas.path_length)
+
+    def _one(self, payload: bytes) -> bytes:
+        args = split_strings(payload)
+        if args is None:
+            raise XenstoreError("EINVAL", "unterminated argument")
+        return args[0]
+
+    def _args(self, payload: bytes, n: int) -> list[bytes]:
+        args = split_strings(payload)
+        if args is None or len(args) < n:
+            raise XenstoreError("EINVAL", "missing arguments")
+        return args
+
+    def dispatch(self, op: int, tx_id: int, payload: bytes) -> tuple[int, bytes]:
+        if op not in OP_VALUES or op in (Op.ERROR, Op.WATCH_EVENT):
+            raise XenstoreError("EINVAL", f"unknown operation {op}")
+        if self.read_only and op in _MUTATING:
+            raise XenstoreError("EROFS")
+        if op in _PRIVILEGED and not self.caller.privileged:
+            raise XenstoreError("EACCES")
+        core = self.core
+        view: S.View = core.store
+        tx = None
+        if tx_id and op in _IN_TX:
+            tx = self.transactions.get(tx_id)
+            if tx is None:
+                raise XenstoreError("ENOENT", "no such transaction")
+            view = tx
+            if (not self.caller.privileged
+                    and tx.touched() > core.quotas.transaction_nodes):
+                raise XenstoreError(EQUOTA, "transaction nodes quota")
+        caller = self.caller
+        q = core.quotas
+
+        if op == Op.READ:
+            return op, S.read(view, caller, self._path(self._one(payload)))
+        if op == Op.WRITE:
+            i = payload.find(b"\0")
+            if i < 0:
+                raise XenstoreError("EINVAL", "WRITE without a path")
+            path = self._path(payload[:i])
+            return op, core.changed(self, tx, S.write(view, caller, path, payload[i + 1:], q))
+        if op == Op.DIRECTORY:
+            names = S.directory(view, caller, self._path(self._one(payload)))
+            out = join_strings(names)
+            if len(out) > XENSTORE_PAYLOAD_MAX:
+                raise XenstoreError("E2BIG")
+            return op, out
+        if op == Op.DIRECTORY_PART:
+            args = self._args(payload, 2)
+            return op, self._directory_part(view, self._path(args[0]), args[1])
+        if op == Op.MKDIR:
+            path = self._path(self._one(payload))
+            return op, core.changed(self, tx, S.mkdir(view, caller, path, q))
+        if op == Op.RM:
+            path = self._path(self._one(payload))
+            return op, core.changed(self, tx, S.rm(view, caller, path))
+        if op == Op.GET_PERMS:
+            path = self._path(self._one(payload), special=True)
+            if path[0] == "@":
+                perms = core.special_perms[path]
+                if not caller.perm_for(perms) & S.READ:
+                    raise XenstoreError("EACCES")
+            else:
+                perms = S.get_perms(view, caller, path)
+            out = join_strings(format_perms(perms))
+            if len(out) > XENSTORE_PAYLOAD_MAX:
+                raise XenstoreError("E2BIG")
+            return op, out
+        if op == Op.SET_PERMS:
+            args = self._args(payload, 2)
+            path = self._path(args[0], special=True)
+            perms = parse_perms([P.decode(a) for a in args[1:] if a != b""] or [""])
+            if path[0] == "@":
+                if caller.perm_for(core.special_perms[path]) & S.WRITE_OWNER != S.WRITE_OWNER:
+                    raise XenstoreError("EACCES")
+                core.special_perms[path] = perms
+                core.persist_domains()
+                return op, OK
+            return op, core.changed(self, tx, S.set_perms(view, caller, path, perms, q))
+        if op == Op.WATCH:
+            args = self._args(payload, 2)
+            return op, core.add_watch(self, args[0], args[1])
+        if op == Op.UNWATCH:
+            args = self._args(payload, 2)
+            return op, core.remove_watch(self, args[0], args[1])
+        if op == Op.TRANSACTION_START:
+            if tx_id:
+                raise XenstoreError("EBUSY", "already in a transaction")
+            return op, core.start_transaction(self)
+        if op == Op.TRANSACTION_END:
+            if tx is None:
+                raise XenstoreError("ENOENT", "no such transaction")
+            arg = self._one(payload)
+            if arg not in (b"T", b"F"):
+                raise XenstoreError("EINVAL", "TRANSACTION_END wants T or F")
+            return op, core.end_transaction(self, tx, arg == b"T")
+        if op == Op.RESET_WATCHES:
+            core.reset_watches(self)
+            return op, OK
+        if op == Op.GET_DOMAIN_PATH:
+            return op, P.domain_path(_domid(self._one(payload))).encode() + b"\0"
+        if op == Op.IS_DOMAIN_INTRODUCED:
+            domid = _domid(self._one(payload))
+            return op, b"T\0" if core.is_introduced(domid) else b"F\0"
+        if op == Op.INTRODUCE:
+            args = self._args(payload, 3)
+            domid = _domid(args[0])
+            gfn, port = _number(args[1]), _number(args[2])
+            core.introduce(domid, gfn=gfn, port=port)
+            return op, OK
+        if op == Op.RELEASE:
+            core.release(_domid(self._one(payload)))
+            return op, OK
+        if op == Op.RESUME:
+            core.resume(_domid(self._one(payload)))
+            return op, OK
+        if op == Op.SET_TARGET:
+            args = self._args(payload, 2)
+            core.set_target(_domid(args[0]), _domid(args[1]))
+            return op, OK
+        if op == Op.CONTROL:
+            args = split_strings(payload) or [b""]
+            return op, core.control(self, [a.decode("latin-1") for a in args])
+        raise XenstoreError("EINVAL")
+
+    def _directory_part(self, view: S.View, path: str, offset_raw: bytes) -> bytes:
+        """Reply: generation, then as many whole child names as fit from byte `offset`;
+        a final empty string marks the end of the list (Xen's DIRECTORY_PART)."""
+        node = S.lookup(view, self.caller, path, S.READ)
+        offset = _number(offset_raw)
+        listing = join_strings(list(node.children))
+        if offset > len(listing):
+            raise XenstoreError("EINVAL", "offset past the end")
+        head = str(node.gen).encode() + b"\0"
+        room = XENSTORE_PAYLOAD_MAX - len(head) - 1
+        chunk = listing[offset:]
+        if len(chunk) <= room:
+            return head + chunk + b"\0"
+        cut = chunk.rfind(b"\0", 0, room) + 1
+        if cut <= 0:
+            raise XenstoreError("E2BIG")
+        return head + chunk[:cut]
+
+
+def _number(raw: bytes) -> int:
+    if not raw.isdigit() or len(raw) > 20:
+        raise XenstoreError("EINVAL", "not a number")
+    return int(raw)
+
+
+def _domid(raw: bytes) -> int:
+    n = _number(raw)
+    if n >= 0x7FF0:
+        raise XenstoreError("EINVAL", "bad domain id")
+    return n
