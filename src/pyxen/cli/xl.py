@@ -1,0 +1,402 @@
+"""``xl``: Xen's command-line toolstack, as a client of pyxen's hostd.
+
+Commands, options, output formats and error wording follow xl(1) and tools/xl/*.c so
+scripts written for Xen keep working. Every error is one line on stderr and a non-zero
+exit status; hostd is started on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from pyxen.toolstack import config as domconfig
+from pyxen.toolstack.client import HostdClient, HostdError
+from pyxen.toolstack.config import ConfigError
+from pyxen.toolstack.xlcfg import XlCfgError
+
+CTRL_RBRACKET = b"\x1d"  # Ctrl-], xenconsole's escape character
+DRAIN_QUIET_S = 0.5  # after a domain stopped, console bytes still in flight
+
+
+class XlError(Exception):
+    """One line for stderr, then exit 1."""
+
+
+def fail(msg: str) -> NoReturn:
+    raise XlError(msg)
+
+
+def connect() -> HostdClient:
+    try:
+        return HostdClient.connect()
+    except HostdError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot start or reach hostd: {e}")
+
+
+def call(op: str, **args: Any) -> dict[str, Any]:
+    with connect() as c:
+        try:
+            return c.request(op, **args)
+        except HostdError as e:
+            fail(str(e))
+
+
+class XlGroup(click.Group):
+    """Keep commands in xl's help order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=XlGroup, context_settings=CONTEXT)
+def cli() -> None:
+    """Xen management tool (pyxen: the Xen hypervisor on Linux KVM)."""
+
+
+# ------------------------------------------------------------------------- create
+
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": False})
+@click.option("-c", "console", is_flag=True, help="Connect to the console after creation.")
+@click.option("-n", "dryrun", is_flag=True, help="Dry run: print the configuration as JSON.")
+@click.option("-p", "paused", is_flag=True, help="Leave the domain paused after creation.")
+@click.option("-q", "quiet", is_flag=True, help="Quiet.")
+@click.option("-f", "cfgfile", metavar="FILE", help="Use the given configuration file.")
+@click.argument("args", nargs=-1)
+def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str | None,
+           args: tuple[str, ...]) -> None:
+    """Create a domain from config file <filename>; key=value pairs override it."""
+    overrides: list[str] = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif cfgfile is None:
+            cfgfile = a
+        else:
+            fail(f"xl create: more than one config file given: {cfgfile!r} and {a!r}")
+    try:
+        if cfgfile is None:
+            if not overrides:
+                fail("Config file not specified (usage: xl create [-c] [-n] [-p] [-q] "
+                     "<ConfigFile> [key=value ...])")
+            from pyxen.toolstack.xlcfg import XlConfig, apply_override
+            xc = XlConfig("command line")
+            for o in overrides:
+                apply_override(xc, o)
+            cfg = domconfig.from_xlconfig(xc)
+        else:
+            cfg = domconfig.load(cfgfile, overrides)
+        if dryrun:
+            click.echo(cfg.dumps())
+            return
+        cfg.check_files()
+    except (XlCfgError, ConfigError) as e:
+        fail(str(e))
+    with connect() as c:
+        try:
+            reply = c.request("create", config=cfg.to_json(), paused=paused)
+        except HostdError as e:
+            fail(str(e))
+    if console:
+        sys.exit(console_session(int(reply["domid"]), Path(reply["console"])))
+
+
+# ------------------------------------------------------------------------- list
+
+LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.option("-l", "--long", "long_", is_flag=True, help="Output all configuration as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show UUID and shutdown reason.")
+@click.argument("domains", nargs=-1)
+def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
+    """List information about all/some domains."""
+    doms = call("list", domains=list(domains))["domains"]
+    if long_:
+        out = [{"domid": d["domid"], "config": d["config"]} for d in doms if d["config"]]
+        click.echo(json.dumps(out, indent=4))
+        return
+    header = LIST_HEADER + ("   UUID                            Reason-Code\tSecurity Label"
+                            if verbose else "")
+    lines = [header]
+    for d in doms:
+        line = (f"{d['name']:<40} {d['domid']:>5} {d['memory']:>5} {d['vcpus']:>5}     "
+                f"{d['state']}  {d['cpu_time']:>8.1f}")
+        if verbose:
+            code = REASON_CODES.get(d.get("shutdown_reason") or "")
+            line += f" {d['uuid']} {code if code is not None else '-':>8} {'-':>16}"
+        lines.append(line)
+    click.echo("\n".join(lines))
+
+
+REASON_CODES = {"poweroff": 0, "reboot": 1, "suspend": 2, "crash": 3, "watchdog": 4,
+                "soft_reset": 5}
+
+
+# ------------------------------------------------------------------------- lifecycle
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("domain")
+def destroy(domain: str) -> None:
+    """Terminate a domain immediately."""
+    if domain == "0" or domain == "Domain-0":
+        fail("Cannot destroy privileged domain 0.")
+    call("destroy", domain=domain)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("domain")
+def pause(domain: str) -> None:
+    """Pause execution of a domain."""
+    call("pause", domain=domain)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("domain")
+def unpause(domain: str) -> None:
+    """Unpause a paused domain."""
+    call("unpause", domain=domain)
+
+
+def _shutdown(reason: str, domains: tuple[str, ...], all_: bool, wait: bool,
+              force: bool) -> None:
+    verb = "Shutting down" if reason == "poweroff" else "Rebooting"
+    if all_:
+        if domains:
+            fail(f"xl {'shutdown' if reason == 'poweroff' else 'reboot'}: "
+                 "-a does not take a domain")
+        targets = [str(d["domid"]) for d in call("list")["domains"] if d["domid"] != 0]
+    else:
+        if len(domains) != 1:
+            fail(f"xl {'shutdown' if reason == 'poweroff' else 'reboot'}: "
+                 "exactly one domain expected")
+        targets = list(domains)
+    domids = []
+    with connect() as c:
+        for t in targets:
+            try:
+                domid = int(c.request("console", domain=t)["domid"])
+                c.request("shutdown", domain=t, reason=reason, force=force)
+                click.echo(f"{verb} domain {domid}", err=True)
+            except HostdError as e:
+                fail(str(e))
+            domids.append(domid)
+        if wait and domids:
+            click.echo(f"Waiting for {len(domids)} domains", err=True)
+            for domid in domids:
+                c.request("wait", domid=domid)
+                click.echo(f"Domain {domid} has been shut down, reason code "
+                           f"{REASON_CODES['poweroff' if reason == 'poweroff' else 'reboot']}",
+                           err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "all_", is_flag=True, help="Shutdown all guest domains.")
+@click.option("-w", "--wait", is_flag=True, help="Wait for guest(s) to complete shutdown.")
+@click.option("-F", "force", is_flag=True,
+              help="Without PV control, force the shutdown as a power button would.")
+@click.argument("domains", nargs=-1)
+def shutdown(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> None:
+    """Issue a shutdown signal to a domain."""
+    _shutdown("poweroff", domains, all_, wait, force)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "all_", is_flag=True, help="Reboot all guest domains.")
+@click.option("-w", "--wait", is_flag=True, help="Wait for guest(s) to complete the reboot.")
+@click.option("-F", "force", is_flag=True,
+              help="Without PV control, force the reboot as a reset button would.")
+@click.argument("domains", nargs=-1)
+def reboot(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> None:
+    """Issue a reboot signal to a domain."""
+    _shutdown("reboot", domains, all_, wait, force)
+
+
+# ------------------------------------------------------------------------- console
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-t", "ctype", type=click.Choice(["pv", "serial"]), default=None,
+              help="Console type (pyxen has one console per domain).")
+@click.option("-n", "num", type=int, default=0, help="Console number (only 0).")
+@click.argument("domain")
+def console(ctype: str | None, num: int, domain: str) -> None:
+    """Attach to domain's console (Ctrl-] detaches)."""
+    if num != 0:
+        fail(f"console {num} not available: pyxen domains have console 0 only")
+    reply = call("console", domain=domain)
+    sys.exit(console_session(int(reply["domid"]), Path(reply["path"])))
+
+
+def console_session(domid: int, path: Path) -> int:
+    """Copy console <-> terminal until the domain stops or the user detaches (Ctrl-]).
+
+    Returns the exit status: 0 unless the domain crashed.
+    """
+    sock = None
+    for _ in range(50):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            sock = s
+            break
+        except OSError:
+            s.close()
+            time.sleep(0.05)
+    if sock is None:
+        fail(f"unable to attach to the console of domain {domid}: {path} does not accept")
+    waiter = connect()
+    waiter.send("wait", domid=domid)
+
+    stdin_fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    interactive = stdin_fd >= 0 and os.isatty(stdin_fd)
+    saved = None
+    if interactive:
+        saved = termios.tcgetattr(stdin_fd)
+        raw = termios.tcgetattr(stdin_fd)
+        raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP
+                    | termios.IXON)
+        raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
+        raw[6][termios.VMIN] = 1
+        raw[6][termios.VTIME] = 0
+        termios.tcsetattr(stdin_fd, termios.TCSAFLUSH, raw)  # output processing stays on
+    out = sys.stdout.buffer
+    reason: str | None = None
+    read_stdin = stdin_fd >= 0
+    try:
+        while True:
+            rlist = [sock, waiter.sock] + ([stdin_fd] if read_stdin else [])
+            ready, _, _ = select.select(rlist, [], [])
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+            if read_stdin and stdin_fd in ready:
+                data = os.read(stdin_fd, 4096)
+                if not data:
+                    read_stdin = False
+                elif interactive and CTRL_RBRACKET in data:
+                    before = data.split(CTRL_RBRACKET, 1)[0]
+                    if before:
+                        sock.sendall(before)
+                    reason = "detached"
+                    break
+                else:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(data)
+            if waiter.sock in ready:
+                try:
+                    reason = str(waiter.read_reply().get("reason"))
+                except (HostdError, ValueError):
+                    reason = "gone"
+                _drain(sock, out)
+                break
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        sock.close()
+        waiter.close()
+    if reason is None:  # console closed first: the domain was destroyed
+        try:
+            with connect() as c:
+                reason = str(c.request("wait", domid=domid).get("reason"))
+        except (XlError, HostdError):
+            reason = "gone"
+    return 1 if reason in ("crash", "watchdog") else 0
+
+
+def _drain(sock: socket.socket, out: Any) -> None:
+    """Copy what the console still holds, until it closes or stays quiet a moment."""
+    while True:
+        ready, _, _ = select.select([sock], [], [], DRAIN_QUIET_S)
+        if not ready:
+            return
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        out.write(data)
+        out.flush()
+
+
+# ------------------------------------------------------------------------- info, dmesg
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-n", "--numa", is_flag=True, help="Also NUMA information (ignored).")
+@click.argument("name", required=False)
+def info(numa: bool, name: str | None) -> None:
+    """Get information about Xen host."""
+    rows = call("info")["info"]
+    for key, value in rows:
+        line = f"{key:<23}:{value}" if key == "virt_caps" else f"{key:<23}: {value}"
+        if name is None:
+            click.echo(line)
+        elif key.startswith(name):
+            click.echo(value.lstrip())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-c", "--clear", is_flag=True, help="Clear the hypervisor log after reading.")
+def dmesg(clear: bool) -> None:
+    """Read and/or clear dmesg buffer."""
+    lines = call("dmesg", clear=clear)["lines"]
+    if lines:
+        click.echo("\n".join(lines))
+
+
+# ------------------------------------------------------------------------- entry
+
+def main(argv: list[str] | None = None) -> int:
+    """Run xl; every failure is one line on stderr and a non-zero status."""
+    try:
+        cli.main(args=argv, prog_name="xl", standalone_mode=False)
+        return 0
+    except (XlError, HostdError) as e:
+        _one_line(str(e))
+        return 1
+    except click.exceptions.Exit as e:
+        return int(e.exit_code or 0)
+    except click.Abort:
+        _one_line("aborted")
+        return 1
+    except click.ClickException as e:
+        _one_line(f"xl: {e.format_message()}")
+        return 2
+    except SystemExit as e:
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _one_line(msg: str) -> None:
+    text = " ".join(msg.split("\n")).strip()
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The domain configuration: xl.cfg settings turned into a typed DomainConfig.
+
+Follows xl's parse_config_data() (tools/xl/xl_parse.c) and libxl's defaults: a missing
+``type`` means PV (pyxen refuses it, naming what it supports), memory defaults to 32 MiB
+and maxmem to memory, vcpus to 1 and maxvcpus to vcpus, ``cmdline`` wins over
+``root``/``extra``, unknown keys are ignored as xl ignores them. Relative kernel and
+ramdisk paths are relative to xl's working directory, as libxl opens them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid as uuidlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pyxen.toolstack.xlcfg import XlCfgError, XlConfig, apply_override, parse_file
+
+SUPPORTED_TYPES = ("pvh",)
+KNOWN_TYPES = ("pv", "pvh", "hvm")
+
+# xl.cfg(5) actions on domain shutdown; pyxen implements the first four.
+ACTIONS = ("destroy", "restart", "rename-restart", "preserve")
+UNSUPPORTED_ACTIONS = {
+    "coredump-destroy": "core dumps are not implemented",
+    "coredump-restart": "core dumps are not implemented",
+    "soft-reset": "soft reset is not implemented",
+}
+ACTION_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "destroy",
+                   "on_watchdog": "destroy", "on_soft_reset": "soft-reset"}
+
+MAX_VCPUS = 128
+DEFAULT_MEMORY_MIB = 32  # libxl__domain_build_info_setdefault: max_memkb = 32 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line for the user."""
+
+
+@dataclass
+class DomainConfig:
+    """What a domain is built from: ``to_json()`` is config.json for the VMM (see
+    docs/internals.md); the ``on_*`` keys are hostd's."""
+
+    name: str
+    uuid: str
+    type: str
+    memory: int  # MiB
+    maxmem: int  # MiB
+    vcpus: int
+    maxvcpus: int
+    kernel: str | None
+    ramdisk: str | None
+    cmdline: str
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    on_watchdog: str = "destroy"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=4)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DomainConfig:
+        """Rebuild and re-validate a config sent by a client (hostd trusts no one)."""
+        try:
+            cfg = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except TypeError as e:
+            raise ConfigError(f"malformed domain configuration: {e}") from e
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not valid_name(self.name):
+            raise ConfigError(f"invalid domain name {self.name!r}")
+        try:
+            self.uuid = str(uuidlib.UUID(self.uuid))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(f"Failed to parse UUID: {self.uuid}") from e
+        if self.type not in SUPPORTED_TYPES:
+            raise ConfigError(unsupported_type(self.type))
+        for key in ("memory", "maxmem", "vcpus", "maxvcpus"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be a positive number")
+        if self.maxmem < self.memory:
+            raise ConfigError(f"maxmem ({self.maxmem} MiB) must be equal to or greater "
+                              f"than memory ({self.memory} MiB)")
+        if self.maxvcpus < self.vcpus:
+            raise ConfigError(f"maxvcpus ({self.maxvcpus}) must be equal to or greater than "
+                              f"vcpus ({self.vcpus})")
+        if self.maxvcpus > MAX_VCPUS:
+            raise ConfigError(f"maxvcpus ({self.maxvcpus}) is more than pyxen supports "
+                              f"({MAX_VCPUS})")
+        for key in ("on_poweroff", "on_reboot", "on_crash", "on_watchdog"):
+            if getattr(self, key) not in ACTIONS:
+                raise ConfigError(f'Unknown {key} action "{getattr(self, key)}" specified')
+        if not self.kernel:
+            raise ConfigError("no kernel specified: a PVH domain needs kernel=\"...\"")
+        for key in ("kernel", "ramdisk"):
+            path = getattr(self, key)
+            if path is not None and not os.path.isabs(path):
+                raise ConfigError(f"{key} path must be absolute: {path}")
+
+    def check_files(self) -> None:
+        """The kernel and ramdisk exist and are readable (libxl fails here at build)."""
+        for key in ("kernel", "ramdisk"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"failed to open {key} '{path}': {e.strerror}") from e
+            if not os.path.isfile(path):
+                raise ConfigError(f"failed to open {key} '{path}': not a regular file")
+
+
+def valid_name(name: str) -> bool:
+    """Names xl accepts and xenstore can hold: non-empty, printable, not all digits (a
+    name that is a number would be read as a domid), no '/'."""
+    return (0 < len(name) <= 64 and name.isprintable() and "/" not in name
+            and not name.isdigit() and not name[0].isspace())
+
+
+def unsupported_type(t: str) -> str:
+    if t in KNOWN_TYPES:
+        return (f'domain type "{t}" is not supported by pyxen: only type="pvh" '
+                '(a PVH kernel with a XEN_ELFNOTE_PHYS32_ENTRY note) is')
+    return f"Invalid domain type {t}."
+
+
+def _action(cfg: XlConfig, key: str) -> str:
+    value = cfg.get_string(key)
+    if value is None:
+        return ACTION_DEFAULTS[key]
+    if value in UNSUPPORTED_ACTIONS:
+        raise cfg.error(key, f'{key}="{value}" is not supported by pyxen '
+                        f"({UNSUPPORTED_ACTIONS[value]}); use one of: " + ", ".join(ACTIONS))
+    if value not in ACTIONS:
+        raise cfg.error(key, f'Unknown {key} action "{value}" specified')
+    return value
+
+
+def _domain_type(cfg: XlConfig) -> str:
+    """type=, or the deprecated builder= and pvh= spellings, as xl_parse.c combines them."""
+    dtype = cfg.get_string("type")
+    if dtype is not None and dtype not in KNOWN_TYPES:
+        raise cfg.error("type", f"Invalid domain type {dtype}.")
+    builder = cfg.get_string("builder")
+    if builder is not None:
+        if builder not in ("generic", "linux", "hvm"):
+            raise cfg.error("builder", f"Invalid domain type {builder}.")
+        btype = "hvm" if builder == "hvm" else "pv"
+        if dtype is not None and dtype != btype:
+            raise cfg.error("builder", "Can not specify builder and type at the same time")
+        dtype = btype
+    if "pvh" in cfg:
+        pvh = cfg.get_long("pvh")
+        if pvh:
+            # Xen < 4.10 wrote builder="hvm" + pvh=1 (or just pvh=1) for PVH guests.
+            if dtype not in (None, "pvh") and cfg.get_string("type") is not None:
+                raise cfg.error("pvh", "Contradicting pvh and type options")
+            dtype = "pvh"
+        elif dtype == "pvh":
+            raise cfg.error("pvh", "Contradicting pvh and type options")
+    return dtype or "pv"
+
+
+def _positive(cfg: XlConfig, key: str, default: int) -> int:
+    value = cfg.get_long(key)
+    if value is None:
+        return default
+    if value < 1:
+        raise cfg.error(key, f"parameter `{key}' must be at least 1 (got {value})")
+    return value
+
+
+def _path(value: str | None, base: Path) -> str | None:
+    if value is None or value == "":
+        return None
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p))
+
+
+def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
+    """Turn parsed settings into a DomainConfig, raising XlCfgError at the offending key."""
+    cwd = cwd or Path.cwd()
+    name = cfg.get_string("name")
+    if name is None:
+        raise XlCfgError(cfg.source, None, "Domain name must be specified.")
+    if not valid_name(name):
+        raise cfg.error("name", f"invalid domain name \"{name}\": a name is 1-64 printable "
+                        "characters, no '/', not a number")
+
+    dtype = _domain_type(cfg)
+    if dtype not in SUPPORTED_TYPES:
+        key = "type" if "type" in cfg else ("builder" if "builder" in cfg else None)
+        msg = unsupported_type(dtype)
+        if key is None:
+            msg += '; the default when no type= is given is "pv": add type = "pvh"'
+            raise XlCfgError(cfg.source, None, msg)
+        raise cfg.error(key, msg)
+
+    text = cfg.get_string("uuid")
+    if text is None:
+        uuid = str(uuidlib.uuid4())
+    else:
+        try:
+            uuid = str(uuidlib.UUID(text))
+        except ValueError as e:
+            raise cfg.error("uuid", f"Failed to parse UUID: {text}") from e
+
+    memory = _positive(cfg, "memory", DEFAULT_MEMORY_MIB)
+    maxmem = _positive(cfg, "maxmem", memory)
+    if maxmem < memory:
+        raise cfg.error("maxmem", f"maxmem={maxmem} must be equal to or greater than "
+                        f"memory={memory}")
+    vcpus = _positive(cfg, "vcpus", 1)
+    maxvcpus = _positive(cfg, "maxvcpus", vcpus)
+    if maxvcpus < vcpus:
+        raise cfg.error("maxvcpus", f"maxvcpus={maxvcpus} must be equal to or greater than "
+                        f"vcpus={vcpus}")
+    if maxvcpus > MAX_VCPUS:
+        raise cfg.error("maxvcpus" if "maxvcpus" in cfg else "vcpus",
+                        f"{maxvcpus} vCPUs is more than pyxen supports ({MAX_VCPUS})")
+
+    kernel = _path(cfg.get_string("kernel"), cwd)
+    if kernel is None:
+        raise XlCfgError(cfg.source, None, 'no kernel specified: a PVH domain needs '
+                         'kernel = "/path/to/kernel"')
+    ramdisk = _path(cfg.get_string("ramdisk"), cwd)
+
+    cmdline = cfg.get_string("cmdline")
+    if cmdline is None:
+        root, extra = cfg.get_string("root"), cfg.get_string("extra")
+        if root is not None:
+            cmdline = f"root={root} {extra}" if extra is not None else f"root={root}"
+        else:
+            cmdline = extra or ""
+
+    return DomainConfig(
+        name=name, uuid=uuid, type=dtype, memory=memory, maxmem=maxmem, vcpus=vcpus,
+        maxvcpus=maxvcpus, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
+        on_poweroff=_action(cfg, "on_poweroff"), on_reboot=_action(cfg, "on_reboot"),
+        on_crash=_action(cfg, "on_crash"), on_watchdog=_action(cfg, "on_watchdog"),
+    )
+
+
+def load(path: str, overrides: list[str] | tuple[str, ...] = (),
+         cwd: Path | None = None) -> DomainConfig:
+    """Read an xl.cfg file, apply ``key=value`` overrides, and build the DomainConfig."""
+    cfg = parse_file(path)
+    for arg in overrides:
+        apply_override(cfg, arg)
+    return from_xlconfig(cfg, cwd)
