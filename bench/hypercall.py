@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Hypercalls per second from a guest loop, against a bare exit loop in the same run.
+
+Boots guests/build/hello.elf with `mode=bench n=N` through `python -m pyxen.vmm`. The guest
+first does N port writes that pyxen ignores (the bare exit round trip: guest -> KVM ->
+user space -> KVM_RUN), then N xen_version(XENVER_version) hypercalls through the
+hypercall page (exit + register decode + dispatch + %rax write-back). Each phase is timed
+between the guest's console markers as they arrive in the log.
+
+    python bench/hypercall.py [-n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(n: int) -> dict[str, float]:
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
+    with tempfile.TemporaryDirectory(prefix="pyxen-bench-") as tmp:
+        ddir = Path(tmp) / "domains" / "1"
+        ddir.mkdir(parents=True)
+        cfg = ddir / "config.json"
+        cfg.write_text(json.dumps({
+            "name": "bench", "type": "pvh", "memory": 32, "vcpus": 1, "ramdisk": None,
+            "kernel": str(ROOT / "guests" / "build" / "hello.elf"),
+            "cmdline": f"mode=bench n={n}"}))
+        env = dict(os.environ, PYXEN_RUNDIR=tmp,
+                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.Popen([sys.executable, "-m", "pyxen.vmm", "--domid", "1",
+                                 "--config", str(cfg)], stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            assert proc.stdout is not None
+            built = json.loads(proc.stdout.readline())
+            if built.get("event") != "built":
+                raise SystemExit(f"bench: {built.get('message')}")
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(ddir / "control.sock"))
+            f = s.makefile("rwb")
+            f.write(b'{"id": 1, "op": "unpause"}\n')
+            f.flush()
+            marks: dict[str, float] = {}
+            for raw in f:
+                ev = json.loads(raw)
+                now = time.perf_counter()
+                if ev.get("event") == "log" and "pyxen bench: " in ev["line"]:
+                    key = ev["line"].split("pyxen bench: ", 1)[1].split(" n=")[0]
+                    marks[key] = now
+                if ev.get("event") == "shutdown":
+                    break
+            f.write(b'{"id": 2, "op": "destroy"}\n')
+            f.flush()
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    exits = n / (marks["exit loop done"] - marks["exit loop start"])
+    calls = n / (marks["hypercall loop done"] - marks["hypercall loop start"])
+    return {"exits_per_s": exits, "hypercalls_per_s": calls}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=20000, help="iterations per loop")
+    args = ap.parse_args()
+    r = run(args.n)
+    print(f"bare exit loop (ignored port write): {r['exits_per_s']:10.0f} exits/s")
+    print(f"hypercall loop (xen_version):        {r['hypercalls_per_s']:10.0f} hypercalls/s")
+    print(f"hypercall / bare exit ratio:         {r['hypercalls_per_s'] / r['exits_per_s']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

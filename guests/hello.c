@@ -1,0 +1,420 @@
+/*
+ * pyxen's test guest: a PVH kernel whose behaviour is chosen by its command line.
+ *
+ *   (default) / mode=hello   banner, ring-3 computation, SMP bring-up, poweroff
+ *   mode=poweroff|reboot|suspend|crash|watchdog|soft_reset   SCHEDOP_shutdown(reason)
+ *   mode=triplefault         triple fault (no IDT)
+ *   mode=idle                stays alive in SCHEDOP_block
+ *   mode=spin                stays busy in ring 3 (never exits to the VMM)
+ *   mode=probe               informational hypercalls, each result printed, poweroff
+ *   mode=misbehave           bad pointers / unknown hypercalls, prints the errors, poweroff
+ *   mode=echo                echoes console input (CONSOLEIO_read) until it reads 'q'
+ *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
+ */
+#include "guest.h"
+
+#define MAX_VCPUS 32
+#define COLLATZ_N 300000
+
+static struct hvm_start_info *start_info;
+static char cmdline[1024];
+static uint32_t xen_base;
+static unsigned int domid;
+static volatile int ap_ready[MAX_VCPUS];
+static char ap_stacks[MAX_VCPUS][8192] __attribute__((aligned(16)));
+static char user_stack[16384] __attribute__((aligned(16)));
+static char exception_stack[16384] __attribute__((aligned(16)));
+static char shared_info_page[4096] __attribute__((aligned(4096)));
+
+static struct __attribute__((packed)) {
+    uint32_t reserved0;
+    uint64_t rsp0, rsp1, rsp2;
+    uint64_t reserved1;
+    uint64_t ist[7];
+    uint64_t reserved2;
+    uint16_t reserved3, iomap_base;
+} tss;
+
+static const char *mode_names[] = {
+    [SHUTDOWN_poweroff] = "poweroff", [SHUTDOWN_reboot] = "reboot",
+    [SHUTDOWN_suspend] = "suspend", [SHUTDOWN_crash] = "crash",
+    [SHUTDOWN_watchdog] = "watchdog", [SHUTDOWN_soft_reset] = "soft_reset",
+};
+
+/* Value of "key=" in the command line (up to the next space), or NULL. */
+static const char *opt(const char *key, char *out, size_t size)
+{
+    size_t k = strlen(key);
+    for (const char *p = cmdline; *p; p++) {
+        if ((p == cmdline || p[-1] == ' ') && !strncmp(p, key, k) && p[k] == '=') {
+            size_t n = 0;
+            for (p += k + 1; *p && *p != ' ' && n + 1 < size; p++) out[n++] = *p;
+            out[n] = 0;
+            return out;
+        }
+    }
+    return NULL;
+}
+
+static int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
+
+static unsigned long parse_ul(const char *s)
+{
+    unsigned long v = 0;
+    while (*s >= '0' && *s <= '9') v = v * 10 + (*s++ - '0');
+    return v;
+}
+
+void exception_report(uint64_t *frame)
+{
+    printk("pyxen hello: unexpected exception %lu (error %lx) at rip %lx cs %lx\n",
+           frame[0], frame[1], frame[2], frame[3]);
+    shutdown(SHUTDOWN_crash);
+}
+
+static void setup_cpu(void)
+{
+    uint64_t base = (uint64_t)&tss, limit = sizeof(tss) - 1;
+    tss.rsp0 = (uint64_t)(exception_stack + sizeof(exception_stack));
+    tss.iomap_base = sizeof(tss);
+    gdt[5] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ULL << 40) |
+             (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+    gdt[6] = base >> 32;
+    asm volatile("ltr %w0" :: "r"(0x28));
+    for (int v = 0; v < 32; v++) {
+        uint64_t h = (uint64_t)(exception_stubs + 16 * v);
+        uint64_t *e = (uint64_t *)(idt + 16 * v);
+        e[0] = (h & 0xffff) | (0x08ULL << 16) | (0x8eULL << 40) | (((h >> 16) & 0xffff) << 48);
+        e[1] = h >> 32;
+    }
+    asm volatile("lidt idt_ptr(%%rip)" ::: "memory");
+}
+
+/* Xen's leaves sit at 0x40000000 + a multiple of 0x100. */
+static uint32_t find_xen_leaves(void)
+{
+    for (uint32_t base = 0x40000000; base < 0x40010000; base += 0x100) {
+        uint32_t a, b, c, d;
+        cpuid(base, &a, &b, &c, &d);
+        if (b == XEN_CPUID_SIGNATURE_EBX && c == XEN_CPUID_SIGNATURE_ECX &&
+            d == XEN_CPUID_SIGNATURE_EDX && a - base >= 2)
+            return base;
+    }
+    return 0;
+}
+
+static unsigned int cpuid_vcpu_id(void)
+{
+    uint32_t a, b, c, d;
+    cpuid(xen_base + 4, &a, &b, &c, &d);
+    return (a & XEN_HVM_CPUID_VCPU_ID_PRESENT) ? b : ~0u;
+}
+
+static uint64_t user_cpl(uint64_t unused)
+{
+    uint16_t cs;
+    (void)unused;
+    asm volatile("mov %%cs, %0" : "=r"(cs));
+    return cs & 3;
+}
+
+static uint64_t user_collatz(uint64_t n)
+{
+    uint64_t total = 0;
+    for (uint64_t i = 1; i <= n; i++)
+        for (uint64_t x = i; x != 1; total++)
+            x = (x & 1) ? 3 * x + 1 : x >> 1;
+    return total;
+}
+
+static uint64_t user_spin(uint64_t x)
+{
+    for (;;) { x = x * 6364136223846793005ULL + 1442695040888963407ULL; asm volatile("" : "+r"(x)); }
+    return x;
+}
+
+void ap_main(unsigned int id)
+{
+    printk("pyxen hello: vcpu %u is up (cpuid vcpu id %u)\n", id, cpuid_vcpu_id());
+    ap_ready[id] = 1;
+    vcpu_op(VCPUOP_down, id, NULL);
+    for (;;) sched_op(SCHEDOP_block, NULL);
+}
+
+static unsigned int bring_up_vcpus(void)
+{
+    unsigned int n = 1;
+    for (unsigned int v = 1; v < MAX_VCPUS; v++) {
+        if (vcpu_op(VCPUOP_is_up, v, NULL) == -XEN_ENOENT) break;
+        struct vcpu_hvm_context ctx;
+        memset(&ctx, 0, sizeof(ctx));
+        ctx.mode = VCPU_HVM_MODE_64B;
+        ctx.cpu_regs.x86_64.rip = (uint64_t)ap_start64;
+        ctx.cpu_regs.x86_64.rsp = (uint64_t)(ap_stacks[v] + sizeof(ap_stacks[v]));
+        ctx.cpu_regs.x86_64.rdi = v;
+        ctx.cpu_regs.x86_64.rflags = 0x2;
+        ctx.cpu_regs.x86_64.cr0 = 0x80000011;   /* PG | ET | PE */
+        ctx.cpu_regs.x86_64.cr3 = (uint64_t)pml4;
+        ctx.cpu_regs.x86_64.cr4 = 0x20;         /* PAE */
+        ctx.cpu_regs.x86_64.efer = 0x500;       /* LMA | LME */
+        long rc = vcpu_op(VCPUOP_initialise, v, &ctx);
+        if (!rc) rc = vcpu_op(VCPUOP_up, v, NULL);
+        if (rc) { printk("pyxen hello: vcpu %u failed to start: %ld\n", v, rc); continue; }
+        while (!ap_ready[v]) sched_op(SCHEDOP_yield, NULL);
+        n++;
+    }
+    return n;
+}
+
+static const char *check_shared_info(void)
+{
+    struct xen_add_to_physmap xatp = {
+        .domid = DOMID_SELF, .space = XENMAPSPACE_shared_info, .idx = 0,
+        .gpfn = (uint64_t)shared_info_page >> 12,
+    };
+    if (memory_op(XENMEM_add_to_physmap, &xatp)) return "add_to_physmap failed";
+    struct shared_info *s = (struct shared_info *)shared_info_page;
+    if (s->wc_sec < 1600000000u) return "bad wallclock";
+    struct vcpu_register_vcpu_info info = {
+        .mfn = (uint64_t)shared_info_page >> 12, .offset = 2048,
+    };
+    if (vcpu_op(VCPUOP_register_vcpu_info, 0, &info)) return "register_vcpu_info failed";
+    struct vcpu_info *vi = (struct vcpu_info *)(shared_info_page + 2048);
+    if (vi->time.version & 1 || !vi->time.tsc_to_system_mul) return "bad vcpu_time_info";
+    return "ok";
+}
+
+static void hello(void)
+{
+    char user_line[128];
+    uint64_t cpl = run_user(user_cpl, 0, user_stack + sizeof(user_stack));
+    uint64_t steps = run_user(user_collatz, COLLATZ_N, user_stack + sizeof(user_stack));
+    snprintf(user_line, sizeof(user_line),
+             "pyxen hello: ring %lu computed collatz steps 1..%u = %lu\n", cpl, COLLATZ_N, steps);
+    printk("%s", user_line);
+    debug_port_printk("pyxen hello: domain %u says hello on port 0xe9\n", domid);
+    printk("pyxen hello: shared info %s\n", check_shared_info());
+    printk("pyxen hello: vcpu 0 is up (cpuid vcpu id %u)\n", cpuid_vcpu_id());
+    printk("pyxen hello: %u vcpus up\n", bring_up_vcpus());
+    printk("pyxen hello: powering off\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+/* End of the first RAM region of the start_info memory map. */
+static uint64_t ram_end(void)
+{
+    struct hvm_memmap_table_entry *m = (void *)start_info->memmap_paddr;
+    return m[0].addr + m[0].size;
+}
+
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+/* Xen system time (ns) from a vcpu_time_info, as a PV clock reader computes it. */
+static uint64_t system_time_now(volatile struct vcpu_time_info *t)
+{
+    uint32_t ver, mul;
+    uint64_t st, ts;
+    int8_t shift;
+    do {
+        ver = t->version;
+        asm volatile("" ::: "memory");
+        st = t->system_time; ts = t->tsc_timestamp;
+        mul = t->tsc_to_system_mul; shift = t->tsc_shift;
+        asm volatile("" ::: "memory");
+    } while ((ver & 1) || ver != t->version);
+    uint64_t d = rdtsc() - ts;
+    d = shift >= 0 ? d << shift : d >> -shift;
+    return st + (uint64_t)(((unsigned __int128)d * mul) >> 32);
+}
+
+/* Informational hypercalls, each result printed (tests compare them with the config). */
+static void probe(void)
+{
+    static xen_capabilities_info_t caps;
+    static xen_commandline_t xen_cmdline;
+    long rc;
+    printk("pyxen probe: shared info %s\n", check_shared_info());
+
+    struct __attribute__((packed)) { uint64_t addr, size; uint32_t type; } map[8];
+    struct xen_memory_map mm = { .nr_entries = 8 };
+    set_xen_guest_handle(mm.buffer, (void *)map);
+    rc = memory_op(XENMEM_memory_map, &mm);
+    printk("pyxen probe: memory_map rc %ld, %u entries, first [%lx, %lx) type %u\n", rc,
+           mm.nr_entries, map[0].addr, map[0].addr + map[0].size, map[0].type);
+    domid_t self = DOMID_SELF;
+    printk("pyxen probe: reservation current %ld maximum %ld pages\n",
+           memory_op(XENMEM_current_reservation, &self),
+           memory_op(XENMEM_maximum_reservation, &self));
+    xen_version(XENVER_capabilities, caps);
+    printk("pyxen probe: capabilities \"%s\"\n", caps);
+    struct xen_feature_info fi = { .submap_idx = 0 };
+    rc = xen_version(XENVER_get_features, &fi);
+    printk("pyxen probe: features rc %ld submap %x\n", rc, fi.submap);
+    printk("pyxen probe: pagesize %ld\n", xen_version(XENVER_pagesize, NULL));
+    xen_domain_handle_t h;
+    xen_version(XENVER_guest_handle, h);
+    char hex[33];
+    for (int i = 0; i < 16; i++) {
+        hex[2 * i] = "0123456789abcdef"[h[i] >> 4];
+        hex[2 * i + 1] = "0123456789abcdef"[h[i] & 15];
+    }
+    hex[32] = 0;
+    printk("pyxen probe: guest handle %s\n", hex);
+    xen_version(XENVER_commandline, xen_cmdline);
+    printk("pyxen probe: xen commandline \"%s\"\n", xen_cmdline);
+
+    struct xen_hvm_param p = { .domid = DOMID_SELF, .index = HVM_PARAM_STORE_EVTCHN };
+    rc = hvm_op(HVMOP_get_param, &p);
+    printk("pyxen probe: get_param(STORE_EVTCHN) rc %ld value %lu\n", rc, (unsigned long)p.value);
+    p.index = HVM_PARAM_IOREQ_PFN;
+    printk("pyxen probe: get_param(IOREQ_PFN) rc %ld\n", hvm_op(HVMOP_get_param, &p));
+    p.index = HVM_PARAM_CALLBACK_IRQ;
+    p.value = (2ULL << 56) | 0xf3;
+    rc = hvm_op(HVMOP_set_param, &p);
+    p.value = 0;
+    hvm_op(HVMOP_get_param, &p);
+    printk("pyxen probe: set_param(CALLBACK_IRQ) rc %ld, reads back %lx\n", rc,
+           (unsigned long)p.value);
+
+    volatile struct vcpu_time_info *t =
+        &((struct vcpu_info *)(shared_info_page + 2048))->time;
+    uint64_t deadline = system_time_now(t) + 10000000;
+    struct sched_poll poll = { .nr_ports = 0, .timeout = deadline };
+    rc = sched_op(SCHEDOP_poll, &poll);
+    printk("pyxen probe: poll(10 ms) rc %ld, woke after the deadline: %s\n", rc,
+           system_time_now(t) + 1000000 >= deadline ? "yes" : "no");
+    struct sched_watchdog wd = { .id = 0, .timeout = 60 };
+    long id = sched_op(SCHEDOP_watchdog, &wd);
+    wd.id = (uint32_t)id;
+    wd.timeout = 0;
+    printk("pyxen probe: watchdog id %ld, disarm rc %ld\n", id, sched_op(SCHEDOP_watchdog, &wd));
+    printk("pyxen probe: powering off\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+static void misbehave(void)
+{
+    char buf[16];
+    long rc;
+    rc = xen_version(XENVER_extraversion, (void *)0xdeadbeef000UL);
+    printk("pyxen misbehave: xen_version(extraversion, unmapped pointer) = %ld\n", rc);
+    rc = console_io(CONSOLEIO_write, 16, (void *)0xf0000000UL);
+    printk("pyxen misbehave: console_io(write, pointer outside RAM) = %ld\n", rc);
+    rc = console_io(CONSOLEIO_write, 64, (void *)(ram_end() - 8));
+    printk("pyxen misbehave: console_io(write, buffer across the end of RAM) = %ld\n", rc);
+    rc = hypercall(__HYPERVISOR_arch_7, 1, 2, 3, 4, 5);
+    printk("pyxen misbehave: hypercall 55 = %ld\n", rc);
+    rc = hypercall(127, 0, 0, 0, 0, 0);
+    printk("pyxen misbehave: hypercall 127 = %ld\n", rc);
+    rc = sched_op(99, NULL);
+    printk("pyxen misbehave: sched_op(99) = %ld\n", rc);
+    struct xen_foreign_memory_map fmap;
+    memset(&fmap, 0, sizeof(fmap));
+    fmap.domid = DOMID_SELF;
+    rc = memory_op(XENMEM_set_memory_map, &fmap);
+    printk("pyxen misbehave: memory_op(set_memory_map) = %ld\n", rc);
+    rc = vcpu_op(VCPUOP_is_up, 5000, NULL);
+    printk("pyxen misbehave: vcpu_op(is_up, 5000) = %ld\n", rc);
+    rc = vcpu_op(VCPUOP_initialise, 0, (void *)0xdeadbeef000UL);
+    printk("pyxen misbehave: vcpu_op(initialise, unmapped pointer) = %ld\n", rc);
+    (void)buf;
+    printk("pyxen misbehave: still alive, powering off\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+static void echo(void)
+{
+    char buf[64], line[80];
+    printk("pyxen echo: ready\n");
+    for (;;) {
+        long n = console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
+        if (n > 0) {
+            buf[n] = 0;
+            snprintf(line, sizeof(line), "pyxen echo: %s\n", buf);
+            printk("%s", line);
+            for (long i = 0; i < n; i++)
+                if (buf[i] == 'q') shutdown(SHUTDOWN_poweroff);
+        } else {
+            sched_op(SCHEDOP_yield, NULL);
+        }
+    }
+}
+
+static void bench(unsigned long n)
+{
+    printk("pyxen bench: exit loop start n=%lu\n", n);
+    for (unsigned long i = 0; i < n; i++) outb(0x80, 0);
+    printk("pyxen bench: exit loop done\n");
+    printk("pyxen bench: hypercall loop start n=%lu\n", n);
+    for (unsigned long i = 0; i < n; i++) xen_version(XENVER_version, NULL);
+    printk("pyxen bench: hypercall loop done\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+void kmain(uint32_t start_info_paddr)
+{
+    char mode[32], val[32];
+    setup_cpu();
+    xen_base = find_xen_leaves();
+    if (!xen_base) {
+        debug_port_printk("pyxen hello: no Xen CPUID leaves, halting\n");
+        for (;;) asm volatile("cli; hlt");
+    }
+    uint32_t a, b, c, d;
+    cpuid(xen_base + 2, &a, &b, &c, &d);        /* hypercall page count and MSR */
+    wrmsr(b, (uint64_t)hypercall_page);
+    cpuid(xen_base + 4, &a, &b, &c, &d);
+    domid = (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
+
+    start_info = (struct hvm_start_info *)(uint64_t)start_info_paddr;
+    if (start_info->magic != XEN_HVM_START_MAGIC_VALUE) {
+        printk("pyxen hello: bad start_info magic %x\n", start_info->magic);
+        shutdown(SHUTDOWN_crash);
+    }
+    if (start_info->cmdline_paddr) {
+        const char *s = (const char *)start_info->cmdline_paddr;
+        size_t n = 0;
+        while (s[n] && n + 1 < sizeof(cmdline)) { cmdline[n] = s[n]; n++; }
+        cmdline[n] = 0;
+    }
+
+    long ver = xen_version(XENVER_version, NULL);
+    xen_extraversion_t extra;
+    memset(extra, 0, sizeof(extra));
+    xen_version(XENVER_extraversion, extra);
+    extra[sizeof(extra) - 1] = 0;
+    printk("pyxen hello: Xen %ld.%ld%s, domain %u, %u module(s)\n",
+           ver >> 16, ver & 0xffff, extra, domid, start_info->nr_modules);
+    printk("pyxen hello: command line \"%s\"\n", cmdline);
+
+    if (!opt("mode", mode, sizeof(mode)) || streq(mode, "hello")) hello();
+    for (unsigned int r = 0; r < sizeof(mode_names) / sizeof(mode_names[0]); r++) {
+        if (streq(mode, mode_names[r])) {
+            printk("pyxen hello: shutting down (%s)\n", mode_names[r]);
+            shutdown(r);
+        }
+    }
+    if (streq(mode, "triplefault")) {
+        printk("pyxen hello: triple faulting\n");
+        triple_fault();
+    }
+    if (streq(mode, "idle")) {
+        printk("pyxen hello: idle\n");
+        for (;;) sched_op(SCHEDOP_block, NULL);
+    }
+    if (streq(mode, "spin")) {
+        printk("pyxen hello: spinning in ring 3\n");
+        run_user(user_spin, 1, user_stack + sizeof(user_stack));
+    }
+    if (streq(mode, "misbehave")) misbehave();
+    if (streq(mode, "probe")) probe();
+    if (streq(mode, "echo")) echo();
+    if (streq(mode, "bench")) bench(opt("n", val, sizeof(val)) ? parse_ul(val) : 100000);
+    printk("pyxen hello: unknown mode \"%s\"\n", mode);
+    shutdown(SHUTDOWN_crash);
+}

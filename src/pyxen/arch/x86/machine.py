@@ -1,0 +1,254 @@
+"""A domain realised on KVM: the VM, guest RAM slots, one thread per vCPU running KVM_RUN,
+and the exit dispatch that turns exits into Xen events (hypercalls, debug port, MSRs,
+crashes)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+
+from ...hypervisor import hypercall as HC
+from ...hypervisor.domain import VCPU, Domain
+from ...hypervisor.guest_access import GuestAccess
+from ...hypervisor.public import errno as E
+from . import kvm_abi as K
+from .cpuid import guest_cpuid
+from .hypercall_page import HYPERCALL_PORT, hypercall_page
+from .kvm import Kvm, KvmError, Vcpu, Vm
+from .msr import XEN_HYPERCALL_MSR, install_msr_filter
+from .paging import EFER_LMA, PagingState, translate
+from .vcpu_state import hvm_context_state, pvh_boot_state
+
+XEN_DEBUG_PORT = 0xE9
+KICK_SIGNAL = signal.SIGUSR1
+TSS_ADDR = 0xFFFBD000
+MSR_IA32_TSC = 0x10
+U64 = (1 << 64) - 1
+
+
+def install_kick_handler() -> None:
+    """Main thread only: a no-op handler, so the kick signal interrupts KVM_RUN."""
+    signal.signal(KICK_SIGNAL, lambda *_: None)
+
+
+class X86Machine:
+    """Implements hypervisor.domain.Platform for one domain."""
+
+    def __init__(self, domain: Domain, kvm: Kvm) -> None:
+        self.domain = domain
+        self.kvm = kvm
+        self.vm = Vm(kvm)
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.create_irqchip()
+        install_msr_filter(self.vm)
+        for slot, r in enumerate(domain.memory.regions):
+            self.vm.set_memory_region(slot, r.gpa, r.size, domain.memory.hva + r.offset)
+        self.vcpus: list[Vcpu] = []
+        host = kvm.supported_cpuid()
+        for i in range(domain.max_vcpus):
+            v = self.vm.create_vcpu(i)
+            if i == 0:
+                self.tsc_khz = v.tsc_khz()
+            v.set_cpuid(guest_cpuid(host, i, domain.domid, self.tsc_khz))
+            v.run_struct.kvm_valid_regs = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS
+            self.vcpus.append(v)
+        # One (guest TSC, host time) pair per vCPU, taken while none runs: guest_tsc()
+        # extrapolates from it, so no ioctl is ever issued on another thread's vCPU.
+        self._tsc_ref = [(v.get_msr(MSR_IA32_TSC), time.monotonic_ns()) for v in self.vcpus]
+        self.threads: list[threading.Thread] = []
+        domain.platform = self
+
+    # --- Platform --------------------------------------------------------------------------
+
+    def kick(self, vcpu_id: int) -> None:
+        """Force vCPU vcpu_id out of KVM_RUN (caller holds domain.cond)."""
+        self.vcpus[vcpu_id].run_struct.immediate_exit = 1
+        ident = self.domain.vcpus[vcpu_id].thread_ident
+        if ident is not None:
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def guest_tsc(self, vcpu_id: int) -> int:
+        tsc0, t0 = self._tsc_ref[vcpu_id]
+        return tsc0 + (time.monotonic_ns() - t0) * self.tsc_khz // 1_000_000
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def boot(self, entry: int, start_info: int) -> None:
+        """vCPU 0 at the PVH entry point; the others wait for VCPUOP_initialise/up."""
+        v0 = self.vcpus[0]
+        regs, sregs = pvh_boot_state(v0.get_sregs(), entry, start_info)
+        v0.set_sregs(sregs)
+        v0.set_regs(regs)
+        for i in range(len(self.vcpus)):
+            t = threading.Thread(target=self._vcpu_thread, args=(i,), daemon=True,
+                                 name=f"d{self.domain.domid}v{i}")
+            self.threads.append(t)
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # --- the vCPU loop -----------------------------------------------------------------------
+
+    def _vcpu_thread(self, i: int) -> None:
+        d = self.domain
+        v = d.vcpus[i]
+        kv = self.vcpus[i]
+        run = kv.run_struct
+        v.thread_ident = threading.get_ident()
+
+        def go() -> None:
+            run.immediate_exit = 0
+
+        try:
+            while True:
+                # Fast path: still allowed to run and nobody kicked us (a kick sets
+                # immediate_exit under domain.cond, so KVM_RUN would return at once).
+                if not (v.running and not run.immediate_exit and d.may_run(v)):
+                    if not d.wait_runnable(v, go):
+                        break
+                try:
+                    if v.pending_context is not None:
+                        ctx, v.pending_context = v.pending_context, None
+                        regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
+                        kv.set_sregs(sregs)
+                        kv.set_regs(regs)
+                        kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+                    reason = kv.run()
+                    if reason != K.KVM_EXIT_INTR:
+                        self._exit(v, kv, reason)
+                except Exception as e:  # a bug or a hostile guest: this domain only
+                    self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
+                                traceback.format_exc())
+        finally:
+            with d.cond:
+                try:
+                    v.cpu_time += time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
+                finally:
+                    v.thread_ident = None
+                    v.running = False
+                    d.cond.notify_all()
+
+    def _exit(self, v: VCPU, kv: Vcpu, reason: int) -> None:
+        run = kv.run_struct
+        if reason == K.KVM_EXIT_IO:
+            io = kv.io
+            if io.direction == K.KVM_EXIT_IO_OUT:
+                data = bytes(kv.io_data(io.size, io.count))
+                if io.port == HYPERCALL_PORT and io.size == 4 and io.count == 1:
+                    self._hypercall(v, kv, int.from_bytes(data, "little"))
+                elif io.port == XEN_DEBUG_PORT:
+                    self.domain.guest_debug("e9", data[:: io.size])
+            else:
+                kv.io_data(io.size, io.count)[:] = b"\xff" * (io.size * io.count)
+        elif reason == K.KVM_EXIT_MMIO:
+            mmio = run.u.mmio
+            if not mmio.is_write:
+                for j in range(8):
+                    mmio.data[j] = 0xFF
+        elif reason == K.KVM_EXIT_X86_WRMSR:
+            m = run.u.msr
+            m.error = 0 if m.index == XEN_HYPERCALL_MSR and self._hypercall_msr(m.data) else 1
+        elif reason == K.KVM_EXIT_X86_RDMSR:
+            run.u.msr.error = 1
+        elif reason == K.KVM_EXIT_HLT:
+            self.domain.block(v, 10_000_000)
+        elif reason == K.KVM_EXIT_SHUTDOWN:
+            self._crash(v, kv, "triple fault")
+        elif reason == K.KVM_EXIT_INTERNAL_ERROR:
+            ie = run.u.internal
+            what = {K.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
+                    K.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
+                    K.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failure"}.get(
+                        ie.suberror, f"internal error {ie.suberror}")
+            data = " ".join(f"{ie.data[j]:#x}" for j in range(min(ie.ndata, 16)))
+            self._crash(v, kv, f"KVM {what} (data: {data or 'none'})")
+        elif reason == K.KVM_EXIT_FAIL_ENTRY:
+            self._crash(v, kv, "VM entry failed (hardware reason "
+                        f"{run.u.fail_entry.hardware_entry_failure_reason:#x})")
+        elif reason == K.KVM_EXIT_SYSTEM_EVENT:
+            kind = run.u.system_event.type
+            if kind == K.KVM_SYSTEM_EVENT_RESET:
+                self.domain.shutdown(1)
+            elif kind == K.KVM_SYSTEM_EVENT_SHUTDOWN:
+                self.domain.shutdown(0)
+            else:
+                self._crash(v, kv, f"system event {kind}")
+        else:
+            self._crash(v, kv, f"unexpected KVM exit {K.EXIT_NAMES.get(reason, reason)}")
+
+    def _hypercall_msr(self, value: int) -> bool:
+        """Fill the hypercall page; False (-> #GP) for a bad page index or address."""
+        gpa, idx = value & ~0xFFF & U64, value & 0xFFF
+        if idx != 0 or not self.domain.memory.is_ram(gpa, 4096):
+            return False
+        self.domain.memory.write(gpa, hypercall_page())
+        return True
+
+    def _hypercall(self, v: VCPU, kv: Vcpu, nr: int) -> None:
+        run = kv.run_struct
+        r = kv.sync_regs
+        s = kv.sync_sregs
+        long_mode = bool(s.efer & EFER_LMA) and bool(s.cs.l)
+        if s.ss.dpl != 0:
+            ret = -E.EPERM  # as Xen: hypercalls from guest user mode are refused
+        else:
+            if long_mode:
+                args = (r.rdi, r.rsi, r.rdx, r.r10, r.r8)
+            else:
+                m = 0xFFFFFFFF
+                args = (r.rbx & m, r.rcx & m, r.rdx & m, r.rsi & m, r.rdi & m)
+            mem = self.domain.memory
+
+            def make_guest() -> GuestAccess:
+                st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+                return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w))
+
+            ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode)
+            ret = HC.dispatch(ctx, nr)
+        r.rax = ret & (U64 if long_mode else 0xFFFFFFFF)
+        run.kvm_dirty_regs = K.KVM_SYNC_X86_REGS
+
+    # --- crash reports -----------------------------------------------------------------------
+
+    def _crash(self, v: VCPU, kv: Vcpu, why: str, detail: str = "") -> None:
+        d = self.domain
+        lines = [f"d{d.domid}v{v.id} {why}: crashing the domain"]
+        try:
+            lines += register_dump(d.domid, v.id, kv.get_regs(), kv.get_sregs())
+        except KvmError as e:
+            lines.append(f"(registers unavailable: {e})")
+        if detail:
+            lines += detail.rstrip().splitlines()
+        d.crash("\n".join(lines))
+
+
+def register_dump(domid: int, vid: int, r: K.kvm_regs, s: K.kvm_sregs) -> list[str]:
+    mode = "64-bit" if s.efer & EFER_LMA and s.cs.l else (
+        "32-bit" if s.cr0 & 1 else "real mode")
+    def q(x: int) -> str:
+        return f"{x:016x}"
+    return [
+        f"----[ d{domid}v{vid} guest state ]----",
+        f"RIP:    {s.cs.selector:04x}:[<{q(r.rip)}>]   CPL: {s.ss.dpl}   mode: {mode}",
+        f"RFLAGS: {q(r.rflags)}",
+        f"rax: {q(r.rax)}   rbx: {q(r.rbx)}   rcx: {q(r.rcx)}",
+        f"rdx: {q(r.rdx)}   rsi: {q(r.rsi)}   rdi: {q(r.rdi)}",
+        f"rbp: {q(r.rbp)}   rsp: {q(r.rsp)}   r8:  {q(r.r8)}",
+        f"r9:  {q(r.r9)}   r10: {q(r.r10)}   r11: {q(r.r11)}",
+        f"r12: {q(r.r12)}   r13: {q(r.r13)}   r14: {q(r.r14)}",
+        f"r15: {q(r.r15)}   cr0: {q(s.cr0)}   cr4: {q(s.cr4)}",
+        f"cr3: {q(s.cr3)}   cr2: {q(s.cr2)}   efer: {q(s.efer)}",
+        f"ds: {s.ds.selector:04x}   es: {s.es.selector:04x}   fs: {s.fs.selector:04x}   "
+        f"gs: {s.gs.selector:04x}   ss: {s.ss.selector:04x}   cs: {s.cs.selector:04x}",
+        f"gdt: {q(s.gdt.base)}/{s.gdt.limit:04x}   idt: {q(s.idt.base)}/{s.idt.limit:04x}   "
+        f"tr: {s.tr.selector:04x}",
+    ]

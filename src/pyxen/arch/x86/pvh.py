@@ -1,0 +1,181 @@
+"""The PVH domain builder: an ELF kernel with Xen notes, an optional ramdisk module, and
+struct hvm_start_info, laid out in guest memory as Xen's libxl/libxenguest would."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ...hypervisor.memory import GuestMemory
+from ...hypervisor.public import elfnote as N
+from ...hypervisor.public.hvm_start_info import (
+    XEN_HVM_MEMMAP_TYPE_RAM,
+    XEN_HVM_START_MAGIC_VALUE,
+    hvm_memmap_table_entry,
+    hvm_modlist_entry,
+    hvm_start_info,
+)
+
+PAGE = 4096
+MAX_CMDLINE = 1024
+
+
+class BuildError(Exception):
+    """The domain cannot be built; the message is one line a person can act on."""
+
+
+@dataclass
+class Segment:
+    paddr: int
+    data: bytes
+    memsz: int
+
+
+@dataclass
+class KernelImage:
+    path: Path
+    segments: list[Segment]
+    notes: dict[int, bytes | str | int] = field(default_factory=dict)
+
+    @property
+    def phys32_entry(self) -> int:
+        return int(self.notes[N.XEN_ELFNOTE_PHYS32_ENTRY])
+
+    @property
+    def end(self) -> int:
+        return max(s.paddr + s.memsz for s in self.segments)
+
+
+def _parse_notes(data: bytes, notes: dict[int, bytes | str | int]) -> None:
+    off = 0
+    while off + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+        off += 12
+        name = data[off:off + namesz].rstrip(b"\0")
+        off += (namesz + 3) & ~3
+        desc = data[off:off + descsz]
+        off += (descsz + 3) & ~3
+        if name != b"Xen":
+            continue
+        if ntype in N.STRING_NOTES:
+            notes[ntype] = desc.split(b"\0")[0].decode("ascii", "replace")
+        elif descsz in (4, 8):
+            notes[ntype] = int.from_bytes(desc, "little")
+        else:
+            notes[ntype] = desc
+
+
+def load_kernel(path: str | Path) -> KernelImage:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise BuildError(f"kernel {p} not found: check 'kernel' in the domain config") from None
+    except OSError as e:
+        raise BuildError(f"cannot read kernel {p}: {e.strerror}") from None
+    if raw[:4] != b"\x7fELF":
+        raise BuildError(f"kernel {p} is not an ELF file: pyxen boots PVH kernels, which are "
+                         "ELF images with Xen ELF notes")
+    try:
+        import io
+
+        elf = ELFFile(io.BytesIO(raw))
+        if elf["e_machine"] not in ("EM_X86_64", "EM_386"):
+            raise BuildError(f"kernel {p} is an ELF file for {elf['e_machine']}, not x86")
+        segments = []
+        notes: dict[int, bytes | str | int] = {}
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]:
+                segments.append(Segment(seg["p_paddr"], seg.data(), seg["p_memsz"]))
+            elif seg["p_type"] == "PT_NOTE":
+                _parse_notes(seg.data(), notes)
+        if not notes:
+            for sec in elf.iter_sections():
+                if sec["sh_type"] == "SHT_NOTE":
+                    _parse_notes(sec.data(), notes)
+    except (ELFError, struct.error, ValueError) as e:
+        raise BuildError(f"kernel {p} is a malformed ELF file: {e}") from None
+    if not segments:
+        raise BuildError(f"kernel {p} has no loadable segments")
+    if N.XEN_ELFNOTE_PHYS32_ENTRY not in notes:
+        raise BuildError(f"kernel {p} has no XEN_ELFNOTE_PHYS32_ENTRY ELF note, so it cannot "
+                         "boot as a PVH guest: use a kernel built with PVH support")
+    return KernelImage(p, segments, notes)
+
+
+@dataclass
+class BootInfo:
+    entry: int
+    start_info: int
+    notes: dict[int, bytes | str | int]
+    log: list[str]
+
+
+def _align(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Path | None,
+              cmdline: str) -> BootInfo:
+    kernel = load_kernel(kernel_path)
+    mib = mem.size >> 20
+    log = []
+    for n, v in sorted(kernel.notes.items()):
+        shown = f"{v:#x}" if isinstance(v, int) else (f'"{v}"' if isinstance(v, str) else
+                                                      v.hex())
+        log.append(f"ELF: note: {N.NAMES.get(n, str(n))} = {shown}")
+    for s in kernel.segments:
+        if not mem.is_ram(s.paddr, s.memsz):
+            raise BuildError(f"kernel {kernel.path} loads at {s.paddr:#x}-"
+                             f"{s.paddr + s.memsz:#x}, outside the domain's {mib} MiB of RAM: "
+                             "raise 'memory'")
+        mem.write(s.paddr, s.data + bytes(s.memsz - len(s.data)))
+    log.append(f"ELF: phdr: paddr={min(s.paddr for s in kernel.segments):#x} "
+               f"end={kernel.end:#x} entry(phys32)={kernel.phys32_entry:#x}")
+
+    cursor = _align(kernel.end)
+    modules: list[hvm_modlist_entry] = []
+    if ramdisk_path:
+        rd = Path(ramdisk_path)
+        try:
+            data = rd.read_bytes()
+        except FileNotFoundError:
+            raise BuildError(f"ramdisk {rd} not found: check 'ramdisk' in the domain "
+                             "config") from None
+        except OSError as e:
+            raise BuildError(f"cannot read ramdisk {rd}: {e.strerror}") from None
+        if not mem.is_ram(cursor, max(len(data), 1)):
+            raise BuildError(f"ramdisk {rd} ({len(data)} bytes) does not fit in the domain's "
+                             f"{mib} MiB of RAM: raise 'memory'")
+        mem.write(cursor, data)
+        modules.append(hvm_modlist_entry(paddr=cursor, size=len(data)))
+        log.append(f"PVH: module 0 (ramdisk) at {cursor:#x}, {len(data)} bytes")
+        cursor = _align(cursor + len(data))
+
+    cmd = cmdline.encode()[: MAX_CMDLINE - 1] + b"\0"
+    e820 = mem.e820()
+    si_size = ctypes.sizeof(hvm_start_info)
+    mod_off = si_size
+    map_off = mod_off + len(modules) * ctypes.sizeof(hvm_modlist_entry)
+    cmd_off = map_off + len(e820) * ctypes.sizeof(hvm_memmap_table_entry)
+    total = cmd_off + len(cmd)
+    if not mem.is_ram(cursor, total):
+        raise BuildError(f"the domain's {mib} MiB of RAM cannot hold the kernel, ramdisk and "
+                         "start info: raise 'memory'")
+    base = cursor
+    si = hvm_start_info(magic=XEN_HVM_START_MAGIC_VALUE, version=1, nr_modules=len(modules),
+                        modlist_paddr=base + mod_off if modules else 0,
+                        cmdline_paddr=base + cmd_off, rsdp_paddr=0,
+                        memmap_paddr=base + map_off, memmap_entries=len(e820))
+    blob = bytes(si) + b"".join(bytes(m) for m in modules)
+    blob += b"".join(bytes(hvm_memmap_table_entry(addr=a, size=s, type=XEN_HVM_MEMMAP_TYPE_RAM
+                                                  if t == 1 else t)) for a, s, t in e820)
+    blob += cmd
+    mem.write(base, blob)
+    log.append(f"PVH: hvm_start_info at {base:#x}, cmdline \"{cmdline}\"")
+    return BootInfo(kernel.phys32_entry, base, kernel.notes, log)

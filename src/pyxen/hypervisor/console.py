@@ -1,0 +1,82 @@
+"""console_io and the domain's console stream (console.sock).
+
+Guest output goes to the attached client, or into a bounded buffer (oldest bytes dropped)
+that the next client receives first; client bytes are console input for CONSOLEIO_read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .hypercall import HypercallContext, hypercall
+from .public import errno as E
+from .public.xen import CONSOLEIO_read, CONSOLEIO_write, __HYPERVISOR_console_io
+
+OUTPUT_BUFFER = 64 * 1024
+INPUT_BUFFER = 16 * 1024
+CHUNK = 128  # as Xen's guest_console_write: a chunk that faults is not written
+
+
+class Console:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._out = bytearray()
+        self._in = bytearray()
+        self._listener: Callable[[bytes], None] | None = None
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._listener is not None:
+                self._listener(data)
+                return
+            self._out += data
+            if len(self._out) > OUTPUT_BUFFER:
+                del self._out[: len(self._out) - OUTPUT_BUFFER]
+
+    def attach(self, listener: Callable[[bytes], None] | None) -> bytes:
+        """Route output to listener (None: buffer again); returns what was buffered."""
+        with self._lock:
+            self._listener = listener
+            pending, self._out = bytes(self._out), bytearray()
+            return pending
+
+    def feed(self, data: bytes) -> None:
+        with self._lock:
+            self._in += data
+            if len(self._in) > INPUT_BUFFER:
+                del self._in[: len(self._in) - INPUT_BUFFER]
+
+    def read(self, n: int) -> bytes:
+        with self._lock:
+            data = bytes(self._in[:n])
+            del self._in[:n]
+            return data
+
+    def unread(self, data: bytes) -> None:
+        with self._lock:
+            self._in[:0] = data
+
+
+@hypercall(__HYPERVISOR_console_io)
+def do_console_io(ctx: HypercallContext) -> int:
+    cmd, count, buf = ctx.sarg(0), ctx.arg(1) & 0xFFFFFFFF, ctx.arg(2)
+    d = ctx.domain
+    if cmd == CONSOLEIO_write:
+        done = 0
+        while done < count:
+            n = min(CHUNK, count - done)
+            data = ctx.guest.read(buf + done, n)
+            d.console.write(data)
+            d.guest_debug("console", data)
+            done += n
+        return 0
+    if cmd == CONSOLEIO_read:
+        data = d.console.read(min(count, INPUT_BUFFER))
+        try:
+            ctx.guest.write(buf, data)
+        except Exception:
+            d.console.unread(data)
+            raise
+        return len(data)
+    return -E.ENOSYS

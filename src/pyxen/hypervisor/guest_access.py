@@ -1,0 +1,65 @@
+"""The one way hypercall handlers touch guest memory (Xen's copy_{to,from}_guest).
+
+Every guest pointer is translated through the guest's page tables and bounds-checked
+against guest RAM page by page; anything the guest could not itself access raises
+GuestFault, which the dispatcher turns into -EFAULT for that hypercall.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from .memory import GuestMemory
+
+T = TypeVar("T", bound=ctypes.Structure)
+
+PAGE_SIZE = 4096
+MAX_COPY = 1 << 20  # no single copy is bigger than this; larger requests are chunked
+
+
+class GuestFault(Exception):
+    """A guest address the guest could not access: -EFAULT."""
+
+    def __init__(self, addr: int) -> None:
+        super().__init__(f"bad guest address {addr:#x}")
+        self.addr = addr
+
+
+class GuestAccess:
+    """Guest-virtual accessor for one hypercall: `translate(va, write) -> gpa`."""
+
+    def __init__(self, memory: GuestMemory, translate: Callable[[int, bool], int]) -> None:
+        self.memory = memory
+        self._translate = translate
+
+    def _pieces(self, va: int, n: int, write: bool):
+        if n < 0 or n > MAX_COPY or va < 0 or va + n > 1 << 64:
+            raise GuestFault(va)
+        while n:
+            chunk = min(n, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+            yield self._translate(va, write), chunk
+            va += chunk
+            n -= chunk
+
+    def read(self, va: int, n: int) -> bytes:
+        return b"".join(self.memory.read(gpa, c) for gpa, c in self._pieces(va, n, False))
+
+    def write(self, va: int, data: bytes) -> None:
+        pieces = list(self._pieces(va, len(data), True))  # all-or-nothing
+        off = 0
+        for gpa, c in pieces:
+            self.memory.write(gpa, data[off:off + c])
+            off += c
+
+    def read_struct(self, va: int, cls: type[T]) -> T:
+        return cls.from_buffer_copy(self.read(va, ctypes.sizeof(cls)))
+
+    def write_struct(self, va: int, obj: ctypes.Structure) -> None:
+        self.write(va, bytes(obj))
+
+    def read_u16(self, va: int) -> int:
+        return int.from_bytes(self.read(va, 2), "little")
+

@@ -1,0 +1,38 @@
+"""hvm_op: HVM parameters as an unprivileged HVM/PVH guest may see and set them."""
+
+from __future__ import annotations
+
+from .hypercall import HypercallContext, hypercall, is_self
+from .public import errno as E
+from .public import hvm_op as H
+from .public.xen import __HYPERVISOR_hvm_op
+
+# What Xen's hvm_allow_{get,set}_param let a guest do to its own parameters.
+GUEST_GET = {H.HVM_PARAM_CALLBACK_IRQ, H.HVM_PARAM_STORE_PFN, H.HVM_PARAM_STORE_EVTCHN,
+             H.HVM_PARAM_CONSOLE_PFN, H.HVM_PARAM_CONSOLE_EVTCHN, H.HVM_PARAM_PAE_ENABLED,
+             H.HVM_PARAM_TIMER_MODE, H.HVM_PARAM_HPET_ENABLED, H.HVM_PARAM_VIRIDIAN,
+             H.HVM_PARAM_ACPI_S_STATE}
+GUEST_SET = {H.HVM_PARAM_CALLBACK_IRQ}
+
+
+@hypercall(__HYPERVISOR_hvm_op)
+def do_hvm_op(ctx: HypercallContext) -> int:
+    op, arg = ctx.arg(0), ctx.arg(1)
+    if op not in (H.HVMOP_set_param, H.HVMOP_get_param):
+        return -E.ENOSYS
+    p = ctx.guest.read_struct(arg, H.xen_hvm_param)
+    if not is_self(ctx, p.domid):
+        return -E.ESRCH
+    if p.index >= H.HVM_PARAM_NR:
+        return -E.EINVAL
+    params = ctx.domain.hvm_params
+    if op == H.HVMOP_get_param:
+        if p.index not in GUEST_GET:
+            return -E.EPERM
+        p.value = params.get(p.index, 0)
+        ctx.guest.write_struct(arg, p)
+        return 0
+    if p.index not in GUEST_SET:
+        return -E.EPERM
+    params[p.index] = p.value
+    return 0

@@ -1,0 +1,81 @@
+"""Hypercall dispatch: number -> handler, with Xen's errors for everything else.
+
+A handler gets a HypercallContext (domain, vCPU, the five argument registers and the one
+guest-memory accessor) and returns the value for %rax. GuestFault becomes -EFAULT; an
+unknown number is counted and returns -ENOSYS; any other exception propagates to the vCPU
+loop, which crashes this domain (only) with a report.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .domain import VCPU, Domain
+from .guest_access import GuestAccess, GuestFault
+from .public import errno as E
+from .public.xen import HYPERCALL_NAMES
+
+Handler = Callable[["HypercallContext"], int]
+HANDLERS: dict[int, Handler] = {}
+HANDLER_MODULES = ("version", "console", "sched", "memory_op", "hvm", "vcpu")
+
+
+@dataclass
+class HypercallContext:
+    domain: Domain
+    vcpu: VCPU
+    args: tuple[int, int, int, int, int]
+    make_guest: Callable[[], GuestAccess]  # built on first use: most calls need none
+    long_mode: bool = True
+    _guest: GuestAccess | None = None
+
+    @property
+    def guest(self) -> GuestAccess:
+        if self._guest is None:
+            self._guest = self.make_guest()
+        return self._guest
+
+    def arg(self, i: int) -> int:
+        return self.args[i]
+
+    def sarg(self, i: int) -> int:
+        """Argument i as a signed C int (sub-op numbers, counts)."""
+        v = self.args[i] & 0xFFFFFFFF
+        return v - (1 << 32) if v & 0x80000000 else v
+
+
+def hypercall(nr: int) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[nr] = fn
+        return fn
+
+    return register
+
+
+def load_handlers() -> None:
+    for m in HANDLER_MODULES:
+        importlib.import_module(f"{__package__}.{m}")
+
+
+def dispatch(ctx: HypercallContext, nr: int) -> int:
+    handler = HANDLERS.get(nr)
+    if handler is None:
+        d = ctx.domain
+        d.unknown_hypercalls[nr] += 1
+        n = d.unknown_hypercalls[nr]
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: visible without flooding the log
+            d.log(f"d{d.domid}v{ctx.vcpu.id} unimplemented hypercall {nr} "
+                  f"({HYPERCALL_NAMES.get(nr, 'unknown')}): -ENOSYS (x{n})")
+        return -E.ENOSYS
+    try:
+        return handler(ctx)
+    except GuestFault:
+        return -E.EFAULT
+
+
+def is_self(ctx: HypercallContext, domid: int) -> bool:
+    from .public.xen import DOMID_SELF
+
+    return domid in (DOMID_SELF, ctx.domain.domid)

@@ -1,0 +1,72 @@
+"""Guest physical memory: one memfd (shareable with backends and migration) mapped into the
+VMM, laid out as RAM regions in the guest-physical address space."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from .guest_access import GuestFault
+
+PAGE_SIZE = 4096
+LOWMEM_TOP = 0xF0000000  # HVM_BELOW_4G_RAM_END: MMIO hole up to 4 GiB
+HIGHMEM_BASE = 1 << 32
+
+
+@dataclass(frozen=True)
+class Region:
+    gpa: int
+    size: int
+    offset: int  # in the memfd
+
+
+class GuestMemory:
+    def __init__(self, size: int, name: str = "pyxen-ram") -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError("guest memory must be a positive number of pages")
+        self.size = size
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.map)
+        self.hva = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        low = min(size, LOWMEM_TOP)
+        self.regions = [Region(0, low, 0)]
+        if size > low:
+            self.regions.append(Region(HIGHMEM_BASE, size - low, low))
+
+    @property
+    def max_gpfn(self) -> int:
+        r = self.regions[-1]
+        return (r.gpa + r.size) // PAGE_SIZE - 1
+
+    def _offset(self, gpa: int, n: int) -> int:
+        for r in self.regions:
+            if r.gpa <= gpa and gpa + n <= r.gpa + r.size and n >= 0:
+                return r.offset + gpa - r.gpa
+        raise GuestFault(gpa)
+
+    def is_ram(self, gpa: int, n: int = 1) -> bool:
+        try:
+            self._offset(gpa, n)
+            return True
+        except GuestFault:
+            return False
+
+    def read(self, gpa: int, n: int) -> bytes:
+        off = self._offset(gpa, n)
+        return bytes(self.view[off:off + n])
+
+    def write(self, gpa: int, data: bytes) -> None:
+        off = self._offset(gpa, len(data))
+        self.view[off:off + len(data)] = data
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack_from("<Q", self.view, self._offset(gpa, 8))[0]
+
+    def e820(self) -> list[tuple[int, int, int]]:
+        """(addr, size, type) entries: RAM regions only (type 1)."""
+        return [(r.gpa, r.size, 1) for r in self.regions]

@@ -1,0 +1,25 @@
+"""Xen's errno values (xen/errno.h); hypercalls return them negated."""
+
+EPERM = 1
+ENOENT = 2
+ESRCH = 3
+EINTR = 4
+EIO = 5
+E2BIG = 7
+EBADF = 9
+EAGAIN = 11
+ENOMEM = 12
+EACCES = 13
+EFAULT = 14
+EBUSY = 16
+EEXIST = 17
+EINVAL = 22
+ENOSPC = 28
+ERANGE = 34
+ENOSYS = 38
+EOPNOTSUPP = 95
+EALREADY = 114
+EISCONN = 106
+ENOTCONN = 107
+ETIMEDOUT = 110
+EOVERFLOW = 75

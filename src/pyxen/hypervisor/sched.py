@@ -1,0 +1,88 @@
+"""sched_op: yield, block, poll, shutdown (+ code), remote_shutdown, watchdog."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .hypercall import HypercallContext, hypercall, is_self
+from .public import errno as E
+from .public import sched as S
+from .public.xen import __HYPERVISOR_sched_op
+from .shared_info import system_time_ns
+
+MAX_POLL_PORTS = 128
+NR_DOMAIN_WATCHDOG_TIMERS = 2
+
+
+@hypercall(__HYPERVISOR_sched_op)
+def do_sched_op(ctx: HypercallContext) -> int:
+    cmd, arg = ctx.sarg(0), ctx.arg(1)
+    d, g = ctx.domain, ctx.guest
+    if cmd == S.SCHEDOP_yield:
+        os.sched_yield()
+        return 0
+    if cmd == S.SCHEDOP_block:
+        d.block(ctx.vcpu)
+        return 0
+    if cmd == S.SCHEDOP_shutdown:
+        reason = g.read_struct(arg, S.sched_shutdown).reason
+        if reason > S.SHUTDOWN_MAX:
+            return -E.EINVAL
+        d.shutdown(reason)
+        return 0
+    if cmd == S.SCHEDOP_shutdown_code:
+        reason = g.read_struct(arg, S.sched_shutdown).reason
+        if reason > S.SHUTDOWN_MAX:
+            return -E.EINVAL
+        d.preset_shutdown_code = reason
+        return 0
+    if cmd == S.SCHEDOP_poll:
+        poll = g.read_struct(arg, S.sched_poll)
+        if poll.nr_ports > MAX_POLL_PORTS:
+            return -E.EINVAL
+        g.read(poll.ports, 4 * poll.nr_ports)  # the ports must be readable
+        # No event channel can be pending yet: sleep until the timeout (absolute system
+        # time; 0 = none).
+        timeout = None
+        if poll.timeout:
+            timeout = max(0, poll.timeout - system_time_ns(d))
+        d.block(ctx.vcpu, timeout)
+        return 0
+    if cmd == S.SCHEDOP_remote_shutdown:
+        rs = g.read_struct(arg, S.sched_remote_shutdown)
+        return -E.EPERM if is_self(ctx, rs.domain_id) else -E.ESRCH
+    if cmd == S.SCHEDOP_watchdog:
+        return _watchdog(ctx, g.read_struct(arg, S.sched_watchdog))
+    return -E.ENOSYS
+
+
+def _watchdog(ctx: HypercallContext, wd: S.sched_watchdog) -> int:
+    """Xen's domain watchdogs: id 0 creates one (returns its id), timeout 0 destroys it."""
+    d = ctx.domain
+    wid, timeout = wd.id, wd.timeout
+    timers: dict[int, threading.Timer] = d.__dict__.setdefault("watchdogs", {})
+
+    def fire() -> None:
+        d.log(f"Watchdog timer fired for domain {d.domid}")
+        d.shutdown(S.SHUTDOWN_watchdog)
+
+    def arm(i: int) -> None:
+        t = threading.Timer(timeout, fire)
+        t.daemon = True
+        timers[i] = t
+        t.start()
+
+    if wid == 0:
+        for i in range(1, NR_DOMAIN_WATCHDOG_TIMERS + 1):
+            if i not in timers:
+                arm(i)
+                return i
+        return -E.ENOSPC
+    if wid not in timers:
+        return -E.EINVAL
+    timers.pop(wid).cancel()
+    if timeout:
+        arm(wid)
+    return 0
+

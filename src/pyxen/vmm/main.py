@@ -1,0 +1,96 @@
+"""Start-up of the domain process: check the host, build the domain paused, announce it on
+stdout with exactly one JSON line, then serve control.sock and console.sock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid as uuidlib
+
+from .. import paths
+from ..arch.x86.kvm import HostError, Kvm
+from ..arch.x86.machine import X86Machine, install_kick_handler
+from ..arch.x86.pvh import BuildError, build_pvh
+from ..hypervisor import hypercall
+from ..hypervisor.console import Console
+from ..hypervisor.domain import Domain
+from ..hypervisor.memory import GuestMemory
+from .config import ConfigError, VmmConfig, load_config
+from .server import VmmServer
+
+
+def host_memory_mib() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machine]:
+    kvm = Kvm()
+    host = host_memory_mib()
+    for key, mib in (("memory", cfg.memory_mib), ("maxmem", cfg.maxmem_mib)):
+        if mib > host:
+            raise BuildError(f"{key} = {mib} MiB is more than this host's {host} MiB of RAM: "
+                             f"lower '{key}' in the domain config")
+    mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram")
+    uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
+    d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
+               max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
+    d.console = Console()
+    hypercall.load_handlers()
+    machine = X86Machine(d, kvm)
+    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline)
+    d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
+          f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
+    for line in boot.log:
+        d.log(line)
+    machine.boot(boot.entry, boot.start_info)
+    return d, machine
+
+
+def announce(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+    try:
+        sys.stdout.close()
+    finally:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pyxen.vmm",
+                                 description="pyxen domain process (one per domain)")
+    ap.add_argument("--domid", type=int, required=True)
+    ap.add_argument("--config", required=True)
+    args = ap.parse_args(argv)
+    ddir = paths.domain_dir(args.domid)
+    install_kick_handler()
+    backlog: list[dict] = []
+    try:
+        cfg = load_config(args.config)
+        domain, machine = build(args.domid, cfg, backlog)
+        server = VmmServer(domain, machine, ddir, backlog)
+        server.bind()
+    except (ConfigError, BuildError, HostError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
+        announce({"event": "error", "message": msg})
+        return 2
+    except Exception as e:  # still one actionable line, never a traceback on stdout
+        import traceback
+
+        traceback.print_exc()
+        msg = f"internal error while building the domain: {type(e).__name__}: {e}"
+        announce({"event": "error", "message": msg.splitlines()[0]})
+        return 2
+    announce({"event": "built"})
+    return server.serve()

@@ -1,0 +1,224 @@
+"""control.sock (JSON lines: requests, replies, events) and console.sock (a byte stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..arch.x86.machine import X86Machine
+from ..arch.x86.pvh import BuildError
+from ..hypervisor.domain import Domain
+from ..hypervisor.public.sched import SHUTDOWN_NAMES
+
+
+class VmmServer:
+    def __init__(self, domain: Domain, machine: X86Machine, ddir: Path,
+                 backlog: list[dict]) -> None:
+        self.domain = domain
+        self.machine = machine
+        self.ddir = ddir
+        self.control_path = ddir / "control.sock"
+        self.console_path = ddir / "console.sock"
+        self.backlog = backlog  # events before the first control client (build log)
+        self.clients: set[asyncio.StreamWriter] = set()
+        self.console_writer: asyncio.StreamWriter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Event | None = None
+        self.socks: list[socket.socket] = []
+
+    # --- sockets -------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Listening sockets exist (and accept) before we announce "built"."""
+        try:
+            self.ddir.mkdir(parents=True, exist_ok=True)
+            for path in (self.control_path, self.console_path):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.socks.append(s)
+                s.bind(str(path))
+                s.listen(16)
+        except OSError as e:
+            self.cleanup()
+            raise BuildError(f"cannot create the domain's sockets in {self.ddir}: "
+                             f"{e.strerror or e}") from None
+
+    def cleanup(self) -> None:
+        for s in self.socks:
+            s.close()
+        for path in (self.control_path, self.console_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def serve(self) -> int:
+        try:
+            return asyncio.run(self._serve())
+        finally:
+            self.cleanup()
+
+    async def _serve(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        self.domain.emit = self._emit_threadsafe
+        for ev in self.backlog:
+            self._log_stderr(ev)
+        self.loop.add_signal_handler(signal.SIGTERM, self.done.set)
+        self.loop.add_signal_handler(signal.SIGINT, self.done.set)
+        ctl = await asyncio.start_unix_server(self._control_client, sock=self.socks[0])
+        con = await asyncio.start_unix_server(self._console_client, sock=self.socks[1])
+        await self.done.wait()
+        self.domain.destroy()
+        await self.loop.run_in_executor(None, self.machine.join)
+        ctl.close()
+        con.close()
+        if self.console_writer is not None:
+            self.console_writer.close()
+        for w in list(self.clients):
+            try:
+                await w.drain()
+            except (ConnectionError, RuntimeError):
+                pass
+            w.close()
+        self.cleanup()
+        return 0
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _emit_threadsafe(self, ev: dict[str, Any]) -> None:
+        assert self.loop is not None
+        try:
+            self.loop.call_soon_threadsafe(self._broadcast, ev)
+        except RuntimeError:  # loop closed: the domain is gone
+            pass
+
+    @staticmethod
+    def _log_stderr(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "log":
+            print(ev["line"], file=sys.stderr, flush=True)
+        else:
+            print(json.dumps(ev), file=sys.stderr, flush=True)
+
+    def _broadcast(self, ev: dict[str, Any]) -> None:
+        self._log_stderr(ev)
+        if not self.clients and self.backlog is not None and len(self.backlog) < 1000:
+            self.backlog.append(ev)
+            return
+        line = (json.dumps(ev) + "\n").encode()
+        for w in list(self.clients):
+            if w.is_closing():
+                self.clients.discard(w)
+                continue
+            w.write(line)
+
+    # --- control.sock ----------------------------------------------------------------------
+
+    async def _control_client(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        self.clients.add(writer)
+        if self.backlog:
+            pending, self.backlog = self.backlog, []
+            for ev in pending:
+                writer.write((json.dumps(ev) + "\n").encode())
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                reply = await self._request(line)
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.clients.discard(writer)
+            writer.close()
+
+    async def _request(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            return {"id": None, "ok": False, "error": f"malformed request: {e}"}
+        rid = req.get("id")
+        op = req.get("op")
+        d = self.domain
+        assert self.loop is not None and self.done is not None
+        try:
+            if op == "unpause":
+                d.unpause()
+            elif op == "pause":
+                await self.loop.run_in_executor(None, d.pause)
+            elif op == "info":
+                return {"id": rid, "ok": True, **self.info()}
+            elif op == "destroy":
+                self.loop.call_soon(self.done.set)
+            elif op == "shutdown_request":
+                return {"id": rid, "ok": False,
+                        "error": "the guest has no PV control channel (control/shutdown in "
+                                 "xenstore): use destroy"}
+            else:
+                return {"id": rid, "ok": False, "error": f"unknown op {op!r}"}
+        except Exception as e:  # a request must never take the VMM down
+            return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"id": rid, "ok": True}
+
+    def info(self) -> dict[str, Any]:
+        d = self.domain
+        reason = d.shutdown_reason
+        return {
+            "state": d.state(),
+            "cpu_time": round(d.cpu_time(), 6),
+            "vcpus": d.online_vcpus(),
+            "max_vcpus": d.max_vcpus,
+            "memory_kib": d.memory.size // 1024,
+            "max_memory_kib": d.max_memory // 1024,
+            "shutdown_reason": None if reason is None else SHUTDOWN_NAMES.get(reason, "crash"),
+            "shutdown_code": d.shutdown_code,
+        }
+
+    # --- console.sock ----------------------------------------------------------------------
+
+    async def _console_client(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        assert self.loop is not None
+        old, self.console_writer = self.console_writer, writer
+        if old is not None:
+            old.close()
+        loop = self.loop
+
+        def listener(data: bytes) -> None:
+            loop.call_soon_threadsafe(_write, writer, data)
+
+        pending = self.domain.console.attach(listener)
+        if pending:
+            writer.write(pending)
+        try:
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    break
+                self.domain.console.feed(data)
+        except ConnectionError:
+            pass
+        finally:
+            if self.console_writer is writer:
+                self.console_writer = None
+                self.domain.console.attach(None)
+            writer.close()
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(data)
+

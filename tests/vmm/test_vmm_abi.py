@@ -1,0 +1,85 @@
+"""Layouts of the ctypes mirrors (Xen public headers, linux/kvm.h) against the C compiler."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+
+from pyxen.arch.x86 import kvm_abi as K
+from pyxen.hypervisor.public import all_structs
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+def _fields(cls: type) -> list[tuple[str, str]]:
+    """(ctypes path, C member designator) of every top-level field."""
+    return [(name, name) for name, *_ in cls._fields_]
+
+
+def _compile_and_run(tmp_path, headers: list[str], checks: list[tuple[str, str]]) -> list[str]:
+    src = ["#include <stdint.h>", "#include <stddef.h>", "#include <stdio.h>"]
+    src += [f"#include <{h}>" for h in headers]
+    src.append("int main(void) {")
+    for label, expr in checks:
+        src.append(f'    printf("%s %zu\\n", "{label}", (size_t)({expr}));')
+    src.append("    return 0; }")
+    c = tmp_path / "abi.c"
+    c.write_text("\n".join(src) + "\n")
+    exe = tmp_path / "abi"
+    subprocess.run(["gcc", "-D__XEN_INTERFACE_VERSION__=0x00040d00", "-o", str(exe), str(c)],
+                   check=True)
+    return subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+
+
+@pytest.mark.timeout(60)
+def test_xen_public_structs_match_headers(tmp_path) -> None:
+    structs = all_structs()
+    assert len(structs) > 15
+    headers = sorted({"xen/xen.h"} | {s._xen_header_ for s in structs})
+    checks, expected = [], {}
+    for s in structs:
+        t = s._xen_c_type_
+        label = t.replace(" ", "_")
+        checks.append((f"{label}.sizeof", f"sizeof({t})"))
+        expected[f"{label}.sizeof"] = ctypes.sizeof(s)
+        for name, member in _fields(s):
+            key = f"{label}.{name}"
+            checks.append((key, f"offsetof({t}, {member})"))
+            expected[key] = getattr(s, name).offset
+    out = _compile_and_run(tmp_path, headers, checks)
+    got = dict(line.split() for line in out if line)
+    assert {k: int(v) for k, v in got.items()} == expected
+
+
+@pytest.mark.timeout(60)
+def test_kvm_structs_and_ioctls_match_linux_headers(tmp_path) -> None:
+    checks = [
+        ("run", "sizeof(struct kvm_run)"),
+        ("run.valid", "offsetof(struct kvm_run, kvm_valid_regs)"),
+        ("run.s", "offsetof(struct kvm_run, s)"),
+        ("run.io", "offsetof(struct kvm_run, io)"),
+        ("run.msr.index", "offsetof(struct kvm_run, msr.index)"),
+        ("regs", "sizeof(struct kvm_regs)"),
+        ("sregs", "sizeof(struct kvm_sregs)"),
+        ("KVM_RUN", "KVM_RUN"), ("KVM_GET_REGS", "KVM_GET_REGS"),
+        ("KVM_SET_SREGS", "KVM_SET_SREGS"), ("KVM_SET_CPUID2", "KVM_SET_CPUID2"),
+        ("KVM_GET_SUPPORTED_CPUID", "KVM_GET_SUPPORTED_CPUID"),
+        ("KVM_ENABLE_CAP", "KVM_ENABLE_CAP"), ("KVM_X86_SET_MSR_FILTER", "KVM_X86_SET_MSR_FILTER"),
+        ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION"),
+        ("KVM_SET_MP_STATE", "KVM_SET_MP_STATE"), ("KVM_SET_MSRS", "KVM_SET_MSRS"),
+    ]
+    got = dict(line.split() for line in _compile_and_run(tmp_path, ["linux/kvm.h"], checks) if line)
+    expected = {
+        "run": ctypes.sizeof(K.kvm_run), "run.valid": K.kvm_run.kvm_valid_regs.offset,
+        "run.s": K.kvm_run.s.offset, "run.io": K.kvm_run.u.offset,
+        "run.msr.index": K.kvm_run.u.offset + K.kvm_run_msr.index.offset,
+        "regs": ctypes.sizeof(K.kvm_regs), "sregs": ctypes.sizeof(K.kvm_sregs),
+    }
+    for name in ("KVM_RUN", "KVM_GET_REGS", "KVM_SET_SREGS", "KVM_SET_CPUID2",
+                 "KVM_GET_SUPPORTED_CPUID", "KVM_ENABLE_CAP", "KVM_X86_SET_MSR_FILTER",
+                 "KVM_SET_USER_MEMORY_REGION", "KVM_SET_MP_STATE", "KVM_SET_MSRS"):
+        expected[name] = getattr(K, name)
+    assert {k: int(v) for k, v in got.items()} == expected
