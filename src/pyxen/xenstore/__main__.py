@@ -1,7 +1,8 @@
 """``python -m pyxen.xenstore --state-dir DIR``: a standalone xenstored.
 
 Quota options follow Xen's C xenstored (-E/--entry-nb, -S/--entry-size, -W/--watch-nb,
--t/--transaction, -A/--perm-nb, -M/--path-max, -Q/--quota NAME=VALUE).
+-t/--transaction, -A/--perm-nb, -M/--path-max, -Q/--quota NAME=VALUE), as does
+-K/--keep-orphans.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Quota
     ap.add_argument("-M", "--path-max", type=int, help="path length below the domain path")
     ap.add_argument("-Q", "--quota", action="append", default=[], metavar="NAME=VALUE",
                     help="any quota by name: " + ", ".join(Quotas.names()))
+    ap.add_argument("-K", "--keep-orphans", action="store_true",
+                    help="give a released domain's nodes to dom0 instead of removing them")
     ap.add_argument("--no-persist", action="store_true", help="keep the tree in memory only")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="xenstored: %(message)s")
     try:
-        server = XenstoreServer(args.state_dir, quotas, persist=not args.no_persist).start()
+        server = XenstoreServer(args.state_dir, quotas, persist=not args.no_persist,
+                                keep_orphans=args.keep_orphans).start()
     except OSError as e:
         print(f"xenstored: cannot serve in {args.state_dir}: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import path as P
-from .perms import DOM0_DEFAULT, Caller, Perms, format_perms, parse_perms
+from . import store as S
+from .perms import DOM0, DOM0_DEFAULT, Caller, Perms, format_perms, ignore_domain, load_perms
 from .persist import COMPACT_BYTES, Persistence
 from .quota import Quotas
 from .store import Event, Store
@@ -42,8 +43,12 @@ class Domain:
 
 
 class Core:
-    def __init__(self, quotas: Quotas, persistence: Persistence | None = None) -> None:
+    def __init__(self, quotas: Quotas, persistence: Persistence | None = None, *,
+                 keep_orphans: bool = False) -> None:
         self.quotas = quotas
+        # C xenstored's -K/--keep-orphans: a released domain's nodes go to dom0
+        # instead of being removed.
+        self.keep_orphans = keep_orphans
         self.store = Store()
         self.watches = WatchTable()
         self.special_perms: dict[str, Perms] = {
@@ -69,7 +74,7 @@ class Core:
                                           d.get("target"))
         for k, v in state["special"].items():
             if k in self.special_perms:
-                self.special_perms[k] = parse_perms(v)
+                self.special_perms[k] = load_perms(v)
         self.persistence.snapshot(self.store, self._domains_json(), self._special_json())
         self.persistence.open_journal()
 
@@ -210,8 +215,9 @@ class Core:
             self.fire([Event("@introduceDomain", self.special_perms["@introduceDomain"])])
 
     def release(self, domid: int) -> None:
-        """Forget a domain: drop its connections, fire @releaseDomain. Nodes stay (the
-        toolstack removes /local/domain/N), as in Xen."""
+        """Forget a domain, as Xen 4.17's XS_RELEASE (destroy_domain()): drop its
+        connections (its watches first, so it hears nothing of what follows), clean the
+        tree of it (_forget_domain), then fire @releaseDomain."""
         if domid == 0:
             raise XenstoreError("EINVAL", "dom0 cannot be released")
         dom = self.domains.pop(domid, None)
@@ -225,8 +231,64 @@ class Core:
             if other.target == domid:
                 other.target = None
                 self._recaller(other.domid)
+        events = self._forget_domain(domid)
+        self.journal()
         self.persist_domains()
+        self.fire(events)
         self.fire([Event("@releaseDomain", self.special_perms["@releaseDomain"])])
+
+    def _forget_domain(self, domid: int) -> list[Event]:
+        """What Xen 4.17 does to the tree when a domain goes away, so that a later
+        domain given the same domid inherits nothing of it:
+
+        - nodes the domain owns are removed with their subtrees, firing watches
+          (domain_tree_remove(), XSA-419), or with keep_orphans handed to dom0
+          (XSA-322); either way they stop counting against the domain's quota;
+        - other ACL entries naming it are marked IGNORE and grant nothing any more
+          (domain_adjust_node_perms(), XSA-322). GET_PERMS still lists them;
+        - the special nodes' ACLs lose their entries for it, and dom0 takes over any
+          it owned (remove_domid_from_perm()).
+
+        Xen ignores entries lazily (a node's generation against the domain's); marking
+        them here, without a new node generation, has the same effect and causes no
+        spurious transaction conflicts. Returns the watch events of the removals."""
+        store = self.store
+        events: list[Event] = []
+        stack = ["/"]
+        while stack and store.count(domid) > 0:
+            path = stack.pop()
+            node = store.get(path)
+            if node is None:
+                continue
+            if node.perms[0][0] == domid:
+                if self.keep_orphans or path == "/":
+                    node = store.get_for_update(path)
+                    node.perms = ((0, node.perms[0][1]),) + node.perms[1:]
+                    store.put(path, node)
+                else:
+                    events += S.rm(store, DOM0, path)
+                    continue
+            stack.extend(P.join(path, c) for c in node.children)
+        for path, node in store.nodes.items():
+            perms = ignore_domain(node.perms, domid)
+            if perms is not node.perms:
+                node.perms = perms  # in place: the entry is dead, nothing else changed
+                store.dirty[path] = None
+        for conn in self.connections:
+            for tx in conn.transactions.values():
+                for n in tx.overlay.values():
+                    if n is None:
+                        continue
+                    if n.perms[0][0] == domid:
+                        tx.doomed = True  # would commit a node owned by a dead domain
+                    n.perms = ignore_domain(n.perms, domid)
+        for name, perms in self.special_perms.items():
+            owner = perms[0] if perms[0][0] != domid else (0, perms[0][1])
+            self.special_perms[name] = (owner,) + tuple(e for e in perms[1:] if e[0] != domid)
+        if store.count(domid) == 0:
+            store.counts.pop(domid, None)
+            store.mem.pop(domid, None)
+        return events
 
     def resume(self, domid: int) -> None:
         if not self.is_introduced(domid):
@@ -316,3 +378,8 @@ class Core:
             for c in n.children:
                 if P.join(p, c) not in nodes:
                     raise XenstoreError("EIO", f"child {c} of {p} missing")
+        owned: dict[int, int] = {}
+        for n in nodes.values():
+            owned[n.perms[0][0]] = owned.get(n.perms[0][0], 0) + 1
+        if owned != {d: c for d, c in self.store.counts.items() if c}:
+            raise XenstoreError("EIO", "per-domain node accounting is off")

@@ -4,6 +4,11 @@ A node's ACL is a list of (domid, perm) entries written 'n0', 'r1', 'w2', 'b3'. 
 first entry names the owner, and its letter is the default for every domain not listed
 later. The owner, privileged connections, and a stub domain acting for its target
 (SET_TARGET) get everything.
+
+An entry may carry IGNORE (Xen's XS_PERM_IGNORE): it names a domain that has been
+released since the entry was written, so it grants nothing, not even to a later domain
+given the same domid (XSA-322). GET_PERMS still lists it, as Xen's
+xenstore_perm_to_string() masks the flag; the persisted tree keeps the flag ("!r5").
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ READ = 1
 WRITE = 2
 OWNER = 4
 ALL = READ | WRITE | OWNER
+IGNORE = 0x10  # XS_PERM_IGNORE: the entry names a released domain and grants nothing
 
 _LETTER_BITS = {"n": 0, "r": READ, "w": WRITE, "b": READ | WRITE}
 _BITS_LETTER = {v: k for k, v in _LETTER_BITS.items()}
@@ -43,7 +49,34 @@ def parse_perms(items: list[str]) -> Perms:
 
 
 def format_perms(perms: Perms) -> list[str]:
+    """The wire form (GET_PERMS): ignored entries keep their letter, as in Xen."""
     return [f"{_BITS_LETTER[bits & (READ | WRITE)]}{domid}" for domid, bits in perms]
+
+
+def dump_perms(perms: Perms) -> list[str]:
+    """The persisted form: the wire form, with '!' before entries marked IGNORE."""
+    return [("!" if bits & IGNORE else "") + f"{_BITS_LETTER[bits & (READ | WRITE)]}{domid}"
+            for domid, bits in perms]
+
+
+def load_perms(items: list[str]) -> Perms:
+    """Inverse of dump_perms (also reads plain wire-form lists)."""
+    out = []
+    for t in items:
+        ignored = t.startswith("!")
+        domid, bits = parse_perm(t[1:] if ignored else t)
+        out.append((domid, bits | IGNORE if ignored else bits))
+    if not out:
+        raise XenstoreError("EINVAL", "empty permission list")
+    return tuple(out)
+
+
+def ignore_domain(perms: Perms, domid: int) -> Perms:
+    """Mark every non-owner entry naming `domid` IGNORE (Xen's domain_adjust_node_perms
+    for a domain that no longer exists); returns `perms` itself when nothing changes."""
+    if not any(d == domid and not b & IGNORE for d, b in perms[1:]):
+        return perms
+    return perms[:1] + tuple((d, b | IGNORE if d == domid else b) for d, b in perms[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +95,8 @@ class Caller:
         if owner == self.domid or (self.target is not None and owner == self.target):
             return ALL
         for domid, bits in perms[1:]:
+            if bits & IGNORE:
+                continue  # names a released domain: grants nothing (XSA-322)
             if domid == self.domid or (self.target is not None and domid == self.target):
                 return bits
         return perms[0][1]

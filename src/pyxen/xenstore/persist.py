@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .perms import Perms, format_perms, parse_perms
+from .perms import Perms, dump_perms, load_perms
 from .store import Store
 
 log = logging.getLogger("pyxen.xenstore")
@@ -29,7 +29,7 @@ COMPACT_BYTES = 16 * 1024 * 1024
 
 
 def _perms_in(items: list[str]) -> Perms:
-    return parse_perms(items)
+    return load_perms(items)  # keeps IGNORE marks ("!r5") across restarts
 
 
 class Persistence:
@@ -86,7 +86,7 @@ class Persistence:
             if n is None:
                 items.append((p, None, None))
             else:
-                items.append((p, n.value.decode("latin-1"), format_perms(n.perms)))
+                items.append((p, n.value.decode("latin-1"), dump_perms(n.perms)))
         self._append({"n": items})
 
     def record_domains(self, domains: dict[str, Any], special: dict[str, list[str]]) -> None:
@@ -113,7 +113,7 @@ class Persistence:
         self.dir.mkdir(parents=True, exist_ok=True)
         snap = {
             "version": 1,
-            "nodes": [(p, n.value.decode("latin-1"), format_perms(n.perms))
+            "nodes": [(p, n.value.decode("latin-1"), dump_perms(n.perms))
                       for p, n in store.walk()],
             "domains": domains,
             "special": special,

@@ -221,12 +221,13 @@ class XenstoreServer:
     the tree and stops. Thread-safe in-process API for the host daemon below."""
 
     def __init__(self, state_dir: Path | str, quotas: Quotas | None = None, *,
-                 persist: bool = True) -> None:
+                 persist: bool = True, keep_orphans: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.quotas = quotas or Quotas()
         self.socket_path = self.state_dir / "socket"
         self.ro_socket_path = self.state_dir / "socket_ro"
-        self.core = Core(self.quotas, Persistence(self.state_dir) if persist else None)
+        self.core = Core(self.quotas, Persistence(self.state_dir) if persist else None,
+                         keep_orphans=keep_orphans)
         self.core.close_transport = self._close_transport
         self.loop = Loop()
         if self.core.persistence is not None:
@@ -338,7 +339,9 @@ class XenstoreServer:
         self.loop.call(lambda: self.core.introduce(domid, gfn=gfn, port=port, ring=ring))
 
     def release_domain(self, domid: int) -> None:
-        """Forget a domain (fires @releaseDomain); ENOENT if it was never introduced."""
+        """Forget a domain (fires @releaseDomain); ENOENT if it was never introduced.
+        As Xen 4.17: its nodes are removed (keep_orphans: given to dom0) and ACL entries
+        naming it grant nothing any more, even to a new domain with the same id."""
         self.loop.call(lambda: self.core.release(domid))
 
     def is_domain_introduced(self, domid: int) -> bool:
