@@ -10,8 +10,11 @@
  *   mode=misbehave           bad pointers / unknown hypercalls, prints the errors, poweroff
  *   mode=echo                echoes console input (CONSOLEIO_read) until it reads 'q'
  *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
+ *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  */
 #include "guest.h"
+
+void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 
 #define MAX_VCPUS 32
 #define COLLATZ_N 300000
@@ -415,6 +418,8 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "probe")) probe();
     if (streq(mode, "echo")) echo();
     if (streq(mode, "bench")) bench(opt("n", val, sizeof(val)) ? parse_ul(val) : 100000);
+    if (streq(mode, "xenbus") || streq(mode, "badconsole") || streq(mode, "xsflood"))
+        pv_main(mode, domid);
     printk("pyxen hello: unknown mode \"%s\"\n", mode);
     shutdown(SHUTDOWN_crash);
 }

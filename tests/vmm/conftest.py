@@ -39,7 +39,7 @@ def boot(rundir: Path, guests: Path) -> Iterator[Callable[..., Domain]]:
         config.update(cfg)
         proc, line, ddir = spawn_vmm(rundir, domid, config)
         procs.append(proc)
-        assert line == {"event": "built"}, line
+        assert line.get("event") == "built", line
         return Domain(proc, ddir, domid)
 
     yield _boot

@@ -70,6 +70,11 @@ class Domain:
         self.console: Any = None  # hypervisor.console.Console
         self._line_bufs: dict[str, bytearray] = {}
         self._line_lock = threading.Lock()
+        # Event channels, grant table and vCPU timers (hypervisor/event_channel.py,
+        # grant_table.py, timer.py); None until the domain builder creates them.
+        self.evtchn: Any = None
+        self.grant_table: Any = None
+        self.timers: Any = None
 
     # --- logging -------------------------------------------------------------------------
 
@@ -156,13 +161,19 @@ class Domain:
                 self.pause_count -= 1
             self.cond.notify_all()
 
-    def block(self, v: VCPU, timeout_ns: int | None = None) -> None:
-        """SCHEDOP_block/poll: sleep until woken (an event), the timeout, or the end."""
+    def block(self, v: VCPU, timeout_ns: int | None = None,
+              ready: Callable[[], bool] | None = None) -> None:
+        """SCHEDOP_block/poll: sleep until woken (an event), the timeout, or the end.
+
+        `ready` says an event is already waiting (e.g. evtchn_upcall_pending); it is
+        checked under the lock after `woken` is cleared, so a wake-up is never lost.
+        """
         deadline = None if timeout_ns is None else time.monotonic() + timeout_ns / 1e9
         with self.cond:
             v.blocked, v.woken, v.running = True, False, False
             self.cond.notify_all()
-            while not v.woken and not self.dying and self.shutdown_reason is None:
+            while (not v.woken and not (ready is not None and ready()) and not self.dying
+                   and self.shutdown_reason is None):
                 if deadline is None:
                     self.cond.wait()
                 else:

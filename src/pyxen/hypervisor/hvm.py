@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from .event_channel import EvtchnError
 from .hypercall import HypercallContext, hypercall, is_self
 from .public import errno as E
 from .public import hvm_op as H
+from .public.hvm_op_evtchn import HVMOP_set_evtchn_upcall_vector, xen_hvm_evtchn_upcall_vector
 from .public.xen import __HYPERVISOR_hvm_op
 
 # What Xen's hvm_allow_{get,set}_param let a guest do to its own parameters.
@@ -18,6 +20,8 @@ GUEST_SET = {H.HVM_PARAM_CALLBACK_IRQ}
 @hypercall(__HYPERVISOR_hvm_op)
 def do_hvm_op(ctx: HypercallContext) -> int:
     op, arg = ctx.arg(0), ctx.arg(1)
+    if op == HVMOP_set_evtchn_upcall_vector:
+        return _set_evtchn_upcall_vector(ctx, arg)
     if op not in (H.HVMOP_set_param, H.HVMOP_get_param):
         return -E.ENOSYS
     p = ctx.guest.read_struct(arg, H.xen_hvm_param)
@@ -35,4 +39,19 @@ def do_hvm_op(ctx: HypercallContext) -> int:
     if p.index not in GUEST_SET:
         return -E.EPERM
     params[p.index] = p.value
+    if p.index == H.HVM_PARAM_CALLBACK_IRQ and ctx.domain.evtchn is not None:
+        ctx.domain.evtchn.set_callback_via(p.value)
+    return 0
+
+
+def _set_evtchn_upcall_vector(ctx: HypercallContext, arg: int) -> int:
+    """Per-vCPU upcall vector (preferred to the domain-wide HVM_PARAM_CALLBACK_IRQ)."""
+    a = ctx.guest.read_struct(arg, xen_hvm_evtchn_upcall_vector)
+    ev = ctx.domain.evtchn
+    if ev is None:
+        return -E.ENOSYS
+    try:
+        ev.set_upcall_vector(a.vcpu, a.vector)
+    except EvtchnError as e:
+        return -e.errno
     return 0

@@ -19,7 +19,8 @@ from .public.xen import HYPERCALL_NAMES
 
 Handler = Callable[["HypercallContext"], int]
 HANDLERS: dict[int, Handler] = {}
-HANDLER_MODULES = ("version", "console", "sched", "memory_op", "hvm", "vcpu")
+HANDLER_MODULES = ("version", "console", "sched", "memory_op", "hvm", "vcpu", "event_channel",
+                   "grant_table", "timer")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class HypercallContext:
     args: tuple[int, int, int, int, int]
     make_guest: Callable[[], GuestAccess]  # built on first use: most calls need none
     long_mode: bool = True
+    interrupts_enabled: bool = True  # the guest's RFLAGS.IF (SCHEDOP_block/poll need it)
     _guest: GuestAccess | None = None
 
     @property

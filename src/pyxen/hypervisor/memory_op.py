@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from .grant_table import add_to_physmap_grant_table
 from .hypercall import HypercallContext, hypercall, is_self
 from .public import errno as E
 from .public import memory as M
@@ -39,6 +40,8 @@ def do_memory_op(ctx: HypercallContext) -> int:
         xatp = g.read_struct(arg, M.xen_add_to_physmap)
         if not is_self(ctx, xatp.domid):
             return -E.ESRCH
+        if xatp.space == M.XENMAPSPACE_grant_table:
+            return add_to_physmap_grant_table(d, xatp.idx, xatp.gpfn)
         if xatp.space != M.XENMAPSPACE_shared_info:
             return -E.EOPNOTSUPP
         if xatp.idx != 0:

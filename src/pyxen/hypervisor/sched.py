@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+from .event_channel import block as evtchn_block
+from .event_channel import poll as evtchn_poll
 from .hypercall import HypercallContext, hypercall, is_self
 from .public import errno as E
 from .public import sched as S
@@ -23,7 +25,7 @@ def do_sched_op(ctx: HypercallContext) -> int:
         os.sched_yield()
         return 0
     if cmd == S.SCHEDOP_block:
-        d.block(ctx.vcpu)
+        evtchn_block(d, ctx.vcpu, ctx.interrupts_enabled)
         return 0
     if cmd == S.SCHEDOP_shutdown:
         reason = g.read_struct(arg, S.sched_shutdown).reason
@@ -41,14 +43,14 @@ def do_sched_op(ctx: HypercallContext) -> int:
         poll = g.read_struct(arg, S.sched_poll)
         if poll.nr_ports > MAX_POLL_PORTS:
             return -E.EINVAL
-        g.read(poll.ports, 4 * poll.nr_ports)  # the ports must be readable
-        # No event channel can be pending yet: sleep until the timeout (absolute system
-        # time; 0 = none).
+        raw = g.read(poll.ports, 4 * poll.nr_ports)  # the ports must be readable
+        ports = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
+        # Sleep until one of the ports is pending or the timeout (absolute system time;
+        # 0 = none).
         timeout = None
         if poll.timeout:
             timeout = max(0, poll.timeout - system_time_ns(d))
-        d.block(ctx.vcpu, timeout)
-        return 0
+        return evtchn_poll(d, ctx.vcpu, ports, timeout, ctx.interrupts_enabled)
     if cmd == S.SCHEDOP_remote_shutdown:
         rs = g.read_struct(arg, S.sched_remote_shutdown)
         return -E.EPERM if is_self(ctx, rs.domain_id) else -E.ESRCH

@@ -7,6 +7,7 @@ and the wallclock (wc_sec, wc_nsec) is the UTC time at system time 0.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import time
 
@@ -74,9 +75,21 @@ def update_wallclock(d: Domain) -> None:
 
 
 def map_shared_info(d: Domain, gpfn: int) -> None:
-    """XENMAPSPACE_shared_info: the page at gpfn becomes the shared info page."""
-    d.shared_info_gpa = gpfn << 12
-    d.memory.write(d.shared_info_gpa, bytes(4096))
+    """XENMAPSPACE_shared_info: the page at gpfn becomes the shared info page.
+
+    Its contents come along: event bits set before the guest mapped it (kept in the
+    event channels' private copy) or at its previous location.
+    """
+    ev = d.evtchn
+    with ev.host.lock if ev is not None else contextlib.nullcontext():
+        if d.shared_info_gpa is not None:
+            content = d.memory.read(d.shared_info_gpa, 4096)
+        elif ev is not None:
+            content = ev.shadow_contents()
+        else:
+            content = bytes(4096)
+        d.shared_info_gpa = gpfn << 12
+        d.memory.write(d.shared_info_gpa, content)
     update_wallclock(d)
     for v in d.vcpus:
         if v.id < XEN_LEGACY_MAX_VCPUS and v.vcpu_info_gpa is None:

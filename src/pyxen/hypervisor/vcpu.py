@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 from .hypercall import HypercallContext, hypercall
@@ -10,6 +11,7 @@ from .public import vcpu as VC
 from .public.hvm_vcpu import VCPU_HVM_MODE_32B, VCPU_HVM_MODE_64B, vcpu_hvm_context
 from .public.xen import __HYPERVISOR_vcpu_op, vcpu_info
 from .shared_info import update_vcpu_time, vcpu_info_gpa
+from .timer import vcpu_timer_op
 
 CR0_PE, CR0_PG, CR4_PAE, EFER_LME, EFER_LMA = 1, 1 << 31, 1 << 5, 1 << 8, 1 << 10
 
@@ -38,6 +40,9 @@ def do_vcpu_op(ctx: HypercallContext) -> int:
     if vid >= d.max_vcpus:
         return -E.ENOENT
     v = d.vcpus[vid]
+    rc = vcpu_timer_op(ctx, cmd, vid, arg)
+    if rc is not None:
+        return rc
     if cmd == VC.VCPUOP_initialise:
         c = g.read_struct(arg, vcpu_hvm_context)
         if not check_hvm_context(c):
@@ -66,10 +71,18 @@ def do_vcpu_op(ctx: HypercallContext) -> int:
             return -E.EINVAL
         if v.vcpu_info_gpa is not None:
             return -E.EINVAL
-        old = vcpu_info_gpa(d, v)
-        content = d.memory.read(old, ctypes.sizeof(vcpu_info)) if old is not None else None
-        v.vcpu_info_gpa = gpa
-        d.memory.write(gpa, content or bytes(ctypes.sizeof(vcpu_info)))
+        ev = d.evtchn  # no event may land in the old place while it moves
+        with ev.host.lock if ev is not None else contextlib.nullcontext():
+            if ev is not None:
+                content = ctypes.string_at(ev.vcpu_info_addr(v.id), ctypes.sizeof(vcpu_info))
+            else:
+                old = vcpu_info_gpa(d, v)
+                content = (d.memory.read(old, ctypes.sizeof(vcpu_info)) if old is not None
+                           else bytes(ctypes.sizeof(vcpu_info)))
+            v.vcpu_info_gpa = gpa
+            d.memory.write(gpa, content)
+            if ev is not None:
+                ev.vcpu_info_moved(v.id)
         update_vcpu_time(d, v)
         return 0
     return -E.ENOSYS

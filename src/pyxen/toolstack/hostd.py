@@ -193,6 +193,10 @@ class Hostd:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.xs_server = XenstoreServer(state_dir)
         self.xs_server.start()
+        # INTRODUCE maps a guest's xenstore ring through its VMM (pyxen.backends.xenbus).
+        from pyxen.backends.xenbus import ring_mapper
+
+        self.xs_server.set_ring_mapper(ring_mapper(self.root))
         from pyxen.xenstore.client import XenstoreClient  # type: ignore[import-not-found]
         self.xs = XenstoreClient(str(paths.xenstored_socket(self.root)))
         self.xen_log(f"xenstored listening on {paths.xenstored_socket(self.root)}")
@@ -424,7 +428,8 @@ class Hostd:
             tail = _last_line(ddir / "vmm.log")
             raise OpError(f"domain {dom.domid}: the VMM exited while building the domain"
                           + (f": {tail}" if tail else f" (status {dom.proc.returncode})"))
-        dom.store = {k: msg[k] for k in ("store_port", "store_mfn") if k in msg}
+        dom.store = {k: msg[k] for k in ("store_port", "store_mfn", "console_port",
+                                         "console_mfn") if isinstance(msg.get(k), int)}
         reader, writer = await asyncio.open_unix_connection(str(ddir / "control.sock"),
                                                             limit=1 << 24)
         dom.ctl = VmmControl(self, dom, reader, writer)
@@ -435,7 +440,9 @@ class Hostd:
             return
         xsdomain.write_domain(self.xs, dom.domid, dom.config,
                               store_port=dom.store.get("store_port"),
-                              store_mfn=dom.store.get("store_mfn"))
+                              store_mfn=dom.store.get("store_mfn"),
+                              console_port=dom.store.get("console_port"),
+                              console_mfn=dom.store.get("console_mfn"))
         self._introduce(dom)
 
     def _introduce(self, dom: Domain) -> None:

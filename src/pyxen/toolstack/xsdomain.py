@@ -24,10 +24,12 @@ def dom_path(domid: int) -> str:
 
 
 def write_domain(client: Any, domid: int, cfg: DomainConfig, *, store_port: int | None = None,
-                 store_mfn: int | None = None) -> None:
+                 store_mfn: int | None = None, console_port: int | None = None,
+                 console_mfn: int | None = None) -> None:
     """Create every entry libxl creates for a new PVH domain, in one transaction."""
     client.run_transaction(lambda tx: _write_domain(_Tx(client, tx), domid, cfg,
-                                                    store_port, store_mfn))
+                                                    store_port, store_mfn, console_port,
+                                                    console_mfn))
 
 
 class _Tx:
@@ -50,7 +52,8 @@ class _Tx:
 
 
 def _write_domain(client: _Tx, domid: int, cfg: DomainConfig, store_port: int | None,
-                  store_mfn: int | None) -> None:
+                  store_mfn: int | None, console_port: int | None = None,
+                  console_mfn: int | None = None) -> None:
     dp, vp, lp = dom_path(domid), f"/vm/{cfg.uuid}", f"/libxl/{domid}"
     roperm = ["n0", f"r{domid}"]
     rwperm = [f"n{domid}"]
@@ -94,6 +97,11 @@ def _write_domain(client: _Tx, domid: int, cfg: DomainConfig, store_port: int | 
         client.write(f"{dp}/store/ring-ref", str(store_mfn))
     client.write(f"{dp}/console/type", "xenconsoled")
     client.write(f"{dp}/console/tty", "")
+    # libxl__device_console_add: the PV console ring's page and event channel
+    if console_port is not None:
+        client.write(f"{dp}/console/port", str(console_port))
+    if console_mfn is not None:
+        client.write(f"{dp}/console/ring-ref", str(console_mfn))
 
 
 def rename_domain(client: Any, domid: int, old_uuid: str, new_uuid: str, name: str) -> None:

@@ -13,11 +13,13 @@ from .. import paths
 from ..arch.x86.kvm import HostError, Kvm
 from ..arch.x86.machine import X86Machine, install_kick_handler
 from ..arch.x86.pvh import BuildError, build_pvh
+from ..backends.pvdevices import PvDevices
 from ..hypervisor import hypercall
 from ..hypervisor.console import Console
 from ..hypervisor.domain import Domain
 from ..hypervisor.memory import GuestMemory
 from .config import ConfigError, VmmConfig, load_config
+from .events import init_event_services
 from .server import VmmServer
 
 
@@ -46,6 +48,7 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
     d.console = Console()
     hypercall.load_handlers()
     machine = X86Machine(d, kvm)
+    init_event_services(d, machine.vm.fd)
     boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline)
     d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
           f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         domain, machine = build(args.domid, cfg, backlog)
         server = VmmServer(domain, machine, ddir, backlog)
         server.bind()
+        try:  # PV console ring + xenstore page (Xen's special pages), served from here
+            pv = PvDevices(domain, machine, ddir, paths.rundir())
+        except BaseException:
+            server.cleanup()
+            raise
+        server.backends.append(pv)  # closed at destruction with the other backends
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
@@ -92,5 +101,5 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"internal error while building the domain: {type(e).__name__}: {e}"
         announce({"event": "error", "message": msg.splitlines()[0]})
         return 2
-    announce({"event": "built"})
+    announce({"event": "built", **pv.announce()})
     return server.serve()

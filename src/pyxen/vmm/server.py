@@ -12,8 +12,10 @@ from typing import Any
 
 from ..arch.x86.machine import X86Machine
 from ..arch.x86.pvh import BuildError
+from ..backends.loopback import LoopbackBackend
 from ..hypervisor.domain import Domain
 from ..hypervisor.public.sched import SHUTDOWN_NAMES
+from .events import dom0_channels, teardown_event_services
 
 
 class VmmServer:
@@ -30,6 +32,7 @@ class VmmServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done: asyncio.Event | None = None
         self.socks: list[socket.socket] = []
+        self.backends: list[Any] = []  # dom0 backends serving this domain (loopback, ...)
 
     # --- sockets -------------------------------------------------------------------------
 
@@ -79,6 +82,9 @@ class VmmServer:
         await self.done.wait()
         self.domain.destroy()
         await self.loop.run_in_executor(None, self.machine.join)
+        await self.loop.run_in_executor(None, teardown_event_services, self.domain,
+                                        self.backends)
+        await asyncio.sleep(0)  # let the teardown's log line reach the clients
         ctl.close()
         con.close()
         if self.console_writer is not None:
@@ -163,6 +169,14 @@ class VmmServer:
                 return {"id": rid, "ok": True, **self.info()}
             elif op == "destroy":
                 self.loop.call_soon(self.done.set)
+            elif op == "loopback_attach":
+                port, gref = req.get("port"), req.get("gref")
+                if not isinstance(port, int) or not isinstance(gref, int):
+                    return {"id": rid, "ok": False,
+                            "error": "loopback_attach needs integer 'port' and 'gref'"}
+                self.backends.append(await self.loop.run_in_executor(
+                    None, lambda: LoopbackBackend(dom0_channels(d), d.grant_table, d.domid,
+                                                  port, gref, report=d.log)))
             elif op == "shutdown_request":
                 return {"id": rid, "ok": False,
                         "error": "the guest has no PV control channel (control/shutdown in "

@@ -26,7 +26,8 @@ def xen_leaves(vcpu_id: int, domid: int, tsc_khz: int) -> list[kvm_cpuid_entry2]
         # one hypercall page, installed by writing its address to this MSR
         _entry(base + 2, 1, XEN_HYPERCALL_MSR),
         _entry(base + 3, 0, 0, tsc_khz, 0, index=0, flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
-        _entry(base + 4, X.XEN_HVM_CPUID_VCPU_ID_PRESENT | X.XEN_HVM_CPUID_DOMID_PRESENT,
+        _entry(base + 4, X.XEN_HVM_CPUID_VCPU_ID_PRESENT | X.XEN_HVM_CPUID_DOMID_PRESENT
+               | X.XEN_HVM_CPUID_UPCALL_VECTOR,
                vcpu_id, domid),
         _entry(base + 5),
     ]

@@ -26,6 +26,7 @@ KICK_SIGNAL = signal.SIGUSR1
 TSS_ADDR = 0xFFFBD000
 MSR_IA32_TSC = 0x10
 U64 = (1 << 64) - 1
+RFLAGS_IF = 1 << 9
 
 
 def install_kick_handler() -> None:
@@ -212,7 +213,8 @@ class X86Machine:
                 st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
                 return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w))
 
-            ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode)
+            ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode,
+                                      interrupts_enabled=bool(r.rflags & RFLAGS_IF))
             ret = HC.dispatch(ctx, nr)
         r.rax = ret & (U64 if long_mode else 0xFFFFFFFF)
         run.kvm_dirty_regs = K.KVM_SYNC_X86_REGS

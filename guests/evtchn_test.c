@@ -1,0 +1,452 @@
+/*
+ * pyxen's event channel / timer / grant table test guest (a PVH kernel, like hello.c).
+ * Its command line chooses what it does; every result is one console line the tests read.
+ *
+ *   mode=timer period=NS ticks=N via=percpu|callback wait=block|hlt
+ *       VIRQ_TIMER from a periodic timer, counted in the upcall handler; then single-shot
+ *   mode=loopback n=N end=poweroff|idle
+ *       grants a page to dom0, and drives pyxen's loopback backend through it (echo,
+ *       the backend's grant checks, a notification round-trip benchmark)
+ *   mode=hostile
+ *       event channel and grant table calls that Xen refuses, with the error codes
+ */
+#include "evtchn.h"
+
+static char cmdline[1024];
+static uint32_t xen_base, tsc_khz;
+static unsigned int domid;
+static char exception_stack[16384] __attribute__((aligned(16)));
+
+static struct __attribute__((packed)) {
+    uint32_t reserved0;
+    uint64_t rsp0, rsp1, rsp2;
+    uint64_t reserved1;
+    uint64_t ist[7];
+    uint64_t reserved2;
+    uint16_t reserved3, iomap_base;
+} tss;
+
+static const char *opt(const char *key, char *out, size_t size)
+{
+    size_t k = strlen(key);
+    for (const char *p = cmdline; *p; p++) {
+        if ((p == cmdline || p[-1] == ' ') && !strncmp(p, key, k) && p[k] == '=') {
+            size_t n = 0;
+            for (p += k + 1; *p && *p != ' ' && n + 1 < size; p++) out[n++] = *p;
+            out[n] = 0;
+            return out;
+        }
+    }
+    return NULL;
+}
+
+static int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
+
+static unsigned long opt_ul(const char *key, unsigned long dflt)
+{
+    char val[32];
+    if (!opt(key, val, sizeof(val))) return dflt;
+    unsigned long v = 0;
+    for (const char *s = val; *s >= '0' && *s <= '9'; s++) v = v * 10 + (*s - '0');
+    return v;
+}
+
+void exception_report(uint64_t *frame)
+{
+    printk("evtchn test: unexpected exception %lu (error %lx) at rip %lx cs %lx\n",
+           frame[0], frame[1], frame[2], frame[3]);
+    shutdown(SHUTDOWN_crash);
+}
+
+static volatile int ap_up;
+static char ap_stack[16384] __attribute__((aligned(16)));
+
+/* vCPU 1: takes its upcalls (on its own vector) while blocked with interrupts on. */
+void ap_main(unsigned int id)
+{
+    (void)id;
+    idt_load256();
+    lapic_enable();
+    ap_up = 1;
+    for (;;) { irq_enable(); sched_op(SCHEDOP_block, NULL); irq_disable(); }
+}
+
+static long start_vcpu1(void)
+{
+    struct vcpu_hvm_context ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.mode = VCPU_HVM_MODE_64B;
+    ctx.cpu_regs.x86_64.rip = (uint64_t)ap_start64;
+    ctx.cpu_regs.x86_64.rsp = (uint64_t)(ap_stack + sizeof(ap_stack));
+    ctx.cpu_regs.x86_64.rdi = 1;
+    ctx.cpu_regs.x86_64.rflags = 0x2;
+    ctx.cpu_regs.x86_64.cr0 = 0x80000011;
+    ctx.cpu_regs.x86_64.cr3 = (uint64_t)pml4;
+    ctx.cpu_regs.x86_64.cr4 = 0x20;
+    ctx.cpu_regs.x86_64.efer = 0x500;
+    long rc = vcpu_op(VCPUOP_initialise, 1, &ctx);
+    if (!rc) rc = vcpu_op(VCPUOP_up, 1, NULL);
+    while (!rc && !ap_up) sched_op(SCHEDOP_yield, NULL);
+    return rc;
+}
+
+static void setup_cpu(void)
+{
+    uint64_t base = (uint64_t)&tss, limit = sizeof(tss) - 1;
+    tss.rsp0 = (uint64_t)(exception_stack + sizeof(exception_stack));
+    tss.iomap_base = sizeof(tss);
+    gdt[5] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ULL << 40) |
+             (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+    gdt[6] = base >> 32;
+    asm volatile("ltr %w0" :: "r"(0x28));
+    for (int v = 0; v < 32; v++) {
+        uint64_t h = (uint64_t)(exception_stubs + 16 * v);
+        uint64_t *e = (uint64_t *)(idt + 16 * v);
+        e[0] = (h & 0xffff) | (0x08ULL << 16) | (0x8eULL << 40) | (((h >> 16) & 0xffff) << 48);
+        e[1] = h >> 32;
+    }
+    idt_init256();
+    idt_set_gate(UPCALL_VECTOR, evtchn_upcall_entry);
+}
+
+static uint32_t find_xen_leaves(void)
+{
+    for (uint32_t base = 0x40000000; base < 0x40010000; base += 0x100) {
+        uint32_t a, b, c, d;
+        cpuid(base, &a, &b, &c, &d);
+        if (b == XEN_CPUID_SIGNATURE_EBX && c == XEN_CPUID_SIGNATURE_ECX &&
+            d == XEN_CPUID_SIGNATURE_EDX && a - base >= 2)
+            return base;
+    }
+    return 0;
+}
+
+static void fail(const char *what, long rc)
+{
+    printk("evtchn test: %s failed: %ld\n", what, rc);
+    shutdown(SHUTDOWN_crash);
+}
+
+/* --- mode=timer ----------------------------------------------------------------------- */
+
+static volatile unsigned long ticks, tick_target;
+static volatile uint64_t tick_time;
+
+static void on_timer(evtchn_port_t port)
+{
+    (void)port;
+    if (++ticks == tick_target) tick_time = xen_system_time();
+}
+
+static volatile unsigned long ipis;
+static volatile unsigned int ipi_cpu = ~0u;
+static void on_ipi(evtchn_port_t port) { (void)port; ipi_cpu = this_cpu(); ipis++; }
+
+/* An IPI event channel bound to vCPU 1 arrives there, on vCPU 1's own upcall vector. */
+static void ipi_test(void)
+{
+    evtchn_port_t port;
+    long rc = start_vcpu1();
+    if (!rc) rc = evtchn_upcall_percpu(1, UPCALL_VECTOR);
+    if (!rc) rc = evtchn_bind_ipi(1, &port);
+    if (rc) fail("vcpu 1 / ipi", rc);
+    evtchn_set_handler(port, on_ipi);
+    for (unsigned long i = 1; i <= 10; i++) {
+        evtchn_send(port);
+        while (ipis < i) sched_op(SCHEDOP_yield, NULL);
+    }
+    printk("ipi: %lu delivered on vcpu %u\n", ipis, ipi_cpu);
+}
+
+static void timer_mode(void)
+{
+    char via[16] = "percpu", wait[16] = "block";
+    uint64_t period = opt_ul("period", 10000000), n = opt_ul("ticks", 100);
+    opt("via", via, sizeof(via));
+    opt("wait", wait, sizeof(wait));
+    long rc;
+    evtchn_port_t port;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    lapic_enable();
+    rc = streq(via, "callback") ? evtchn_upcall_callback(UPCALL_VECTOR)
+                                : evtchn_upcall_percpu(0, UPCALL_VECTOR);
+    if (rc) fail("upcall vector", rc);
+    if ((rc = evtchn_bind_virq(VIRQ_TIMER, 0, &port))) fail("bind_virq", rc);
+    evtchn_set_handler(port, on_timer);
+    upcalls = 0;
+    tick_target = n;
+    struct vcpu_set_periodic_timer pt = { .period_ns = period };
+    uint64_t t0 = xen_system_time();
+    if ((rc = vcpu_op(VCPUOP_set_periodic_timer, 0, &pt))) fail("set_periodic_timer", rc);
+    while (ticks < n) {
+        if (streq(wait, "hlt")) asm volatile("sti; hlt; cli" ::: "memory");
+        else { irq_enable(); sched_op(SCHEDOP_block, NULL); irq_disable(); }
+    }
+    vcpu_op(VCPUOP_stop_periodic_timer, 0, NULL);
+    printk("timer: ticks=%lu upcalls=%lu elapsed=%lu period=%lu via=%s wait=%s\n",
+           n, upcalls, tick_time - t0, period, via, wait);
+
+    /* A period below 1 ms is refused. */
+    struct vcpu_set_periodic_timer tiny = { .period_ns = 999999 };
+    printk("timer: tiny period = %ld\n", vcpu_op(VCPUOP_set_periodic_timer, 0, &tiny));
+
+    /* Single shot: in the past with VCPU_SSHOTTMR_future -> -ETIME; then 3 ms ahead. */
+    struct vcpu_set_singleshot_timer ss = { .timeout_abs_ns = xen_system_time() - 1000000,
+                                            .flags = VCPU_SSHOTTMR_future };
+    long past = vcpu_op(VCPUOP_set_singleshot_timer, 0, &ss);
+    long other = vcpu_op(VCPUOP_set_singleshot_timer, 1, &ss);
+    ticks = 0;
+    tick_target = 1;
+    uint64_t deadline = xen_system_time() + 3000000;
+    ss.timeout_abs_ns = deadline;
+    ss.flags = 0;
+    if ((rc = vcpu_op(VCPUOP_set_singleshot_timer, 0, &ss))) fail("singleshot", rc);
+    while (!ticks) { irq_enable(); sched_op(SCHEDOP_block, NULL); irq_disable(); }
+    printk("singleshot: past=%ld other_vcpu=%ld fired=%lu on_time=%d\n", past, other, ticks,
+           tick_time >= deadline);
+
+    /* A stopped single shot never fires: poll the timer port 30 ms with interrupts off. */
+    ticks = 0;
+    ss.timeout_abs_ns = xen_system_time() + 2000000;
+    vcpu_op(VCPUOP_set_singleshot_timer, 0, &ss);
+    vcpu_op(VCPUOP_stop_singleshot_timer, 0, NULL);
+    evtchn_poll(port, xen_system_time() + 30000000);
+    printk("singleshot stopped: pending=%d ticks=%lu\n", evtchn_test_and_clear(port), ticks);
+
+    /* The old set_timer_op hypercall drives the same single-shot timer. */
+    ticks = 0;
+    deadline = xen_system_time() + 2000000;
+    rc = HYPERCALL2(__HYPERVISOR_set_timer_op, deadline, 0);
+    while (!ticks) { irq_enable(); sched_op(SCHEDOP_block, NULL); irq_disable(); }
+    printk("set_timer_op: rc=%ld fired=%lu on_time=%d\n", rc, ticks, tick_time >= deadline);
+    if (vcpu_op(VCPUOP_is_up, 1, NULL) != -XEN_ENOENT) ipi_test();
+    printk("timer: done\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+/* --- mode=loopback ---------------------------------------------------------------------- */
+
+#define REQ_REF 8
+static struct loopback_page req __attribute__((aligned(4096)));
+static char other_page[4096] __attribute__((aligned(4096)));
+static evtchn_port_t lb_port;
+
+static int32_t request(uint32_t cmd, uint32_t a0, uint32_t a1, uint32_t a2)
+{
+    req.cmd = cmd; req.arg0 = a0; req.arg1 = a1; req.arg2 = a2; req.status = 0x7777;
+    __atomic_store_n(&req.seq, req.seq + 1, __ATOMIC_SEQ_CST);
+    evtchn_send(lb_port);
+    while (__atomic_load_n(&req.done, __ATOMIC_SEQ_CST) != req.seq)
+        if (!evtchn_test_and_clear(lb_port)) evtchn_poll(lb_port, 0);
+    return req.status;
+}
+
+static void loopback_mode(void)
+{
+    char end[16] = "poweroff";
+    unsigned long n = opt_ul("n", 200);
+    opt("end", end, sizeof(end));
+    long rc;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    if ((rc = gnttab_map_table())) fail("grant table", rc);
+    gnttab_grant_access(REQ_REF, 0, (uint64_t)&req >> 12, 0);
+    if ((rc = evtchn_alloc_unbound(0, &lb_port))) fail("alloc_unbound", rc);
+    printk("loopback: port=%u gref=%u\n", lb_port, REQ_REF);
+    while (!evtchn_test_and_clear(lb_port)) evtchn_poll(lb_port, 0);  /* backend's hello */
+    printk("loopback: connected, request page flags %x\n", gnttab[REQ_REF].flags);
+
+    const char *msg = "ping from the guest";
+    size_t len = strlen(msg);
+    memcpy(req.data, msg, len + 1);
+    int32_t st = request(LOOPBACK_ECHO, (uint32_t)len, 0, 0);
+    int ok = st == 0;
+    for (size_t i = 0; i < len; i++) ok &= req.reply[i] == (uint8_t)(msg[i] + 1);
+    printk("loopback: echo status=%d %s\n", st, ok ? "ok" : "MISMATCH");
+
+    /* The backend's grant checks, as Xen makes them. */
+    gnttab_grant_access(9, 5, (uint64_t)other_page >> 12, 0);      /* for d5, not dom0 */
+    gnttab_grant_access(10, 0, (uint64_t)other_page >> 12, 1);     /* read-only */
+    gnttab[11].domid = 0; gnttab[11].frame = (uint64_t)other_page >> 12;
+    __atomic_store_n(&gnttab[11].flags, GTF_transitive, __ATOMIC_SEQ_CST);
+    gnttab_grant_access(12, 0, 0xfffff, 0);                        /* not RAM */
+    printk("loopback: map out_of_range = %d\n", request(LOOPBACK_MAP, 100000, 1, 0));
+    printk("loopback: map foreign = %d\n", request(LOOPBACK_MAP, 9, 1, 0));
+    printk("loopback: map readonly_for_write = %d\n", request(LOOPBACK_MAP, 10, 0, 0));
+    printk("loopback: map transitive = %d\n", request(LOOPBACK_MAP, 11, 1, 0));
+    printk("loopback: map unused = %d\n", request(LOOPBACK_MAP, 100, 1, 0));
+    printk("loopback: map bad_frame = %d\n", request(LOOPBACK_MAP, 12, 1, 0));
+    st = request(LOOPBACK_MAP, 10, 1, 0);
+    uint16_t mapped_flags = gnttab[10].flags;
+    int revoke_mapped = gnttab_end_access(10);
+    int st2 = request(LOOPBACK_UNMAP, 0, 0, 0);
+    uint16_t unmapped_flags = gnttab[10].flags;
+    int revoke_unmapped = gnttab_end_access(10);
+    printk("loopback: map readonly = %d flags %x end_access %d; unmap = %d flags %x "
+           "end_access %d\n", st, mapped_flags, revoke_mapped, st2, unmapped_flags,
+           revoke_unmapped);
+    memcpy(other_page + 100, "copy me", 8);
+    gnttab_grant_access(13, 0, (uint64_t)other_page >> 12, 1);
+    st = request(LOOPBACK_COPY, 13, 100, 8);
+    printk("loopback: copy = %d \"%s\" flags %x\n", st, (char *)req.reply, gnttab[13].flags);
+    printk("loopback: copy beyond page = %d\n", request(LOOPBACK_COPY, 13, 4000, 200));
+    printk("loopback: still served: echo %d\n", request(LOOPBACK_ECHO, 1, 0, 0));
+
+    /* guest -> dom0 -> guest notification round trip vs a bare exit round trip */
+    uint64_t t0 = rdtsc();
+    for (unsigned long i = 0; i < n; i++) outb(0x80, 0);
+    uint64_t t1 = rdtsc();
+    for (unsigned long i = 0; i < n; i++) request(LOOPBACK_PING, 0, 0, 0);
+    uint64_t t2 = rdtsc();
+    printk("loopback: bench n=%lu exit_cycles=%lu rtt_cycles=%lu tsc_khz=%u\n", n,
+           (t1 - t0) / n, (t2 - t1) / n, tsc_khz);
+    if (streq(end, "idle")) {
+        printk("loopback: idle\n");
+        for (;;) sched_op(SCHEDOP_block, NULL);
+    }
+    printk("loopback: done\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+/* --- mode=hostile ---------------------------------------------------------------------- */
+
+static char self_page[4096] __attribute__((aligned(4096)));
+static char dest_page[4096] __attribute__((aligned(4096)));
+
+static int16_t guest_copy(uint32_t ref, domid_t dom, uint16_t offset, uint16_t len,
+                          uint64_t dest_gfn, int to_gref)
+{
+    struct gnttab_copy c;
+    memset(&c, 0, sizeof(c));
+    c.source.u.ref = ref; c.source.domid = dom; c.source.offset = offset;
+    c.dest.u.gmfn = dest_gfn; c.dest.domid = DOMID_SELF;
+    c.len = len;
+    c.flags = GNTCOPY_source_gref;
+    if (to_gref) { c.dest.u.ref = ref; c.flags = GNTCOPY_dest_gref; c.source.u.gmfn = dest_gfn;
+                   c.source.domid = DOMID_SELF; c.dest.domid = dom; c.dest.offset = offset; }
+    long rc = grant_table_op(GNTTABOP_copy, &c, 1);
+    return rc ? (int16_t)rc : c.status;
+}
+
+#define SHOW(name, expr) printk("hostile: %s = %ld\n", name, (long)(expr))
+
+static void hostile_mode(void)
+{
+    long rc;
+    evtchn_port_t p, q;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    if ((rc = gnttab_map_table())) fail("grant table", rc);
+
+    SHOW("send never opened", evtchn_send(77));
+    evtchn_alloc_unbound(0, &p);
+    evtchn_close(p);
+    SHOW("send closed", evtchn_send(p));
+    SHOW("close closed", evtchn_close(p));
+    SHOW("close port 0", evtchn_close(0));
+    SHOW("close out of range", evtchn_close(100000));
+    SHOW("unmask out of range", evtchn_unmask(5000));
+    SHOW("bind_interdomain dom0 bad port", evtchn_bind_interdomain(0, 999, &q));
+    SHOW("bind_interdomain no such domain", evtchn_bind_interdomain(42, 1, &q));
+    evtchn_alloc_unbound(5, &p);                 /* unbound for d5, not for us */
+    SHOW("bind_interdomain not for us", evtchn_bind_interdomain(DOMID_SELF, p, &q));
+    struct evtchn_alloc_unbound au = { .dom = 0, .remote_dom = DOMID_SELF };
+    SHOW("alloc_unbound in dom0", event_channel_op(EVTCHNOP_alloc_unbound, &au));
+    struct evtchn_status es = { .dom = 0, .port = 1 };
+    SHOW("status of dom0", event_channel_op(EVTCHNOP_status, &es));
+    struct evtchn_reset er = { .dom = 0 };
+    SHOW("reset dom0", event_channel_op(EVTCHNOP_reset, &er));
+    evtchn_bind_virq(VIRQ_TIMER, 0, &p);
+    SHOW("bind_virq twice", evtchn_bind_virq(VIRQ_TIMER, 0, &q));
+    SHOW("bind_virq 99", evtchn_bind_virq(99, 0, &q));
+    SHOW("bind_virq global on vcpu 1", evtchn_bind_virq(VIRQ_DOM_EXC, 1, &q));
+    SHOW("bind_ipi vcpu 9", evtchn_bind_ipi(9, &q));
+    struct evtchn_bind_vcpu bv = { .port = p, .vcpu = 9 };
+    SHOW("bind_vcpu vcpu 9", event_channel_op(EVTCHNOP_bind_vcpu, &bv));
+    struct evtchn_init_control ic = { .control_gfn = 0x1000 };
+    SHOW("fifo init_control", event_channel_op(EVTCHNOP_init_control, &ic));
+    SHOW("poll out of range", evtchn_poll(5000, 0));
+    SHOW("evtchn bad pointer", event_channel_op(EVTCHNOP_send, (void *)0xdead0000000UL));
+    evtchn_bind_ipi(0, &p);
+    es.dom = DOMID_SELF; es.port = p;
+    rc = event_channel_op(EVTCHNOP_status, &es);
+    printk("hostile: ipi status = %ld status %u vcpu %u\n", rc, es.status, es.vcpu);
+    evtchn_send(p);
+    SHOW("ipi pending after send", evtchn_test_and_clear(p));
+    /* loopback inside the guest: the new end is born pending, as in Xen */
+    evtchn_alloc_unbound(DOMID_SELF, &p);
+    evtchn_bind_interdomain(DOMID_SELF, p, &q);
+    SHOW("loopback bound pending", evtchn_test_and_clear(q));
+    evtchn_send(p);
+    SHOW("loopback delivered", evtchn_test_and_clear(q));
+
+    /* grant tables */
+    struct gnttab_setup_table su = { .dom = 0, .nr_frames = 1 };
+    uint64_t frames[2];
+    set_xen_guest_handle(su.frame_list, frames);
+    grant_table_op(GNTTABOP_setup_table, &su, 1);
+    SHOW("setup_table dom0", su.status);
+    su.dom = DOMID_SELF; su.nr_frames = 65;
+    grant_table_op(GNTTABOP_setup_table, &su, 1);
+    SHOW("setup_table 65 frames", su.status);
+    su.nr_frames = 2;
+    grant_table_op(GNTTABOP_setup_table, &su, 1);
+    printk("hostile: setup_table 2 frames = %d frame0 %s\n", su.status,
+           frames[0] == (uint64_t)gnttab >> 12 ? "ok" : "WRONG");
+    struct gnttab_query_size qs = { .dom = DOMID_SELF };
+    grant_table_op(GNTTABOP_query_size, &qs, 1);
+    printk("hostile: query_size = %d nr_frames %u max %u\n", qs.status, qs.nr_frames,
+           qs.max_nr_frames);
+    struct gnttab_set_version sv = { .version = 2 };
+    rc = grant_table_op(GNTTABOP_set_version, &sv, 1);
+    printk("hostile: set_version 2 = %ld version %u\n", rc, sv.version);
+    sv.version = 1;
+    SHOW("set_version 1", grant_table_op(GNTTABOP_set_version, &sv, 1));
+    struct gnttab_get_version gv = { .dom = DOMID_SELF };
+    rc = grant_table_op(GNTTABOP_get_version, &gv, 1);
+    printk("hostile: get_version = %ld version %u\n", rc, gv.version);
+    struct xen_add_to_physmap xatp = { .domid = DOMID_SELF, .space = XENMAPSPACE_grant_table,
+                                       .idx = 64, .gpfn = (uint64_t)dest_page >> 12 };
+    SHOW("map grant frame 64", memory_op(XENMEM_add_to_physmap, &xatp));
+    SHOW("grant op bad cmd", grant_table_op(99, &gv, 1));
+
+    memcpy(self_page + 8, "granted to myself", 18);
+    gnttab_grant_access(20, 0, (uint64_t)self_page >> 12, 0);        /* for dom0 */
+    gnttab_grant_access(21, domid, (uint64_t)self_page >> 12, 1);    /* for us, r/o */
+    SHOW("copy ref out of range", guest_copy(100000, DOMID_SELF, 0, 8, (uint64_t)dest_page >> 12, 0));
+    SHOW("copy ref granted to dom0", guest_copy(20, DOMID_SELF, 0, 8, (uint64_t)dest_page >> 12, 0));
+    SHOW("copy from dom0 grant", guest_copy(1, 0, 0, 8, (uint64_t)dest_page >> 12, 0));
+    SHOW("copy into read-only grant", guest_copy(21, DOMID_SELF, 0, 8, (uint64_t)dest_page >> 12, 1));
+    SHOW("copy beyond page", guest_copy(21, DOMID_SELF, 4090, 18, (uint64_t)dest_page >> 12, 0));
+    rc = guest_copy(21, DOMID_SELF, 8, 18, (uint64_t)dest_page >> 12, 0);
+    printk("hostile: copy own grant = %ld \"%s\" flags %x\n", rc, dest_page, gnttab[21].flags);
+    printk("hostile: still alive\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+void kmain(uint32_t start_info_paddr)
+{
+    char mode[32];
+    setup_cpu();
+    xen_base = find_xen_leaves();
+    if (!xen_base) for (;;) asm volatile("cli; hlt");
+    uint32_t a, b, c, d;
+    cpuid(xen_base + 2, &a, &b, &c, &d);
+    wrmsr(b, (uint64_t)hypercall_page);
+    cpuid(xen_base + 3, &a, &b, &c, &d);
+    tsc_khz = c;
+    cpuid(xen_base + 4, &a, &b, &c, &d);
+    domid = (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
+    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
+    if (si->cmdline_paddr) {
+        const char *s = (const char *)si->cmdline_paddr;
+        size_t n = 0;
+        while (s[n] && n + 1 < sizeof(cmdline)) { cmdline[n] = s[n]; n++; }
+        cmdline[n] = 0;
+    }
+    printk("evtchn test: domain %u, command line \"%s\"\n", domid, cmdline);
+    if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
+    if (streq(mode, "timer")) timer_mode();
+    if (streq(mode, "loopback")) loopback_mode();
+    if (streq(mode, "hostile")) hostile_mode();
+    printk("evtchn test: unknown mode \"%s\"\n", mode);
+    shutdown(SHUTDOWN_crash);
+}

@@ -1,0 +1,683 @@
+"""Event channels, 2-level ABI (xen/event_channel.h; Xen's common/event_channel.c and
+event_2l.c): per-domain port tables, interdomain/VIRQ/IPI bindings, the pending/mask bits
+in shared_info and the upcall to the vCPU.
+
+Every domain that lives in this process has a port table in one `EvtchnHost` (one lock for
+all of them, so an interdomain bind or close updates both ends atomically). A guest's
+table (`GuestEventChannels`) delivers by setting bits in its shared_info/vcpu_info in
+Xen's order and injecting the upcall vector; dom0's table (`BackendEventChannels`) is
+where pyxen's backends live: each dom0 port is a `BackendPort` with an eventfd to wait on.
+Errors are raised as `EvtchnError(errno)`; the hypercall handler returns them negated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import atomic
+from .public import errno as E
+from .public import event_channel as EC
+from .public.xen import DOMID_SELF, XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
+
+if TYPE_CHECKING:
+    from .domain import VCPU, Domain
+
+# Port states (Xen's ECS_*).
+ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
+STATUS_OF = {ECS_FREE: EC.EVTCHNSTAT_closed, ECS_RESERVED: EC.EVTCHNSTAT_closed,
+             ECS_UNBOUND: EC.EVTCHNSTAT_unbound, ECS_INTERDOMAIN: EC.EVTCHNSTAT_interdomain,
+             ECS_PIRQ: EC.EVTCHNSTAT_pirq, ECS_VIRQ: EC.EVTCHNSTAT_virq,
+             ECS_IPI: EC.EVTCHNSTAT_ipi}
+
+BUCKET = 64  # ports become valid 64 at a time, as Xen allocates buckets
+DEFAULT_MAX_PORT = 1023  # libxl's default max_event_channels
+BITS_PER_WORD = 64
+
+PENDING_OFF = shared_info.evtchn_pending.offset
+MASK_OFF = shared_info.evtchn_mask.offset
+UPCALL_PENDING_OFF = vcpu_info.evtchn_upcall_pending.offset
+PENDING_SEL_OFF = vcpu_info.evtchn_pending_sel.offset
+VCPU_INFO_SIZE = ctypes.sizeof(vcpu_info)
+
+
+class EvtchnError(Exception):
+    """A Xen error for the caller: `errno` is positive, hypercalls return -errno."""
+
+    def __init__(self, errno: int, why: str = "") -> None:
+        super().__init__(why or os.strerror(errno))
+        self.errno = errno
+
+
+@dataclass
+class Channel:
+    state: int = ECS_FREE
+    notify_vcpu: int = 0
+    remote_domid: int = 0  # ECS_UNBOUND: who may bind; ECS_INTERDOMAIN: the peer
+    remote_port: int = 0
+    virq: int = 0
+
+
+class EvtchnHost:
+    """All event-channel tables of this process, by domid, under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.tables: dict[int, EventChannels] = {}
+
+    def table(self, domid: int) -> EventChannels:
+        t = self.tables.get(domid)
+        if t is None or t.dead:
+            raise EvtchnError(E.ESRCH, f"no domain {domid}")
+        return t
+
+
+class EventChannels:
+    """One domain's port table and the operations of event_channel.c on it."""
+
+    def __init__(self, host: EvtchnHost, domid: int, max_port: int = DEFAULT_MAX_PORT,
+                 nr_vcpus: int = 1) -> None:
+        self.host = host
+        self.domid = domid
+        self.max_port = min(max_port, EC.EVTCHN_2L_NR_CHANNELS - 1)
+        self.nr_vcpus = nr_vcpus
+        self.ports: list[Channel] = [Channel() for _ in range(BUCKET)]
+        self.ports[0].state = ECS_RESERVED  # port 0 is never allocated
+        self.virq_to_port: dict[tuple[int, int], int] = {}  # (vcpu, virq) -> port
+        self.dead = False
+        with host.lock:
+            host.tables[domid] = self
+
+    # --- delivery (per kind of domain) -------------------------------------------------------
+
+    def set_pending(self, port: int, vcpu: int) -> None:
+        raise NotImplementedError
+
+    def clear_pending(self, port: int) -> None:
+        raise NotImplementedError
+
+    def unmask(self, port: int) -> None:
+        raise NotImplementedError
+
+    def is_pending(self, port: int) -> bool:
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def valid(self, port: int) -> bool:
+        return 0 <= port < len(self.ports)
+
+    def chan(self, port: int) -> Channel:
+        if not self.valid(port):
+            raise EvtchnError(E.EINVAL, f"port {port} out of range")
+        return self.ports[port]
+
+    def _check_vcpu(self, vcpu: int) -> None:
+        if not 0 <= vcpu < self.nr_vcpus:
+            raise EvtchnError(E.ENOENT, f"no vCPU {vcpu}")
+
+    def _resolve(self, domid: int) -> int:
+        return self.domid if domid == DOMID_SELF else domid
+
+    def get_free_port(self) -> int:
+        for p in range(1, len(self.ports)):
+            if self.ports[p].state == ECS_FREE:
+                return p
+        p = len(self.ports)
+        if p > self.max_port:
+            raise EvtchnError(E.ENOSPC, "no free event channel")
+        self.ports.extend(Channel() for _ in range(min(BUCKET, self.max_port + 1 - p)))
+        return p
+
+    def _free(self, port: int) -> None:
+        """evtchn_free: the port is FREE again and not pending (re-binding starts clean)."""
+        self.clear_pending(port)
+        self.ports[port] = Channel()
+
+    # --- the operations -------------------------------------------------------------------------
+
+    def alloc_unbound(self, remote_dom: int) -> int:
+        with self.host.lock:
+            port = self.get_free_port()
+            ch = self.ports[port]
+            ch.state, ch.remote_domid = ECS_UNBOUND, self._resolve(remote_dom)
+            return port
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        with self.host.lock:
+            rd = self.host.table(self._resolve(remote_dom))
+            if not rd.valid(remote_port):
+                raise EvtchnError(E.EINVAL, f"d{rd.domid} port {remote_port} out of range")
+            rch = rd.ports[remote_port]
+            if rch.state != ECS_UNBOUND or rch.remote_domid != self.domid:
+                raise EvtchnError(E.EINVAL, f"d{rd.domid} port {remote_port} is not "
+                                  f"unbound for d{self.domid}")
+            lport = self.get_free_port()
+            lch = self.ports[lport]
+            lch.state, lch.remote_domid, lch.remote_port = ECS_INTERDOMAIN, rd.domid, remote_port
+            rch.state, rch.remote_domid, rch.remote_port = ECS_INTERDOMAIN, self.domid, lport
+            # Notifications sent to the remote while unbound are lost: Xen conservatively
+            # marks the new local port pending.
+            self.set_pending(lport, lch.notify_vcpu)
+            return lport
+
+    def bind_virq(self, virq: int, vcpu: int) -> int:
+        with self.host.lock:
+            if not 0 <= virq < EC.NR_VIRQS:
+                raise EvtchnError(E.EINVAL, f"VIRQ {virq} out of range")
+            if virq not in EC.VCPU_VIRQS and vcpu != 0:
+                raise EvtchnError(E.EINVAL, f"global VIRQ {virq} binds on vCPU 0 only")
+            self._check_vcpu(vcpu)
+            if (vcpu, virq) in self.virq_to_port:
+                raise EvtchnError(E.EEXIST, f"VIRQ {virq} already bound on vCPU {vcpu}")
+            port = self.get_free_port()
+            ch = self.ports[port]
+            ch.state, ch.virq, ch.notify_vcpu = ECS_VIRQ, virq, vcpu
+            self.virq_to_port[(vcpu, virq)] = port
+            return port
+
+    def bind_ipi(self, vcpu: int) -> int:
+        with self.host.lock:
+            self._check_vcpu(vcpu)
+            port = self.get_free_port()
+            ch = self.ports[port]
+            ch.state, ch.notify_vcpu = ECS_IPI, vcpu
+            return port
+
+    def close(self, port: int) -> None:
+        with self.host.lock:
+            ch = self.chan(port)
+            if ch.state in (ECS_FREE, ECS_RESERVED):
+                raise EvtchnError(E.EINVAL, f"port {port} is not in use")
+            if ch.state == ECS_VIRQ:
+                self.virq_to_port.pop((ch.notify_vcpu, ch.virq), None)
+            elif ch.state == ECS_INTERDOMAIN:
+                rd = self.host.tables.get(ch.remote_domid)
+                if rd is not None and rd.valid(ch.remote_port):
+                    rch = rd.ports[ch.remote_port]
+                    if rch.state == ECS_INTERDOMAIN and rch.remote_domid == self.domid:
+                        rch.state, rch.remote_domid, rch.remote_port = ECS_UNBOUND, self.domid, 0
+                        rd.peer_closed(ch.remote_port)
+            self._free(port)
+
+    def peer_closed(self, port: int) -> None:
+        """The other end of interdomain `port` went away (now unbound)."""
+
+    def send(self, port: int) -> None:
+        with self.host.lock:
+            ch = self.chan(port)
+            if ch.state == ECS_INTERDOMAIN:
+                rd = self.host.tables.get(ch.remote_domid)
+                if rd is not None:
+                    rch = rd.ports[ch.remote_port]
+                    rd.set_pending(ch.remote_port, rch.notify_vcpu)
+            elif ch.state == ECS_IPI:
+                self.set_pending(port, ch.notify_vcpu)
+            elif ch.state == ECS_UNBOUND:
+                pass  # silently dropped, as in Xen
+            else:
+                raise EvtchnError(E.EINVAL, f"cannot send on port {port}")
+
+    def status(self, port: int) -> EC.evtchn_status:
+        with self.host.lock:
+            ch = self.chan(port)
+            st = EC.evtchn_status(dom=self.domid, port=port, status=STATUS_OF[ch.state],
+                                  vcpu=ch.notify_vcpu)
+            if ch.state == ECS_UNBOUND:
+                st.u.unbound.dom = ch.remote_domid
+            elif ch.state == ECS_INTERDOMAIN:
+                st.u.interdomain.dom = ch.remote_domid
+                st.u.interdomain.port = ch.remote_port
+            elif ch.state == ECS_VIRQ:
+                st.u.virq = ch.virq
+            return st
+
+    def bind_vcpu(self, port: int, vcpu: int) -> None:
+        with self.host.lock:
+            ch = self.chan(port)
+            self._check_vcpu(vcpu)
+            if ch.state == ECS_VIRQ and ch.virq not in EC.VCPU_VIRQS:
+                del self.virq_to_port[(ch.notify_vcpu, ch.virq)]
+                self.virq_to_port[(vcpu, ch.virq)] = port
+                ch.notify_vcpu = vcpu
+            elif ch.state in (ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ):
+                ch.notify_vcpu = vcpu
+            else:
+                raise EvtchnError(E.EINVAL, f"port {port} cannot move to another vCPU")
+
+    def unmask_port(self, port: int) -> None:
+        with self.host.lock:
+            if not self.valid(port):
+                raise EvtchnError(E.EINVAL, f"port {port} out of range")
+            self.unmask(port)
+
+    def reset(self) -> None:
+        """EVTCHNOP_reset / domain destruction: close every port."""
+        with self.host.lock:
+            for port in range(1, len(self.ports)):
+                if self.ports[port].state not in (ECS_FREE, ECS_RESERVED):
+                    self.close(port)
+
+    def destroy(self) -> None:
+        with self.host.lock:
+            self.reset()
+            self.dead = True
+            if self.host.tables.get(self.domid) is self:
+                del self.host.tables[self.domid]
+
+    # --- VIRQs -----------------------------------------------------------------------------------
+
+    def send_virq(self, vcpu: int, virq: int) -> bool:
+        """send_guest_vcpu_virq / send_guest_global_virq; False when nothing is bound."""
+        with self.host.lock:
+            if virq in EC.VCPU_VIRQS:
+                port = self.virq_to_port.get((vcpu, virq))
+            else:
+                port = next((p for (_, q), p in self.virq_to_port.items() if q == virq), None)
+            if not port:
+                return False
+            self.set_pending(port, self.ports[port].notify_vcpu)
+            return True
+
+
+# --- a guest's table: the 2-level bit protocol ----------------------------------------------
+
+
+def _hva(memory: object, gpa: int, n: int) -> int:
+    """Host address of guest-physical [gpa, gpa+n) (one RAM region), or GuestFault."""
+    from .memory import GuestMemory
+
+    assert isinstance(memory, GuestMemory)
+    return memory.hva + memory._offset(gpa, n)
+
+
+@dataclass
+class VcpuEvtchn:
+    """Per-vCPU event state Xen keeps in struct vcpu / arch.hvm."""
+
+    upcall_vector: int = 0  # HVMOP_set_evtchn_upcall_vector
+    poll: int | None = None  # None: not polling; -1: any port; else the one port polled
+    dummy_info: ctypes.Array = field(
+        default_factory=lambda: ctypes.create_string_buffer(VCPU_INFO_SIZE))
+
+
+Injector = Callable[[int, int], None]  # (vcpu_id, vector): KVM_SIGNAL_MSI to that vCPU
+
+
+class GuestEventChannels(EventChannels):
+    """A guest's ports: delivery through shared_info / vcpu_info and an upcall vector.
+
+    Before the guest maps its shared_info page, events land in a private copy of it (Xen's
+    shared_info exists from domain creation); `shared_info_mapped` moves it into the guest.
+    """
+
+    def __init__(self, host: EvtchnHost, domain: Domain, inject: Injector | None = None,
+                 max_port: int = DEFAULT_MAX_PORT) -> None:
+        super().__init__(host, domain.domid, max_port, domain.max_vcpus)
+        self.domain = domain
+        self.inject = inject
+        self.shadow = ctypes.create_string_buffer(4096)
+        self.vstate = [VcpuEvtchn() for _ in range(domain.max_vcpus)]
+        self.callback_vector = 0  # HVM_PARAM_CALLBACK_IRQ, type vector
+
+    # --- where the bits live ---------------------------------------------------------------
+
+    def shared_info_addr(self) -> int:
+        gpa = self.domain.shared_info_gpa
+        if gpa is None:
+            return ctypes.addressof(self.shadow)
+        return _hva(self.domain.memory, gpa, 4096)
+
+    def vcpu_info_addr(self, vid: int) -> int:
+        v = self.domain.vcpus[vid]
+        if v.vcpu_info_gpa is not None:
+            return _hva(self.domain.memory, v.vcpu_info_gpa, VCPU_INFO_SIZE)
+        if vid < XEN_LEGACY_MAX_VCPUS:
+            return self.shared_info_addr() + vid * VCPU_INFO_SIZE
+        return ctypes.addressof(self.vstate[vid].dummy_info)
+
+    def shadow_contents(self) -> bytes:
+        """What the guest's new shared_info page must start with (events so far)."""
+        return self.shadow.raw
+
+    # --- event_2l.c --------------------------------------------------------------------------
+
+    def set_pending(self, port: int, vcpu: int) -> None:
+        si = self.shared_info_addr()
+        if atomic.test_and_set_bit(si + PENDING_OFF, port):
+            return
+        if (not atomic.test_bit(si + MASK_OFF, port)
+                and not atomic.test_and_set_bit(self.vcpu_info_addr(vcpu) + PENDING_SEL_OFF,
+                                                port // BITS_PER_WORD)):
+            self.mark_events_pending(vcpu)
+        self.check_pollers(port)
+
+    def clear_pending(self, port: int) -> None:
+        atomic.test_and_clear_bit(self.shared_info_addr() + PENDING_OFF, port)
+
+    def is_pending(self, port: int) -> bool:
+        return atomic.test_bit(self.shared_info_addr() + PENDING_OFF, port)
+
+    def unmask(self, port: int) -> None:
+        si = self.shared_info_addr()
+        vcpu = self.ports[port].notify_vcpu
+        if (atomic.test_and_clear_bit(si + MASK_OFF, port)
+                and atomic.test_bit(si + PENDING_OFF, port)
+                and not atomic.test_and_set_bit(self.vcpu_info_addr(vcpu) + PENDING_SEL_OFF,
+                                                port // BITS_PER_WORD)):
+            self.mark_events_pending(vcpu)
+
+    def upcall_pending(self, vid: int) -> bool:
+        return atomic.test_bit(self.vcpu_info_addr(vid) + UPCALL_PENDING_OFF, 0)
+
+    def mark_events_pending(self, vid: int) -> None:
+        """vcpu_mark_events_pending: on the 0 -> 1 edge of evtchn_upcall_pending only."""
+        if atomic.test_and_set_bit(self.vcpu_info_addr(vid) + UPCALL_PENDING_OFF, 0):
+            return
+        self.assert_upcall(vid)
+
+    def assert_upcall(self, vid: int) -> None:
+        """hvm_assert_evtchn_irq: the vector into the vCPU's LAPIC (a running vCPU takes it
+        without leaving KVM; a halted one wakes in KVM), and a vCPU sleeping in
+        SCHEDOP_block/poll is woken."""
+        vector = self.vstate[vid].upcall_vector or self.callback_vector
+        if vector and self.inject is not None:
+            self.inject(vid, vector)
+        v = self.domain.vcpus[vid]
+        if v.blocked:
+            self.domain.wake(v)
+
+    def vcpu_info_moved(self, vid: int) -> None:
+        """After VCPUOP_register_vcpu_info, as Xen's map_vcpu_info: mark everything
+        pending so nothing raised meanwhile is lost, and assert the upcall."""
+        addr = self.vcpu_info_addr(vid)
+        ctypes.c_uint64.from_address(addr + PENDING_SEL_OFF).value = (1 << 64) - 1
+        ctypes.c_uint8.from_address(addr + UPCALL_PENDING_OFF).value = 1
+        self.assert_upcall(vid)
+
+    def check_pollers(self, port: int) -> None:
+        for vid, st in enumerate(self.vstate):
+            if st.poll is not None and (st.poll < 0 or st.poll == port):
+                st.poll = None
+                self.domain.wake(self.domain.vcpus[vid])
+
+    # --- guest-chosen upcall vectors ----------------------------------------------------------
+
+    def set_upcall_vector(self, vid: int, vector: int) -> None:
+        """HVMOP_set_evtchn_upcall_vector (Xen asserts the vector right away)."""
+        if vector < 0x10:
+            raise EvtchnError(E.EINVAL, f"vector {vector:#x} is reserved")
+        self._check_vcpu(vid)
+        self.vstate[vid].upcall_vector = vector
+        self.assert_upcall(vid)
+
+    def set_callback_via(self, value: int) -> None:
+        """HVM_PARAM_CALLBACK_IRQ: only the vector type (2) can be delivered on KVM here;
+        GSI/INTx types are recorded (hvm.py) but deliver nothing."""
+        from .public.hvm_op_evtchn import HVM_PARAM_CALLBACK_TYPE_VECTOR
+
+        vector = value & 0xFF if value >> 56 == HVM_PARAM_CALLBACK_TYPE_VECTOR else 0
+        self.callback_vector = vector
+        if vector:
+            for vid, v in enumerate(self.domain.vcpus):
+                if v.online and self.upcall_pending(vid):
+                    self.assert_upcall(vid)
+
+    # --- blocking ---------------------------------------------------------------------------------
+
+    def events_need_delivery(self, vid: int) -> bool:
+        """An upcall is pending and the guest has a vector to take it on (HVM's
+        local_events_need_delivery, minus the guest's interrupt flag)."""
+        return bool(self.vstate[vid].upcall_vector or self.callback_vector) and \
+            self.upcall_pending(vid)
+
+    def poll_ready(self, vid: int, ports: list[int]) -> bool:
+        return any(self.is_pending(p) for p in ports)
+
+
+def shared_info_mapped(evtchn: GuestEventChannels | None, page_gpa: int) -> None:
+    """Copy events that arrived before XENMAPSPACE_shared_info into the guest's page."""
+    if evtchn is not None:
+        evtchn.domain.memory.write(page_gpa, evtchn.shadow_contents())
+
+
+# --- dom0's table: pyxen's backends ------------------------------------------------------------
+
+
+class BackendPort:
+    """dom0's end of an event channel, for a backend in pyxen: `fileno()` is an eventfd
+    that becomes readable when the guest notifies; `notify()` kicks the guest."""
+
+    def __init__(self, table: BackendEventChannels, port: int) -> None:
+        self.table = table
+        self.port = port
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def state(self) -> int:
+        with self.table.host.lock:
+            return self.table.ports[self.port].state if not self.closed else ECS_FREE
+
+    @property
+    def remote(self) -> tuple[int, int]:
+        with self.table.host.lock:
+            ch = self.table.ports[self.port]
+            return ch.remote_domid, ch.remote_port
+
+    def notify(self) -> None:
+        """EVTCHNOP_send from dom0 (dropped while unbound, as in Xen)."""
+        self.table.send(self.port)
+
+    def consume(self) -> int:
+        """Number of notifications since the last call (0 if none); never blocks."""
+        try:
+            return os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until notified (or timeout); returns consume()."""
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        return self.consume() if r else 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.table.close(self.port)
+        except EvtchnError:
+            pass
+        self.closed = True
+        os.close(self.fd)
+
+
+class BackendEventChannels(EventChannels):
+    """dom0's port table in this process: each bound port is a BackendPort."""
+
+    def __init__(self, host: EvtchnHost, domid: int = 0) -> None:
+        super().__init__(host, domid, max_port=EC.EVTCHN_2L_NR_CHANNELS - 1, nr_vcpus=1)
+        self.endpoints: dict[int, BackendPort] = {}
+
+    def set_pending(self, port: int, vcpu: int) -> None:
+        ep = self.endpoints.get(port)
+        if ep is not None and not ep.closed:
+            os.eventfd_write(ep.fd, 1)
+
+    def clear_pending(self, port: int) -> None:
+        ep = self.endpoints.get(port)
+        if ep is not None and not ep.closed:
+            ep.consume()
+
+    def is_pending(self, port: int) -> bool:
+        return False
+
+    def unmask(self, port: int) -> None:
+        pass
+
+    def peer_closed(self, port: int) -> None:
+        """Wake the backend so it sees its port became unbound (guest closed or died)."""
+        self.set_pending(port, 0)
+
+    def _endpoint(self, port: int) -> BackendPort:
+        ep = BackendPort(self, port)
+        self.endpoints[port] = ep
+        return ep
+
+    def _free(self, port: int) -> None:
+        super()._free(port)
+        self.endpoints.pop(port, None)
+
+    def open_unbound(self, remote_dom: int) -> BackendPort:
+        """A dom0 port that guest `remote_dom` may bind with EVTCHNOP_bind_interdomain."""
+        with self.host.lock:
+            return self._endpoint(self.alloc_unbound(remote_dom))
+
+    def connect(self, remote_dom: int, remote_port: int) -> BackendPort:
+        """Bind to the guest's unbound port (allocated for dom0), as a backend does.
+        The endpoint starts notified, as Xen marks a freshly bound port pending."""
+        with self.host.lock:
+            port = self.get_free_port()
+            ep = self._endpoint(port)
+            try:
+                got = self.bind_interdomain(remote_dom, remote_port)
+            except EvtchnError:
+                self.endpoints.pop(port, None)
+                os.close(ep.fd)
+                raise
+            assert got == port
+            return ep
+
+
+# --- hypercalls ----------------------------------------------------------------------------------
+
+from .hypercall import HypercallContext, hypercall  # noqa: E402
+from .public.xen import (  # noqa: E402
+    __HYPERVISOR_event_channel_op,
+    __HYPERVISOR_event_channel_op_compat,
+)
+
+EVTCHN_OP_UNION_OFF = EC.evtchn_op.u.offset
+
+
+def guest_evtchn(d: Domain) -> GuestEventChannels | None:
+    return getattr(d, "evtchn", None)
+
+
+def _own(ev: EventChannels, dom: int) -> None:
+    """An unprivileged domain may name only itself (Xen's XSM dummy policy)."""
+    if dom in (DOMID_SELF, ev.domid):
+        return
+    if dom in ev.host.tables:
+        raise EvtchnError(E.EPERM, f"d{ev.domid} may not act on d{dom}'s event channels")
+    raise EvtchnError(E.ESRCH, f"no domain {dom}")
+
+
+def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
+    ev = guest_evtchn(ctx.domain)
+    if ev is None:
+        return -E.ENOSYS
+    g = ctx.guest
+    try:
+        if cmd == EC.EVTCHNOP_send:
+            ev.send(g.read_struct(arg, EC.evtchn_send).port)
+        elif cmd == EC.EVTCHNOP_unmask:
+            ev.unmask_port(g.read_struct(arg, EC.evtchn_unmask).port)
+        elif cmd == EC.EVTCHNOP_alloc_unbound:
+            au = g.read_struct(arg, EC.evtchn_alloc_unbound)
+            _own(ev, au.dom)
+            au.port = ev.alloc_unbound(au.remote_dom)
+            g.write_struct(arg, au)
+        elif cmd == EC.EVTCHNOP_bind_interdomain:
+            bi = g.read_struct(arg, EC.evtchn_bind_interdomain)
+            bi.local_port = ev.bind_interdomain(bi.remote_dom, bi.remote_port)
+            g.write_struct(arg, bi)
+        elif cmd == EC.EVTCHNOP_bind_virq:
+            bv = g.read_struct(arg, EC.evtchn_bind_virq)
+            bv.port = ev.bind_virq(bv.virq, bv.vcpu)
+            g.write_struct(arg, bv)
+        elif cmd == EC.EVTCHNOP_bind_ipi:
+            bp = g.read_struct(arg, EC.evtchn_bind_ipi)
+            bp.port = ev.bind_ipi(bp.vcpu)
+            g.write_struct(arg, bp)
+        elif cmd == EC.EVTCHNOP_close:
+            ev.close(g.read_struct(arg, EC.evtchn_close).port)
+        elif cmd == EC.EVTCHNOP_status:
+            st = g.read_struct(arg, EC.evtchn_status)
+            _own(ev, st.dom)
+            out = ev.status(st.port)
+            out.dom = st.dom
+            g.write_struct(arg, out)
+        elif cmd == EC.EVTCHNOP_bind_vcpu:
+            bc = g.read_struct(arg, EC.evtchn_bind_vcpu)
+            ev.bind_vcpu(bc.port, bc.vcpu)
+        elif cmd == EC.EVTCHNOP_reset:
+            _own(ev, g.read_struct(arg, EC.evtchn_reset).dom)
+            ev.reset()
+        elif cmd == EC.EVTCHNOP_bind_pirq:
+            return -E.EINVAL  # a PVH domU has no physical IRQs (nr_pirqs = 0)
+        else:
+            return -E.ENOSYS  # FIFO ABI (init_control, expand_array, set_priority): 2L only
+    except EvtchnError as e:
+        return -e.errno
+    return 0
+
+
+@hypercall(__HYPERVISOR_event_channel_op)
+def do_event_channel_op(ctx: HypercallContext) -> int:
+    return evtchn_op(ctx, ctx.sarg(0), ctx.arg(1))
+
+
+@hypercall(__HYPERVISOR_event_channel_op_compat)
+def do_event_channel_op_compat(ctx: HypercallContext) -> int:
+    """The pre-3.2 form: one struct evtchn_op {cmd; union} in guest memory."""
+    cmd = int.from_bytes(ctx.guest.read(ctx.arg(0), 4), "little")
+    return evtchn_op(ctx, cmd, ctx.arg(0) + EVTCHN_OP_UNION_OFF)
+
+
+# --- SCHEDOP_block / SCHEDOP_poll --------------------------------------------------------------
+
+
+def block(d: Domain, v: VCPU, irq_on: bool = True) -> None:
+    """SCHEDOP_block: sleep until an event arrives; at once if one already needs
+    delivery (an upcall pending and the guest's interrupts on: irq_on is RFLAGS.IF)."""
+    ev = guest_evtchn(d)
+    if ev is None:
+        d.block(v)
+        return
+    d.block(v, ready=lambda: irq_on and ev.events_need_delivery(v.id))
+
+
+def poll(d: Domain, v: VCPU, ports: list[int], timeout_ns: int | None,
+         irq_on: bool = True) -> int:
+    """SCHEDOP_poll: 0 once one of `ports` is pending, an event needs delivery (with the
+    guest's interrupts on), or the timeout (None: none) passes; -EINVAL for a port beyond
+    the 2-level ABI."""
+    ev = guest_evtchn(d)
+    if ev is not None and irq_on and ev.events_need_delivery(v.id):
+        return 0
+    if any(p >= EC.EVTCHN_2L_NR_CHANNELS for p in ports):
+        return -E.EINVAL
+    if ev is None:
+        d.block(v, timeout_ns)
+        return 0
+    st = ev.vstate[v.id]
+    st.poll = ports[0] if len(ports) == 1 else -1
+
+    def ready() -> bool:
+        return (st.poll is None or (irq_on and ev.events_need_delivery(v.id))
+                or ev.poll_ready(v.id, ports))
+
+    try:
+        d.block(v, timeout_ns, ready=ready)
+    finally:
+        st.poll = None
+    return 0
