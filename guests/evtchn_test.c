@@ -9,6 +9,10 @@
  *       the backend's grant checks, a notification round-trip benchmark)
  *   mode=hostile
  *       event channel and grant table calls that Xen refuses, with the error codes
+ *   mode=debugkey
+ *       binds VIRQ_DEBUG on vCPU 0 (and the global VIRQ_CONSOLE / VIRQ_DOM_EXC, which a
+ *       domU may bind but never receives), says it is ready, blocks until `xl debug-keys q`
+ *       sends VIRQ_DEBUG, reports it and powers off
  */
 #include "evtchn.h"
 
@@ -422,6 +426,35 @@ static void hostile_mode(void)
     shutdown(SHUTDOWN_poweroff);
 }
 
+/* --- mode=debugkey --------------------------------------------------------------------- */
+
+static volatile unsigned long debug_virqs;
+static volatile unsigned int debug_cpu = ~0u;
+static volatile unsigned long global_virqs;  /* VIRQ_CONSOLE, VIRQ_DOM_EXC: never here */
+static void on_debug(evtchn_port_t port) { (void)port; debug_cpu = this_cpu(); debug_virqs++; }
+static void on_global(evtchn_port_t port) { (void)port; global_virqs++; }
+
+static void debugkey_mode(void)
+{
+    evtchn_port_t port, console, dom_exc;
+    long rc;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    lapic_enable();
+    if ((rc = evtchn_upcall_percpu(0, UPCALL_VECTOR))) fail("upcall vector", rc);
+    if ((rc = evtchn_bind_virq(VIRQ_DEBUG, 0, &port))) fail("bind VIRQ_DEBUG", rc);
+    if ((rc = evtchn_bind_virq(VIRQ_CONSOLE, 0, &console))) fail("bind VIRQ_CONSOLE", rc);
+    if ((rc = evtchn_bind_virq(VIRQ_DOM_EXC, 0, &dom_exc))) fail("bind VIRQ_DOM_EXC", rc);
+    evtchn_set_handler(port, on_debug);
+    evtchn_set_handler(console, on_global);
+    evtchn_set_handler(dom_exc, on_global);
+    printk("evtchn: VIRQ_DEBUG bound to port %u (VIRQ_CONSOLE %u, VIRQ_DOM_EXC %u), waiting\n",
+           port, console, dom_exc);
+    while (!debug_virqs) { irq_enable(); sched_op(SCHEDOP_block, NULL); irq_disable(); }
+    printk("evtchn: VIRQ_DEBUG received on vcpu %u (%lu VIRQ_CONSOLE/VIRQ_DOM_EXC)\n",
+           debug_cpu, global_virqs);
+    shutdown(SHUTDOWN_poweroff);
+}
+
 void kmain(uint32_t start_info_paddr)
 {
     char mode[32];
@@ -447,6 +480,7 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "timer")) timer_mode();
     if (streq(mode, "loopback")) loopback_mode();
     if (streq(mode, "hostile")) hostile_mode();
+    if (streq(mode, "debugkey")) debugkey_mode();
     printk("evtchn test: unknown mode \"%s\"\n", mode);
     shutdown(SHUTDOWN_crash);
 }

@@ -19,3 +19,17 @@ _spec.loader.exec_module(_vmm_conftest)
 guests = _vmm_conftest.guests
 rundir = _vmm_conftest.rundir
 boot = _vmm_conftest.boot
+
+# The toolstack suite's test host (tests/toolstack: a real hostd + xl, its own
+# $PYXEN_RUNDIR, nothing left behind), for the tests that go through `xl`.
+TOOLSTACK_TESTS = VMM_TESTS.parent / "toolstack"
+if str(TOOLSTACK_TESTS) not in sys.path:
+    sys.path.append(str(TOOLSTACK_TESTS))
+
+_ts_spec = importlib.util.spec_from_file_location("_pyxen_toolstack_conftest_evtchn",
+                                                  TOOLSTACK_TESTS / "conftest.py")
+assert _ts_spec is not None and _ts_spec.loader is not None
+_toolstack_conftest = importlib.util.module_from_spec(_ts_spec)
+_ts_spec.loader.exec_module(_toolstack_conftest)
+
+host = _toolstack_conftest.host
