@@ -4,7 +4,8 @@
  *   (default) / mode=hello   banner, ring-3 computation, SMP bring-up, poweroff
  *   mode=poweroff|reboot|suspend|crash|watchdog|soft_reset   SCHEDOP_shutdown(reason)
  *   mode=triplefault         triple fault (no IDT)
- *   mode=idle                stays alive in SCHEDOP_block
+ *   mode=idle                stays alive, blocked; answers xl shutdown/reboot (PV control)
+ *   mode=block               stays alive in SCHEDOP_block, no PV drivers at all
  *   mode=spin                stays busy in ring 3 (never exits to the VMM)
  *   mode=probe               informational hypercalls, each result printed, poweroff
  *   mode=misbehave           bad pointers / unknown hypercalls, prints the errors, poweroff
@@ -15,6 +16,7 @@
 #include "guest.h"
 
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
+void pv_idle(void);                                  /* pvdemo.c */
 
 #define MAX_VCPUS 32
 #define COLLATZ_N 300000
@@ -408,6 +410,10 @@ void kmain(uint32_t start_info_paddr)
     }
     if (streq(mode, "idle")) {
         printk("pyxen hello: idle\n");
+        pv_idle();
+    }
+    if (streq(mode, "block")) {
+        printk("pyxen hello: blocked, no PV drivers\n");
         for (;;) sched_op(SCHEDOP_block, NULL);
     }
     if (streq(mode, "spin")) {

@@ -36,6 +36,11 @@ void xb_poll(void);                    /* move arrived watch events off the ring
 const char *xb_error_name(long err);
 void xb_reset_state(void);
 
+/* xenbus.c: the PV control interface (control/shutdown), as Linux's xenbus does it */
+int pv_control_init(void);             /* features, watch, callback param; 0 or -errno */
+int pv_control_event(const char *token); /* SHUTDOWN_poweroff/reboot to act on, or -1 */
+const char *pv_control_name(int reason);
+
 /* console_ring.c */
 int cons_init(void);                   /* HVM_PARAM_CONSOLE_PFN/EVTCHN; 0 or -errno */
 struct xencons_interface *cons_intf(void);
@@ -46,5 +51,6 @@ void cprintf(const char *fmt, ...);
 
 /* pvdemo.c: the guest modes using them (from hello.c) */
 void pv_main(const char *mode, unsigned int domid);
+void pv_idle(void);                    /* mode=idle: blocked, answering control/shutdown */
 
 #endif

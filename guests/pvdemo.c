@@ -6,6 +6,9 @@
  *                    ("pyxen echo: <line>"); the line "quit" powers off.
  *   mode=badconsole  corrupts its console ring's indices, waits for the backend to reset
  *                    the ring, says so, then behaves as mode=xenbus.
+ *                    It answers control/shutdown (poweroff/reboot) as Linux does.
+ *   mode=idle        (hello.c) blocked in SCHEDOP_poll on the xenstore channel, answering
+ *                    control/shutdown; without a xenstore ring, SCHEDOP_block forever.
  *   mode=xsflood     fills the xenstore request ring without reading a reply, then writes
  *                    impossible indices, reports xenstored's ring error, reconnects
  *                    (XENSTORE_RECONNECT), then behaves as mode=xenbus.
@@ -51,9 +54,17 @@ static void serve(void)
     char path[128], token[32];
     long rc = xb_watch("data/test", "test");
     cprintf("pyxen xenbus: watching data/test: %s\n", rc ? xb_error_name(rc) : "ok");
+    rc = pv_control_init();
+    cprintf("pyxen xenbus: PV control: %s\n", rc ? xb_error_name(rc) : "ok");
     for (;;) {
         pv_ack();
         while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+            int reason = pv_control_event(token);
+            if (reason >= 0) {
+                cprintf("pyxen xenbus: shutdown requested: %s\n", pv_control_name(reason));
+                shutdown(reason);
+            }
+            if (strncmp(token, "test", 5)) continue;
             char value[128];
             long r = xb_read(path, value, sizeof(value));
             if (r < 0) cprintf("pyxen xenbus: watch %s fired (%s): %s\n", path, token, xb_error_name(r));
@@ -136,4 +147,26 @@ void pv_main(const char *mode, unsigned int domid)
     else cprintf("pyxen xenbus: my name is %s\n", name);
     show("data/test");
     serve();
+}
+
+void pv_idle(void)
+{
+    char path[128], token[32];
+    long rc = xb_init();
+    if (!rc) rc = pv_control_init();
+    if (rc) {
+        printk("pyxen hello: no PV control (%s)\n", xb_error_name(rc));
+        for (;;) sched_op(SCHEDOP_block, NULL);
+    }
+    for (;;) {
+        pv_ack();
+        while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+            int reason = pv_control_event(token);
+            if (reason >= 0) {
+                printk("pyxen hello: shutdown requested: %s\n", pv_control_name(reason));
+                shutdown(reason);
+            }
+        }
+        pv_wait();
+    }
 }

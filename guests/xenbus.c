@@ -230,3 +230,41 @@ long xb_watch(const char *path, const char *token)
     long rc = xb_request(XS_WATCH, path, strlen(path) + 1, token, strlen(token) + 1, NULL, 0);
     return rc < 0 ? rc : 0;
 }
+
+/* ---------------------------------------------------------------- PV control */
+
+#define CONTROL_TOKEN "control"
+
+/*
+ * What Linux does (arch/x86/xen/enlighten_hvm.c, drivers/xen/manage.c): set
+ * HVM_PARAM_CALLBACK_IRQ, which the toolstack reads to tell a PV-aware guest (Linux sets
+ * it to 1 beside its per-vCPU upcall vector for that reason; this guest takes no upcalls,
+ * its ports are masked and polled, and the GSI type delivers nothing to it), watch
+ * control/shutdown, then advertise control/feature-poweroff and -reboot. A request
+ * written before the watch is set is still seen: a watch fires once when set. On a
+ * request the node is cleared ("", the toolstack's acknowledgement) before acting.
+ */
+int pv_control_init(void)
+{
+    struct xen_hvm_param p = { .domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ,
+                               .value = 1 };
+    long rc = hvm_op(HVMOP_set_param, &p);
+    if (!rc) rc = xb_watch("control/shutdown", CONTROL_TOKEN);
+    if (!rc) rc = xb_write("control/feature-poweroff", "1");
+    if (!rc) rc = xb_write("control/feature-reboot", "1");
+    return (int)rc;
+}
+
+const char *pv_control_name(int reason)
+{ return reason == SHUTDOWN_reboot ? "reboot" : "poweroff"; }
+
+int pv_control_event(const char *token)
+{
+    char value[32];
+    if (strncmp(token, CONTROL_TOKEN, sizeof(CONTROL_TOKEN))) return -1;
+    if (xb_read("control/shutdown", value, sizeof(value)) < 0) return -1;
+    int reason = !strncmp(value, "poweroff", 9) ? SHUTDOWN_poweroff
+               : !strncmp(value, "reboot", 7) ? SHUTDOWN_reboot : -1;
+    if (reason >= 0) xb_write("control/shutdown", "");  /* "" (our own write): ignored */
+    return reason;
+}

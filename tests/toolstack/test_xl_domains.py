@@ -112,21 +112,79 @@ def test_on_reboot_restart_gets_a_new_domid(host: Host, tmp_path: Path) -> None:
     host.assert_clean()
 
 
-def test_shutdown_without_pv_control_and_forced(host: Host, tmp_path: Path) -> None:
-    host.xl("create", cfg(tmp_path, "quiet", "idle"), check=True)
-    r = host.xl("shutdown", "quiet")
-    assert r.returncode != 0
-    assert r.stderr.strip().startswith(
-        "PV control interface not available: external graceful shutdown not possible.")
-    assert len(r.stderr.strip().splitlines()) == 1
-    r = host.xl("shutdown", "-F", "-w", "quiet")
+def pv_ready(host: Host, name: str) -> int:
+    """Until the idle guest's PV control is up (it writes control/feature-reboot last);
+    returns its domid."""
+    domid = int(host.list()[name]["id"])
+    host.wait_for(lambda: host.xenstore(
+        "xenstore-read", f"/local/domain/{domid}/control/feature-reboot").stdout.strip() == "1",
+        f"{name}'s PV control")
+    return domid
+
+
+@needs_xenstored
+@pytest.mark.timeout(120)
+def test_shutdown_wait_powers_off_a_pv_guest(host: Host, tmp_path: Path) -> None:
+    host.xl("create", cfg(tmp_path, "idle", "idle"), check=True)
+    domid = pv_ready(host, "idle")
+    assert host.xenstore("xenstore-read", f"/local/domain/{domid}/control/"
+                         "feature-poweroff").stdout.strip() == "1"
+    r = host.xl("shutdown", "-w", "idle")
     assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"Shutting down domain {domid}", "Waiting for 1 domains",
+                                     f"Domain {domid} has been shut down, reason code 0"]
+    host.wait_for(lambda: "idle" not in host.list(), "on_poweroff=destroy")
+    log = host.xl("dmesg", check=True).stdout
+    assert f"(d{domid}) pyxen hello: shutdown requested: poweroff" in log
+    assert f"Domain {domid} (idle) shut down, reason poweroff code 0: action destroy" in log
     host.assert_clean()
 
 
+@needs_xenstored
+@pytest.mark.timeout(120)
+def test_reboot_restarts_a_pv_guest_with_a_new_domid(host: Host, tmp_path: Path) -> None:
+    host.xl("create", cfg(tmp_path, "rb", "idle", on_reboot="restart"), check=True)
+    pv_ready(host, "rb")
+    r = host.xl("reboot", "rb")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "Rebooting domain 1"
+    host.wait_for(lambda: host.list().get("rb", {}).get("id") == "2", "domid 2")
+    assert "(d1) pyxen hello: shutdown requested: reboot" in host.xl("dmesg", check=True).stdout
+    pv_ready(host, "rb")  # the new incarnation is PV-aware too: poweroff it the same way
+    host.xl("shutdown", "-w", "rb", check=True)
+    host.wait_for(lambda: "rb" not in host.list(), "on_poweroff=destroy")
+    host.assert_clean()
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_of_a_guest_without_pv_drivers_times_out(
+        host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libxl treats every PVH guest as PV-aware: the request is written to xenstore and
+    # xl fails when the guest never acknowledges it (libxl waits 60 s; this host 2 s).
+    monkeypatch.setenv("PYXEN_PVCONTROL_TIMEOUT", "2")
+    host.xl("create", cfg(tmp_path, "quiet", "block"), check=True)  # no PV drivers at all
+    host.wait_for(lambda: "blocked, no PV drivers" in host.xl("dmesg", check=True).stdout,
+                  "the guest to block")
+    domid = host.list()["quiet"]["id"]
+    for cmd, reason in (("shutdown", "poweroff"), ("reboot", "reboot"),
+                        ("shutdown -F", "poweroff")):
+        r = host.xl(*cmd.split(), "quiet")
+        assert r.returncode != 0
+        assert r.stderr.strip().splitlines()[-1].endswith(
+            f"guest didn't acknowledge control request ({reason}) within 2 s")
+        node = host.xenstore("xenstore-read", f"/local/domain/{domid}/control/shutdown")
+        assert node.stdout.strip() == reason
+        assert host.list()["quiet"]["state"] in ("r-----", "-b----")  # still running
+    host.xl("destroy", "quiet", check=True)
+    host.assert_clean()
+
+
+@needs_xenstored
+@pytest.mark.timeout(120)
 def test_rename_restart_keeps_a_renamed_copy(host: Host, tmp_path: Path) -> None:
     host.xl("create", cfg(tmp_path, "rn", "idle", on_poweroff="rename-restart"), check=True)
-    host.xl("shutdown", "-F", "rn", check=True)
+    pv_ready(host, "rn")
+    host.xl("shutdown", "rn", check=True)
     doms = host.wait_for(lambda: (lambda d: d if len(d) == 3 else None)(host.list()),
                          "the renamed copy and the new domain")
     old = [n for n in doms if n.startswith("rn-")]
@@ -137,9 +195,12 @@ def test_rename_restart_keeps_a_renamed_copy(host: Host, tmp_path: Path) -> None
     host.assert_clean()
 
 
-def test_restart_by_forced_shutdown(host: Host, tmp_path: Path) -> None:
+@needs_xenstored
+@pytest.mark.timeout(120)
+def test_restart_by_shutdown(host: Host, tmp_path: Path) -> None:
     host.xl("create", cfg(tmp_path, "again", "idle", on_poweroff="restart"), check=True)
-    host.xl("shutdown", "-F", "again", check=True)
+    pv_ready(host, "again")
+    host.xl("shutdown", "again", check=True)
     host.wait_for(lambda: host.list().get("again", {}).get("id") == "2", "domid 2")
     host.xl("destroy", "again", check=True)
     host.assert_clean()

@@ -88,6 +88,59 @@ def test_destroy_fires_release_domain_and_frees_channels(host: Host, guests: Pat
     assert m and int(m.group(1)) >= 2, dmesg(host)  # at least the console and store ports
 
 
+def test_release_domain_fires_on_shutdown_and_on_destroy(host: Host, guests: Path) -> None:
+    """Xen's xenstored fires @releaseDomain when a domain shuts down (VIRQ_DOM_EXC), not
+    only when it is released: a preserved domain's shutdown is seen, then its destroy."""
+    cfg = host.root.parent / "keep.cfg"
+    cfg.write_text(f'name = "keep"\ntype = "pvh"\nmemory = 32\nkernel = "{guests}/hello.elf"\n'
+                   'cmdline = "mode=idle"\non_poweroff = "preserve"\n')
+    host.xl("create", str(cfg), check=True)
+    domid = int(host.list()["keep"]["id"])
+    wait_until(lambda: host.xenstore("xenstore-read", f"/local/domain/{domid}/control/"
+                                     "feature-reboot").stdout.strip() == "1",
+               "the guest's PV control")
+    env = dict(host.env, XENSTORED_PATH=str(host.root / "xenstored" / "socket"))
+    watcher = subprocess.Popen(["xenstore-watch", "-n", "3", "@releaseDomain"], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline() == "@releaseDomain\n"  # fires once on WATCH
+        r = host.xl("shutdown", "-w", "keep")
+        assert r.returncode == 0, r.stderr
+        assert watcher.stdout.readline() == "@releaseDomain\n"  # the shutdown
+        assert host.list()["keep"]["state"] == "---s--"  # preserved, not released:
+        assert host.xenstore("xenstore-read", f"/local/domain/{domid}/name").stdout.strip() \
+            == "keep"
+        assert host.xenstore("xenstore-read", f"/local/domain/{domid}/control/shutdown"
+                             ).stdout.strip() == ""  # the guest's acknowledgement
+        assert f"(d{domid}) pyxen hello: shutdown requested: poweroff" in dmesg(host)
+        host.xl("destroy", "keep", check=True)
+        out, _ = watcher.communicate(timeout=30)  # and once more for the release
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert out.splitlines() == ["@releaseDomain"]
+    assert host.xenstore("xenstore-exists", f"/local/domain/{domid}").returncode != 0
+    wait_until(lambda: list(host.list()) == ["Domain-0"], "the domain to be destroyed")
+
+
+def test_xenbus_guest_answers_shutdown(host: Host, guests: Path) -> None:
+    """mode=xenbus is PV-aware too: xl shutdown reaches it through control/shutdown."""
+    domid = create(host, "pv5", "xenbus")
+    con = XlConsole(host, "pv5")
+    try:
+        con.expect(r"pyxen xenbus: PV control: ok")
+        r = host.xl("shutdown", "-w", "pv5")
+        assert r.returncode == 0, r.stderr
+        con.expect(r"pyxen xenbus: shutdown requested: poweroff")
+        assert con.wait_exit() == 0
+    finally:
+        con.close()
+    assert f"Domain {domid} has been shut down, reason code 0" in r.stderr
+    wait_until(lambda: list(host.list()) == ["Domain-0"], "the domain to be destroyed")
+
+
 def test_corrupt_console_ring_is_reset_others_unaffected(host: Host, guests: Path) -> None:
     bad = create(host, "badcons", "badconsole")
     good = create(host, "goodcons", "xenbus")

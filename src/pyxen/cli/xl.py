@@ -192,25 +192,27 @@ def _shutdown(reason: str, domains: tuple[str, ...], all_: bool, wait: bool,
         for t in targets:
             try:
                 domid = int(c.request("console", domain=t)["domid"])
-                c.request("shutdown", domain=t, reason=reason, force=force)
                 click.echo(f"{verb} domain {domid}", err=True)
+                c.request("shutdown", domain=t, reason=reason, force=force)
             except HostdError as e:
                 fail(str(e))
             domids.append(domid)
-        if wait and domids:
+        if wait and domids:  # xl's wait_for_domain_deaths(): shut down, or destroyed
             click.echo(f"Waiting for {len(domids)} domains", err=True)
             for domid in domids:
-                c.request("wait", domid=domid)
-                click.echo(f"Domain {domid} has been shut down, reason code "
-                           f"{REASON_CODES['poweroff' if reason == 'poweroff' else 'reboot']}",
-                           err=True)
+                got = str(c.request("wait", domid=domid).get("reason"))
+                if got in REASON_CODES:
+                    click.echo(f"Domain {domid} has been shut down, reason code "
+                               f"{REASON_CODES[got]}", err=True)
+                else:
+                    click.echo(f"Domain {domid} has been destroyed", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-a", "--all", "all_", is_flag=True, help="Shutdown all guest domains.")
 @click.option("-w", "--wait", is_flag=True, help="Wait for guest(s) to complete shutdown.")
 @click.option("-F", "force", is_flag=True,
-              help="Without PV control, force the shutdown as a power button would.")
+              help="Without PV control, fall back to an ACPI power button event.")
 @click.argument("domains", nargs=-1)
 def shutdown(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> None:
     """Issue a shutdown signal to a domain."""
@@ -221,7 +223,7 @@ def shutdown(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> N
 @click.option("-a", "--all", "all_", is_flag=True, help="Reboot all guest domains.")
 @click.option("-w", "--wait", is_flag=True, help="Wait for guest(s) to complete the reboot.")
 @click.option("-F", "force", is_flag=True,
-              help="Without PV control, force the reboot as a reset button would.")
+              help="Without PV control, fall back to an ACPI reset button event.")
 @click.argument("domains", nargs=-1)
 def reboot(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> None:
     """Issue a reboot signal to a domain."""
@@ -361,6 +363,20 @@ def dmesg(clear: bool) -> None:
     lines = call("dmesg", clear=clear)["lines"]
     if lines:
         click.echo("\n".join(lines))
+
+
+@cli.command("debug-keys", context_settings=CONTEXT)
+@click.argument("keys", required=False)
+def debug_keys(keys: str | None) -> None:
+    """Send debug keys to Xen."""
+    if not keys:  # xl's SWITCH_FOREACH_OPT: too few arguments, exit status 2
+        _one_line("'xl debug-keys' requires at least 1 argument. Usage: xl debug-keys <Keys>")
+        sys.exit(2)
+    with connect() as c:
+        try:
+            c.request("debug_keys", keys=keys)
+        except HostdError:
+            fail(f"cannot send debug keys: {keys}")
 
 
 # ------------------------------------------------------------------------- entry

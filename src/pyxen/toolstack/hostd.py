@@ -48,6 +48,15 @@ LOG_RING_LINES = 4096  # Xen's console ring is bounded too (conring_size)
 BUILD_TIMEOUT_S = 120.0
 DESTROY_TIMEOUT_S = 10.0
 INFO_TIMEOUT_S = 3.0
+PVCONTROL_ACK_TIMEOUT_S = 60.0  # libxl__domain_pvcontrol's xswait timeout
+
+
+def pvcontrol_ack_timeout() -> float:
+    """libxl's 60 s, or PYXEN_PVCONTROL_TIMEOUT (seconds) for impatient hosts and tests."""
+    try:
+        return float(os.environ.get("PYXEN_PVCONTROL_TIMEOUT", PVCONTROL_ACK_TIMEOUT_S))
+    except ValueError:
+        return PVCONTROL_ACK_TIMEOUT_S
 GRAVEYARD = 256  # how many dead domains' last reasons `wait` can still report
 REASON_LETTERS = {"poweroff": "-", "reboot": "r", "suspend": "s", "crash": "c",
                   "watchdog": "w", "soft_reset": "S"}
@@ -140,6 +149,7 @@ class Hostd:
         self.next_domid = 1
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_RING_LINES)
         self.graveyard: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._ack_seq = 0  # tokens of the control/shutdown acknowledgement watches
         self.xs_server: Any = None
         self.xs: Any = None
         self.server: asyncio.base_events.Server | None = None
@@ -283,6 +293,9 @@ class Hostd:
             if req.get("clear"):
                 self.log.clear()
             return {"lines": lines}
+        if op == "debug_keys":  # xl debug-keys: toolstack/keyhandler.py
+            from .keyhandler import debug_keys
+            return await debug_keys(self, req.get("keys"))
         if op == "wait":
             return {"reason": await self.wait(int(req.get("domid", -1)))}
         dom = self.find(req.get("domain"))
@@ -462,6 +475,12 @@ class Hostd:
             if self.xs_server.is_domain_introduced(dom.domid):
                 self.xs_server.release_domain(dom.domid)
 
+    def _fire_release_watch(self, dom: Domain) -> None:
+        """The domain has shut down: @releaseDomain fires (C xenstored on VIRQ_DOM_EXC),
+        and once more when it is destroyed and released."""
+        with contextlib.suppress(Exception):
+            self.xs_server.fire_release_domain_watch(dom.domid)
+
     # ------------------------------------------------------------------ VMM events
     def vmm_event(self, dom: Domain, msg: dict[str, Any]) -> None:
         ev = msg.get("event")
@@ -501,6 +520,7 @@ class Hostd:
         dom.handled_shutdown = True
         dom.shutdown_reason, dom.shutdown_code = reason, code
         dom.state = "crashed" if reason == "crash" else "shutdown"
+        self._fire_release_watch(dom)
         cfg = dom.config
         action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot,
                   "crash": cfg.on_crash, "watchdog": cfg.on_watchdog}.get(reason, "preserve")
@@ -564,25 +584,80 @@ class Hostd:
         dom.state = "paused" if pause else "running"
 
     async def shutdown(self, dom: Domain, reason: str, force: bool) -> dict[str, Any]:
+        """libxl_domain_shutdown / libxl_domain_reboot (Xen 4.17 libxl_domain.c): if the
+        guest has PV control, write control/shutdown = reason and wait (up to 60 s) for
+        the guest to acknowledge it by clearing the node; else ERROR_NOPARAVIRT, which xl
+        reports with its message (-F: xl's ACPI button fallback, see below).
+        libxl__domain_pvcontrol_available asks only HVM guests (HVM_PARAM_CALLBACK_IRQ):
+        PV and PVH guests always have PV control, so a PVH guest without PV drivers gets
+        the request written and the acknowledgement times out, as on Xen."""
         if dom.state in ("shutdown", "crashed", "dying"):
             return {"already": True}
-        try:
-            await self._vmm(dom, "shutdown_request", reason=reason)
-        except OpError as e:
-            what = "shutdown" if reason == "poweroff" else "reboot"
+        info = await self._vmm(dom, "info")
+        if dom.config.type == "hvm" and not info.get("pv_control"):
+            acpi = "power" if reason == "poweroff" else "reset"
             if not force:
-                self.xen_log(f"Domain {dom.domid}: shutdown_request refused: {e}")
+                what = "shutdown" if reason == "poweroff" else "reboot"
                 raise OpError(f"PV control interface not available: external graceful {what} "
-                              'not possible. Use "-F" to force it.') from e
-            # -F: what an ACPI power/reset button would end in, done by the toolstack.
-            self.xen_log(f"Domain {dom.domid} ({dom.config.name}): no PV control interface, "
-                         f"forcing {reason}")
-            asyncio.create_task(self.domain_shutdown(dom, reason, None))
-            return {"forced": True}
-        if self.xs is not None:
-            with contextlib.suppress(Exception):
-                self.xs.write(f"{xsdomain.dom_path(dom.domid)}/control/shutdown", reason)
+                              f'not possible. Use "-F" to fallback to ACPI {acpi} event.')
+            # xl -F sends an ACPI button event (XEN_DOMCTL_SENDTRIGGER_*); for a PVH guest
+            # Xen accepts it and does nothing (no emulated ACPI PM block: has_vpm() is false).
+            self.xen_log(f"Domain {dom.domid} ({dom.config.name}): -F {reason} refused: "
+                         "no PV control and no ACPI")
+            raise OpError(f"PV control interface not available, and -F cannot help: a PVH "
+                          f"guest has no ACPI {acpi} button to press (use \"xl destroy\" "
+                          "to stop it)")
+        if self.xs is None:
+            raise OpError("xenstored is not running: cannot write control/shutdown")
+        path = f"{xsdomain.dom_path(dom.domid)}/control/shutdown"
+        self.xen_log(f"Domain {dom.domid} ({dom.config.name}): {reason} requested "
+                     "(control/shutdown)")
+        try:
+            self.xs.write(path, reason)
+        except Exception as e:  # noqa: BLE001 - xenstored's error, as libxl returns it
+            raise OpError(f"cannot write {path}: {e}") from e
+        timeout = pvcontrol_ack_timeout()
+        if not await self._pvcontrol_acked(dom, path, timeout):
+            raise OpError(f"guest didn't acknowledge control request ({reason}) within "
+                          f"{timeout:g} s")
         return {}
+
+    async def _pvcontrol_acked(self, dom: Domain, path: str, timeout: float) -> bool:
+        """libxl's pvcontrol_cb: done once the node reads "" or is gone (the guest took
+        the request), or the domain has already shut down or gone."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        self._ack_seq += 1
+        token = f"pyxen-pvcontrol-{dom.domid}-{self._ack_seq}"
+
+        def fired(_path: str, _token: str) -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        watching = False
+        with contextlib.suppress(Exception):
+            self.xs.watch(path, token, fired)
+            watching = True
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                changed.clear()
+                if dom.handled_shutdown or dom.destroying or dom.domid not in self.domains:
+                    return True
+                try:
+                    if self.xs.read(path) == b"":
+                        return True
+                except Exception:  # noqa: BLE001 - ENOENT: removed, as acknowledged
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    # the watch wakes us; the bound only covers a shutdown without a write
+                    await asyncio.wait_for(changed.wait(), min(left, 0.5))
+        finally:
+            if watching:
+                with contextlib.suppress(Exception):
+                    self.xs.unwatch(path, token)
 
     async def wait(self, domid: int) -> str:
         """Until the domain has shut down (preserved) or is gone; returns the reason."""

@@ -14,6 +14,7 @@ from ..arch.x86.machine import X86Machine
 from ..arch.x86.pvh import BuildError
 from ..backends.loopback import LoopbackBackend
 from ..hypervisor.domain import Domain
+from ..hypervisor.public import hvm_op as H
 from ..hypervisor.public.sched import SHUTDOWN_NAMES
 from .events import dom0_channels, teardown_event_services
 
@@ -177,10 +178,13 @@ class VmmServer:
                 self.backends.append(await self.loop.run_in_executor(
                     None, lambda: LoopbackBackend(dom0_channels(d), d.grant_table, d.domid,
                                                   port, gref, report=d.log)))
-            elif op == "shutdown_request":
-                return {"id": rid, "ok": False,
-                        "error": "the guest has no PV control channel (control/shutdown in "
-                                 "xenstore): use destroy"}
+            elif op == "debug_key":  # xl debug-keys (hypervisor/keyhandler.py)
+                from ..hypervisor.keyhandler import debug_key
+                key = req.get("key")
+                if not isinstance(key, str) or len(key) != 1:
+                    return {"id": rid, "ok": False, "error": "debug_key needs one 'key'"}
+                return {"id": rid, "ok": True,
+                        **await self.loop.run_in_executor(None, debug_key, d, key)}
             else:
                 return {"id": rid, "ok": False, "error": f"unknown op {op!r}"}
         except Exception as e:  # a request must never take the VMM down
@@ -199,7 +203,21 @@ class VmmServer:
             "max_memory_kib": d.max_memory // 1024,
             "shutdown_reason": None if reason is None else SHUTDOWN_NAMES.get(reason, "crash"),
             "shutdown_code": d.shutdown_code,
+            "pv_control": self.pv_control(),
         }
+
+    def pv_control(self) -> bool:
+        """Whether the guest has PV drivers to hear control/shutdown: libxl's
+        libxl__domain_pvcontrol_available() test for HVM guests (HVM_PARAM_CALLBACK_IRQ is
+        non-zero), widened to a per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector),
+        the other way a guest says it takes event channels. Xen 4.17's libxl asks this of
+        HVM guests only and assumes it of PVH ones; pyxen asks it of every guest (see
+        docs/xl.md)."""
+        d = self.domain
+        if d.hvm_params.get(H.HVM_PARAM_CALLBACK_IRQ, 0):
+            return True
+        ev = d.evtchn
+        return ev is not None and any(st.upcall_vector for st in ev.vstate)
 
     # --- console.sock ----------------------------------------------------------------------
 

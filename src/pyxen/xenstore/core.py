@@ -237,6 +237,12 @@ class Core:
         self.fire(events)
         self.fire([Event("@releaseDomain", self.special_perms["@releaseDomain"])])
 
+    def fire_release_domain_watch(self) -> None:
+        """Fire @releaseDomain without releasing anything: C xenstored does this when
+        VIRQ_DOM_EXC says some domain has shut down (domain_cleanup() fires it for a
+        domain newly seen shut down or dying), so watchers re-check domain states."""
+        self.fire([Event("@releaseDomain", self.special_perms["@releaseDomain"])])
+
     def _forget_domain(self, domid: int) -> list[Event]:
         """What Xen 4.17 does to the tree when a domain goes away, so that a later
         domain given the same domid inherits nothing of it:

@@ -344,6 +344,15 @@ class XenstoreServer:
         naming it grant nothing any more, even to a new domain with the same id."""
         self.loop.call(lambda: self.core.release(domid))
 
+    def fire_release_domain_watch(self, domid: int) -> None:
+        """The domain has shut down (it is not released): fire @releaseDomain, as C
+        xenstored does on VIRQ_DOM_EXC. Nothing happens for a domain never introduced."""
+        def fire() -> None:
+            if self.core.is_introduced(domid):
+                self.core.fire_release_domain_watch()
+
+        self.loop.call(fire)
+
     def is_domain_introduced(self, domid: int) -> bool:
         return bool(self.loop.call(lambda: self.core.is_introduced(domid)))
 
