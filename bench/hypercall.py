@@ -7,7 +7,10 @@ user space -> KVM_RUN), then N xen_version(XENVER_version) hypercalls through th
 hypercall page (exit + register decode + dispatch + %rax write-back). Each phase is timed
 between the guest's console markers as they arrive in the log.
 
-    python bench/hypercall.py [-n 20000]
+    python bench/hypercall.py [-n 20000] [-r 5]
+
+Each figure is the median of -r runs (one VMM each); the ratio is the median of the
+per-run ratios, so a noisy run does not pair one run's baseline with another's figure.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,11 +77,16 @@ def run(n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20000, help="iterations per loop")
+    ap.add_argument("-r", type=int, default=5, help="runs; figures are their medians")
     args = ap.parse_args()
-    r = run(args.n)
-    print(f"bare exit loop (ignored port write): {r['exits_per_s']:10.0f} exits/s")
-    print(f"hypercall loop (xen_version):        {r['hypercalls_per_s']:10.0f} hypercalls/s")
-    print(f"hypercall / bare exit ratio:         {r['hypercalls_per_s'] / r['exits_per_s']:10.2f}")
+    runs = [run(args.n) for _ in range(max(1, args.r))]
+    exits = statistics.median(r["exits_per_s"] for r in runs)
+    calls = statistics.median(r["hypercalls_per_s"] for r in runs)
+    ratio = statistics.median(r["hypercalls_per_s"] / r["exits_per_s"] for r in runs)
+    print(f"median of {len(runs)} runs, n={args.n}")
+    print(f"bare exit loop (ignored port write): {exits:10.0f} exits/s")
+    print(f"hypercall loop (xen_version):        {calls:10.0f} hypercalls/s")
+    print(f"hypercall / bare exit ratio:         {ratio:10.2f}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 _SEQ_CST = 5
 
 
 def _load_libatomic() -> ctypes.CDLL:
-    """libatomic ships with gcc (Debian's libatomic1), which pyxen needs anyway."""
+    """libatomic ships with gcc (Debian's libatomic1), which pyxen needs anyway.
+
+    Loaded as a PyDLL: these calls take nanoseconds, so they keep the GIL. A CDLL would
+    drop and retake it around each one, handing it to whichever thread waits for it (a
+    backend woken by the same notification) and stalling the caller until it comes back.
+    """
     name = ctypes.util.find_library("atomic") or "libatomic.so.1"
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.PyDLL(name)
     except OSError as e:
         raise ImportError(f"pyxen needs libatomic ({e}): apt-get install libatomic1") from None
     for fn in (lib.__atomic_fetch_or_1, lib.__atomic_fetch_and_1):
@@ -70,3 +76,20 @@ def test_bit(addr: int, nr: int) -> bool:
 
 def read_u32(addr: int) -> int:
     return ctypes.c_uint32.from_address(addr).value
+
+
+_libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the call keeps the GIL (see above)
+_write = _libc.write
+_write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_write.restype = ctypes.c_ssize_t
+_ONE = ctypes.c_uint64(1)
+_ONE_ADDR = ctypes.addressof(_ONE)
+
+
+def eventfd_signal(fd: int) -> None:
+    """os.eventfd_write(fd, 1) without letting go of the GIL: the write never blocks on
+    a non-blocking eventfd, and the thread it wakes gets the GIL when the caller next
+    blocks (for a vCPU thread: back in KVM_RUN) instead of in the middle of a hypercall."""
+    if _write(fd, _ONE_ADDR, 8) != 8:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))

@@ -510,7 +510,7 @@ class BackendEventChannels(EventChannels):
     def set_pending(self, port: int, vcpu: int) -> None:
         ep = self.endpoints.get(port)
         if ep is not None and not ep.closed:
-            os.eventfd_write(ep.fd, 1)
+            atomic.eventfd_signal(ep.fd)  # keeps the GIL: see there
 
     def clear_pending(self, port: int) -> None:
         ep = self.endpoints.get(port)

@@ -33,7 +33,24 @@ class GuestAccess:
 
     def __init__(self, memory: GuestMemory, translate: Callable[[int, bool], int]) -> None:
         self.memory = memory
-        self._translate = translate
+        self._walk = translate
+        # Translations made during this hypercall, by (page, write): a handler often reads
+        # a struct and then the array it points to in the same page. Never kept across
+        # hypercalls (the guest may change its page tables between them).
+        self._pages: dict[tuple[int, bool], int] = {}
+
+    def _translate(self, va: int, write: bool) -> int:
+        key = (va >> 12, write)
+        base = self._pages.get(key)
+        if base is None:
+            try:
+                base = self._walk(va & ~(PAGE_SIZE - 1), write)
+            except GuestFault:
+                raise GuestFault(va) from None
+            self._pages[key] = base
+            if write:
+                self._pages[(va >> 12, False)] = base  # writable implies readable
+        return base | (va & (PAGE_SIZE - 1))
 
     def _pieces(self, va: int, n: int, write: bool):
         if n < 0 or n > MAX_COPY or va < 0 or va + n > 1 << 64:
@@ -45,6 +62,8 @@ class GuestAccess:
             n -= chunk
 
     def read(self, va: int, n: int) -> bytes:
+        if 0 < n <= PAGE_SIZE - (va & (PAGE_SIZE - 1)) and 0 <= va < (1 << 64) - n:
+            return self.memory.read(self._translate(va, False), n)  # within one page
         return b"".join(self.memory.read(gpa, c) for gpa, c in self._pieces(va, n, False))
 
     def write(self, va: int, data: bytes) -> None:

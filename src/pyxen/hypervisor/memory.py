@@ -37,6 +37,7 @@ class GuestMemory:
         self.regions = [Region(0, low, 0)]
         if size > low:
             self.regions.append(Region(HIGHMEM_BASE, size - low, low))
+        self._low_end = low  # regions[0] is [0, low) at offset 0: read()'s fast case
 
     @property
     def max_gpfn(self) -> int:
@@ -57,8 +58,10 @@ class GuestMemory:
             return False
 
     def read(self, gpa: int, n: int) -> bytes:
+        if gpa >= 0 and n >= 0 and gpa + n <= self._low_end:  # the page walker's case
+            return self.map[gpa:gpa + n]
         off = self._offset(gpa, n)
-        return bytes(self.view[off:off + n])
+        return self.map[off:off + n]
 
     def write(self, gpa: int, data: bytes) -> None:
         off = self._offset(gpa, len(data))

@@ -4,7 +4,11 @@ crashes)."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -16,7 +20,7 @@ from ...hypervisor.public import errno as E
 from . import kvm_abi as K
 from .cpuid import guest_cpuid
 from .hypercall_page import HYPERCALL_PORT, hypercall_page
-from .kvm import Kvm, KvmError, Vcpu, Vm
+from .kvm import Kvm, KvmError, Vcpu, Vm, _ioctl
 from .msr import XEN_HYPERCALL_MSR, install_msr_filter
 from .paging import EFER_LMA, PagingState, translate
 from .vcpu_state import hvm_context_state, pvh_boot_state
@@ -27,6 +31,19 @@ TSS_ADDR = 0xFFFBD000
 MSR_IA32_TSC = 0x10
 U64 = (1 << 64) - 1
 RFLAGS_IF = 1 << 9
+
+# The exit path reads the exit header from the vCPU's mmap with one precompiled struct
+# (instead of ctypes fields, a memoryview and a bytes copy per exit).
+_RUN = K.kvm_run
+_IMMEDIATE_EXIT = _RUN.immediate_exit.offset
+# exit_reason, then the KVM_EXIT_IO fields of the union: direction, size, port, count,
+# data_offset (garbage for other exits, never used for them).
+_EXIT_HDR = struct.Struct(f"<I{_RUN.u.offset - _RUN.exit_reason.offset - 4}xBBHIQ")
+assert _RUN.exit_reason.offset + _EXIT_HDR.size == _RUN.u.offset + ctypes.sizeof(K.kvm_run_io)
+_U32 = struct.Struct("<I")
+_SYNC_SREGS = _RUN.s.offset + K.kvm_sync_regs.sregs.offset
+_CS_L = _SYNC_SREGS + K.kvm_sregs.cs.offset + K.kvm_segment.l.offset
+_SS_DPL = _SYNC_SREGS + K.kvm_sregs.ss.offset + K.kvm_segment.dpl.offset
 
 
 def install_kick_handler() -> None:
@@ -103,17 +120,24 @@ class X86Machine:
         d = self.domain
         v = d.vcpus[i]
         kv = self.vcpus[i]
-        run = kv.run_struct
         v.thread_ident = threading.get_ident()
+        # The hot loop: everything it touches per exit is a local.
+        m = kv._map
+        fd = kv.fd
+        ioctl, get_errno, exit_hdr, u32 = _ioctl, ctypes.get_errno, _EXIT_HDR.unpack_from, \
+            _U32.unpack_from
+        may_run, hypercall, handle_exit = d.may_run, self._hypercall, self._exit
+        KVM_RUN, EXIT_IO, IO_OUT, EXIT_INTR = (K.KVM_RUN, K.KVM_EXIT_IO, K.KVM_EXIT_IO_OUT,
+                                               K.KVM_EXIT_INTR)
 
         def go() -> None:
-            run.immediate_exit = 0
+            m[_IMMEDIATE_EXIT] = 0
 
         try:
             while True:
                 # Fast path: still allowed to run and nobody kicked us (a kick sets
                 # immediate_exit under domain.cond, so KVM_RUN would return at once).
-                if not (v.running and not run.immediate_exit and d.may_run(v)):
+                if not (v.running and not m[_IMMEDIATE_EXIT] and may_run(v)):
                     if not d.wait_runnable(v, go):
                         break
                 try:
@@ -123,9 +147,21 @@ class X86Machine:
                         kv.set_sregs(sregs)
                         kv.set_regs(regs)
                         kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
-                    reason = kv.run()
-                    if reason != K.KVM_EXIT_INTR:
-                        self._exit(v, kv, reason)
+                    if ioctl(fd, KVM_RUN, 0) < 0:  # Vcpu.run, inlined
+                        e = get_errno()
+                        if e in (errno.EINTR, errno.EAGAIN):
+                            continue  # kicked
+                        raise KvmError(e, f"KVM_RUN: {os.strerror(e)}")
+                    reason, direction, size, port, count, data = exit_hdr(m, 8)
+                    if reason == EXIT_IO and direction == IO_OUT:
+                        if port == HYPERCALL_PORT:
+                            if size == 4 and count == 1:
+                                hypercall(v, kv, u32(m, data)[0])
+                                continue
+                        elif port != XEN_DEBUG_PORT:
+                            continue  # a port nobody emulates: writes are ignored
+                    if reason != EXIT_INTR:
+                        handle_exit(v, kv, reason)
                 except Exception as e:  # a bug or a hostile guest: this domain only
                     self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
                                 traceback.format_exc())
@@ -195,29 +231,33 @@ class X86Machine:
         return True
 
     def _hypercall(self, v: VCPU, kv: Vcpu, nr: int) -> None:
-        run = kv.run_struct
+        # Plain ctypes fields of the sync regs are the cheapest reads (measured: cheaper
+        # than one struct.unpack of all of them); nested segment fields are read as bytes
+        # of the mmap, as `s.cs.l` would build a kvm_segment object per access.
+        m = kv._map
         r = kv.sync_regs
         s = kv.sync_sregs
-        long_mode = bool(s.efer & EFER_LMA) and bool(s.cs.l)
-        if s.ss.dpl != 0:
+        long_mode = bool(s.efer & EFER_LMA) and bool(m[_CS_L])
+        if m[_SS_DPL] != 0:
             ret = -E.EPERM  # as Xen: hypercalls from guest user mode are refused
         else:
             if long_mode:
                 args = (r.rdi, r.rsi, r.rdx, r.r10, r.r8)
             else:
-                m = 0xFFFFFFFF
-                args = (r.rbx & m, r.rcx & m, r.rdx & m, r.rsi & m, r.rdi & m)
+                mk = 0xFFFFFFFF
+                args = (r.rbx & mk, r.rcx & mk, r.rdx & mk, r.rsi & mk, r.rdi & mk)
             mem = self.domain.memory
 
-            def make_guest() -> GuestAccess:
+            def make_guest() -> GuestAccess:  # only for handlers that take pointers
                 st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
-                return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w))
+                read = mem.read
+                return GuestAccess(mem, lambda va, w: translate(read, st, va, w))
 
             ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode,
                                       interrupts_enabled=bool(r.rflags & RFLAGS_IF))
             ret = HC.dispatch(ctx, nr)
         r.rax = ret & (U64 if long_mode else 0xFFFFFFFF)
-        run.kvm_dirty_regs = K.KVM_SYNC_X86_REGS
+        kv.run_struct.kvm_dirty_regs = K.KVM_SYNC_X86_REGS
 
     # --- crash reports -----------------------------------------------------------------------
 
