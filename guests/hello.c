@@ -12,11 +12,13 @@
  *   mode=echo                echoes console input (CONSOLEIO_read) until it reads 'q'
  *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
+ *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
  */
 #include "guest.h"
 
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 void pv_idle(void);                                  /* pvdemo.c */
+void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int domid);
 
 #define MAX_VCPUS 32
 #define COLLATZ_N 300000
@@ -424,6 +426,10 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "probe")) probe();
     if (streq(mode, "echo")) echo();
     if (streq(mode, "bench")) bench(opt("n", val, sizeof(val)) ? parse_ul(val) : 100000);
+    if (streq(mode, "fuzz")) {
+        unsigned long seed = opt("seed", val, sizeof(val)) ? parse_ul(val) : 1;
+        fuzz_main(seed, opt("n", val, sizeof(val)) ? parse_ul(val) : 2000, ram_end(), domid);
+    }
     if (streq(mode, "xenbus") || streq(mode, "badconsole") || streq(mode, "xsflood"))
         pv_main(mode, domid);
     printk("pyxen hello: unknown mode \"%s\"\n", mode);

@@ -65,6 +65,8 @@ def do_console_io(ctx: HypercallContext) -> int:
     if cmd == CONSOLEIO_write:
         done = 0
         while done < count:
+            if done and not d.preempt_check(ctx.vcpu):
+                return -E.EINTR
             n = min(CHUNK, count - done)
             data = ctx.guest.read(buf + done, n)
             d.console.write(data)
@@ -72,6 +74,8 @@ def do_console_io(ctx: HypercallContext) -> int:
             done += n
         return 0
     if cmd == CONSOLEIO_read:
+        if count >> 31:  # as Xen: the result must not overlap the error values
+            return -E.E2BIG
         data = d.console.read(min(count, INPUT_BUFFER))
         try:
             ctx.guest.write(buf, data)

@@ -19,6 +19,7 @@ from .memory import GuestMemory
 from .public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 
 Emit = Callable[[dict[str, Any]], None]
+LINE_MAX = 1024  # guest debug output: longer lines are split
 
 
 class Platform(Protocol):
@@ -89,15 +90,30 @@ class Domain:
             self._guest_debug(stream, data)
 
     def _guest_debug(self, stream: str, data: bytes) -> None:
+        # A line ends at a newline (not kept) or when a byte arrives after 1024 of them.
+        # Whole runs of bytes are moved at once: a guest may write megabytes in one call.
         buf = self._line_bufs.setdefault(stream, bytearray())
-        for b in data:
-            if b == 0x0A or len(buf) >= 1024:
-                text = buf.decode("utf-8", "replace").rstrip("\r")
-                self.emit({"event": "log", "line": f"(d{self.domid}) {text}"})
-                buf.clear()
-                if b == 0x0A:
-                    continue
-            buf.append(b)
+        i, n = 0, len(data)
+        while i < n:
+            if len(buf) >= LINE_MAX:
+                self._emit_line(buf)
+                if data[i] == 0x0A:
+                    i += 1
+                continue
+            end = min(n, i + LINE_MAX - len(buf))
+            nl = data.find(b"\n", i, end)
+            if nl < 0:
+                buf += data[i:end]
+                i = end
+            else:
+                buf += data[i:nl]
+                self._emit_line(buf)
+                i = nl + 1
+
+    def _emit_line(self, buf: bytearray) -> None:
+        text = buf.decode("utf-8", "replace").rstrip("\r")
+        self.emit({"event": "log", "line": f"(d{self.domid}) {text}"})
+        buf.clear()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -185,6 +201,17 @@ class Domain:
             while self.pause_count and not self.dying and self.shutdown_reason is None:
                 self.cond.wait()
             v.running = True
+
+    def preempt_check(self, v: VCPU) -> bool:
+        """Between the iterations of a long hypercall (where Xen would preempt it with a
+        continuation): while the domain is being paused, v parks here as if it were back
+        in the guest, so `pause` never waits for a guest-sized loop; False when the
+        domain is shutting down or dying (the caller stops with -EINTR)."""
+        if self.dying or self.shutdown_reason is not None:
+            return False
+        if not self.pause_count:
+            return True
+        return self.wait_runnable(v, lambda: None) and self.shutdown_reason is None
 
     def wake(self, v: VCPU) -> None:
         with self.cond:

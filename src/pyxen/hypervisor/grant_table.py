@@ -380,7 +380,7 @@ def do_grant_table_op(ctx: HypercallContext) -> int:
     if cmd == G.GNTTABOP_copy:
         size = ctypes.sizeof(G.gnttab_copy)
         for i in range(count):
-            if ctx.domain.dying:  # Xen would preempt with a continuation; we just stop
+            if not ctx.domain.preempt_check(ctx.vcpu):  # pause waits no longer than one op
                 return -E.EINTR
             op = g.read_struct(uop + i * size, G.gnttab_copy)
             op.status = _copy_one(ctx, gt, op)

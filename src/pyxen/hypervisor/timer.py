@@ -35,6 +35,7 @@ ETIME = 62  # xen/errno.h
 MILLISECS = 1_000_000
 STIME_DELTA_MAX = (1 << 64) - 1 >> 2
 LONG_TIMEOUT_NS = 100 * MILLISECS  # set_timer_op: absurd timeouts fire in 100 ms
+MAX_SLEEP_S = 3600.0  # the timer thread's longest wait (Condition.wait overflows time_t)
 
 
 @dataclass(order=True)
@@ -98,7 +99,8 @@ class TimerQueue:
                     left = self._heap[0].when - time.monotonic_ns()
                     if left <= 0:
                         break
-                    self._cond.wait(left / 1e9)
+                    # a guest's deadline may be centuries away: wake up hourly at most
+                    self._cond.wait(min(left / 1e9, MAX_SLEEP_S))
                 if self._stopped:
                     return
                 e = heapq.heappop(self._heap)
@@ -233,7 +235,10 @@ def vcpu_timer_op(ctx: HypercallContext, cmd: int, vid: int, arg: int) -> int | 
         s = ctx.guest.read_struct(arg, vcpu_set_singleshot_timer)
         if s.flags & VCPU_SSHOTTMR_future and s.timeout_abs_ns < timers.now():
             return -ETIME
-        timers.set_singleshot(vid, s.timeout_abs_ns)
+        deadline = s.timeout_abs_ns
+        if deadline >> 63:  # as Xen's set_timer(s_time_t): negative, so in the past
+            deadline -= 1 << 64
+        timers.set_singleshot(vid, deadline)
         return 0
     timers.stop_singleshot(vid)
     return 0
