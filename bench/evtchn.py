@@ -17,67 +17,26 @@ per-run ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_domain import bench_domain
 
 
 def run(n: int) -> dict[str, float]:
-    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    with tempfile.TemporaryDirectory(prefix="pyxen-bench-") as tmp:
-        ddir = Path(tmp) / "domains" / "1"
-        ddir.mkdir(parents=True)
-        cfg = ddir / "config.json"
-        cfg.write_text(json.dumps({
-            "name": "bench", "type": "pvh", "memory": 32, "vcpus": 1, "ramdisk": None,
-            "kernel": str(ROOT / "guests" / "build" / "evtchn_test.elf"),
-            "cmdline": f"mode=loopback n={n}"}))
-        env = dict(os.environ, PYXEN_RUNDIR=tmp,
-                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen([sys.executable, "-m", "pyxen.vmm", "--domid", "1",
-                                 "--config", str(cfg)], stdout=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        result = None
-        try:
-            assert proc.stdout is not None
-            built = json.loads(proc.stdout.readline())
-            if built.get("event") != "built":
-                raise SystemExit(f"bench: {built.get('message')}")
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(ddir / "control.sock"))
-            f = s.makefile("rwb")
-            f.write(b'{"id": 1, "op": "unpause"}\n')
-            f.flush()
-            for raw in f:
-                ev = json.loads(raw)
-                line = ev.get("line", "") if ev.get("event") == "log" else ""
-                m = re.search(r"loopback: port=(\d+) gref=(\d+)", line)
-                if m:
-                    req = {"id": 2, "op": "loopback_attach", "port": int(m.group(1)),
-                           "gref": int(m.group(2))}
-                    f.write(json.dumps(req).encode() + b"\n")
-                    f.flush()
-                m = re.search(r"exit_cycles=(\d+) rtt_cycles=(\d+) tsc_khz=(\d+)", line)
-                if m:
-                    result = [int(x) for x in m.groups()]
-                if ev.get("id") == 2 and not ev.get("ok"):
-                    raise SystemExit(f"bench: loopback_attach: {ev.get('error')}")
-                if ev.get("event") == "shutdown":
-                    break
-            f.write(b'{"id": 3, "op": "destroy"}\n')
-            f.flush()
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    result = None
+    with bench_domain("evtchn_test", f"mode=loopback n={n}") as dom:
+        for ev in dom.events():
+            line = ev.get("line", "") if ev.get("event") == "log" else ""
+            m = re.search(r"loopback: port=(\d+) gref=(\d+)", line)
+            if m:
+                dom.request({"id": 2, "op": "loopback_attach", "port": int(m.group(1)),
+                             "gref": int(m.group(2))})
+            m = re.search(r"exit_cycles=(\d+) rtt_cycles=(\d+) tsc_khz=(\d+)", line)
+            if m:
+                result = [int(x) for x in m.groups()]
+            if ev.get("id") == 2 and not ev.get("ok"):
+                raise SystemExit(f"bench: loopback_attach: {ev.get('error')}")
     if result is None:
         raise SystemExit("bench: the guest printed no result")
     exit_cycles, rtt_cycles, khz = result

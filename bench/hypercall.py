@@ -16,59 +16,19 @@ per-run ratios, so a noisy run does not pair one run's baseline with another's f
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_domain import bench_domain
 
 
 def run(n: int) -> dict[str, float]:
-    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    with tempfile.TemporaryDirectory(prefix="pyxen-bench-") as tmp:
-        ddir = Path(tmp) / "domains" / "1"
-        ddir.mkdir(parents=True)
-        cfg = ddir / "config.json"
-        cfg.write_text(json.dumps({
-            "name": "bench", "type": "pvh", "memory": 32, "vcpus": 1, "ramdisk": None,
-            "kernel": str(ROOT / "guests" / "build" / "hello.elf"),
-            "cmdline": f"mode=bench n={n}"}))
-        env = dict(os.environ, PYXEN_RUNDIR=tmp,
-                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen([sys.executable, "-m", "pyxen.vmm", "--domid", "1",
-                                 "--config", str(cfg)], stdout=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        try:
-            assert proc.stdout is not None
-            built = json.loads(proc.stdout.readline())
-            if built.get("event") != "built":
-                raise SystemExit(f"bench: {built.get('message')}")
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(ddir / "control.sock"))
-            f = s.makefile("rwb")
-            f.write(b'{"id": 1, "op": "unpause"}\n')
-            f.flush()
-            marks: dict[str, float] = {}
-            for raw in f:
-                ev = json.loads(raw)
-                now = time.perf_counter()
-                if ev.get("event") == "log" and "pyxen bench: " in ev["line"]:
-                    key = ev["line"].split("pyxen bench: ", 1)[1].split(" n=")[0]
-                    marks[key] = now
-                if ev.get("event") == "shutdown":
-                    break
-            f.write(b'{"id": 2, "op": "destroy"}\n')
-            f.flush()
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    marks: dict[str, float] = {}
+    with bench_domain("hello", f"mode=bench n={n}") as dom:
+        for ev in dom.events():
+            now = time.perf_counter()
+            if ev.get("event") == "log" and "pyxen bench: " in ev["line"]:
+                marks[ev["line"].split("pyxen bench: ", 1)[1].split(" n=")[0]] = now
     exits = n / (marks["exit loop done"] - marks["exit loop start"])
     calls = n / (marks["hypercall loop done"] - marks["hypercall loop start"])
     return {"exits_per_s": exits, "hypercalls_per_s": calls}

@@ -16,7 +16,6 @@
  */
 #include "evtchn.h"
 
-static char cmdline[1024];
 static uint32_t xen_base, tsc_khz;
 static unsigned int domid;
 static char exception_stack[16384] __attribute__((aligned(16)));
@@ -29,31 +28,6 @@ static struct __attribute__((packed)) {
     uint64_t reserved2;
     uint16_t reserved3, iomap_base;
 } tss;
-
-static const char *opt(const char *key, char *out, size_t size)
-{
-    size_t k = strlen(key);
-    for (const char *p = cmdline; *p; p++) {
-        if ((p == cmdline || p[-1] == ' ') && !strncmp(p, key, k) && p[k] == '=') {
-            size_t n = 0;
-            for (p += k + 1; *p && *p != ' ' && n + 1 < size; p++) out[n++] = *p;
-            out[n] = 0;
-            return out;
-        }
-    }
-    return NULL;
-}
-
-static int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
-
-static unsigned long opt_ul(const char *key, unsigned long dflt)
-{
-    char val[32];
-    if (!opt(key, val, sizeof(val))) return dflt;
-    unsigned long v = 0;
-    for (const char *s = val; *s >= '0' && *s <= '9'; s++) v = v * 10 + (*s - '0');
-    return v;
-}
 
 void exception_report(uint64_t *frame)
 {
@@ -469,12 +443,7 @@ void kmain(uint32_t start_info_paddr)
     cpuid(xen_base + 4, &a, &b, &c, &d);
     domid = (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
     struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
-    if (si->cmdline_paddr) {
-        const char *s = (const char *)si->cmdline_paddr;
-        size_t n = 0;
-        while (s[n] && n + 1 < sizeof(cmdline)) { cmdline[n] = s[n]; n++; }
-        cmdline[n] = 0;
-    }
+    cmdline_load(si->cmdline_paddr);
     printk("evtchn test: domain %u, command line \"%s\"\n", domid, cmdline);
     if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
     if (streq(mode, "timer")) timer_mode();

@@ -62,6 +62,12 @@ size_t strlen(const char *s);
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int strncmp(const char *a, const char *b, size_t n);
+int streq(const char *a, const char *b);
+
+extern char cmdline[1024];
+void cmdline_load(uint64_t paddr);
+const char *opt(const char *key, char *out, size_t size);
+unsigned long opt_ul(const char *key, unsigned long dflt);
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...);
 void printk(const char *fmt, ...);          /* console_io write */

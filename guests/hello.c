@@ -24,7 +24,6 @@ void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int do
 #define COLLATZ_N 300000
 
 static struct hvm_start_info *start_info;
-static char cmdline[1024];
 static uint32_t xen_base;
 static unsigned int domid;
 static volatile int ap_ready[MAX_VCPUS];
@@ -47,30 +46,6 @@ static const char *mode_names[] = {
     [SHUTDOWN_suspend] = "suspend", [SHUTDOWN_crash] = "crash",
     [SHUTDOWN_watchdog] = "watchdog", [SHUTDOWN_soft_reset] = "soft_reset",
 };
-
-/* Value of "key=" in the command line (up to the next space), or NULL. */
-static const char *opt(const char *key, char *out, size_t size)
-{
-    size_t k = strlen(key);
-    for (const char *p = cmdline; *p; p++) {
-        if ((p == cmdline || p[-1] == ' ') && !strncmp(p, key, k) && p[k] == '=') {
-            size_t n = 0;
-            for (p += k + 1; *p && *p != ' ' && n + 1 < size; p++) out[n++] = *p;
-            out[n] = 0;
-            return out;
-        }
-    }
-    return NULL;
-}
-
-static int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
-
-static unsigned long parse_ul(const char *s)
-{
-    unsigned long v = 0;
-    while (*s >= '0' && *s <= '9') v = v * 10 + (*s++ - '0');
-    return v;
-}
 
 void exception_report(uint64_t *frame)
 {
@@ -365,7 +340,7 @@ static void bench(unsigned long n)
 
 void kmain(uint32_t start_info_paddr)
 {
-    char mode[32], val[32];
+    char mode[32];
     setup_cpu();
     xen_base = find_xen_leaves();
     if (!xen_base) {
@@ -383,12 +358,7 @@ void kmain(uint32_t start_info_paddr)
         printk("pyxen hello: bad start_info magic %x\n", start_info->magic);
         shutdown(SHUTDOWN_crash);
     }
-    if (start_info->cmdline_paddr) {
-        const char *s = (const char *)start_info->cmdline_paddr;
-        size_t n = 0;
-        while (s[n] && n + 1 < sizeof(cmdline)) { cmdline[n] = s[n]; n++; }
-        cmdline[n] = 0;
-    }
+    cmdline_load(start_info->cmdline_paddr);
 
     long ver = xen_version(XENVER_version, NULL);
     xen_extraversion_t extra;
@@ -425,10 +395,10 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "misbehave")) misbehave();
     if (streq(mode, "probe")) probe();
     if (streq(mode, "echo")) echo();
-    if (streq(mode, "bench")) bench(opt("n", val, sizeof(val)) ? parse_ul(val) : 100000);
+    if (streq(mode, "bench")) bench(opt_ul("n", 100000));
     if (streq(mode, "fuzz")) {
-        unsigned long seed = opt("seed", val, sizeof(val)) ? parse_ul(val) : 1;
-        fuzz_main(seed, opt("n", val, sizeof(val)) ? parse_ul(val) : 2000, ram_end(), domid);
+        unsigned long seed = opt_ul("seed", 1);
+        fuzz_main(seed, opt_ul("n", 2000), ram_end(), domid);
     }
     if (streq(mode, "xenbus") || streq(mode, "badconsole") || streq(mode, "xsflood"))
         pv_main(mode, domid);

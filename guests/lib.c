@@ -85,3 +85,41 @@ void shutdown(unsigned int reason)
     struct sched_shutdown s = { .reason = reason };
     for (;;) sched_op(SCHEDOP_shutdown, &s);
 }
+
+/* The guest's command line (from hvm_start_info) and its "key=value" options. */
+char cmdline[1024];
+
+void cmdline_load(uint64_t paddr)
+{
+    const char *s = (const char *)paddr;
+    size_t n = 0;
+    while (s && s[n] && n + 1 < sizeof(cmdline)) { cmdline[n] = s[n]; n++; }
+    cmdline[n] = 0;
+}
+
+/* Value of "key=" in the command line (up to the next space), or NULL. */
+const char *opt(const char *key, char *out, size_t size)
+{
+    size_t k = strlen(key);
+    for (const char *p = cmdline; *p; p++) {
+        if ((p == cmdline || p[-1] == ' ') && !strncmp(p, key, k) && p[k] == '=') {
+            size_t n = 0;
+            for (p += k + 1; *p && *p != ' ' && n + 1 < size; p++) out[n++] = *p;
+            out[n] = 0;
+            return out;
+        }
+    }
+    return NULL;
+}
+
+/* A decimal option, or dflt when it is absent. */
+unsigned long opt_ul(const char *key, unsigned long dflt)
+{
+    char val[32];
+    if (!opt(key, val, sizeof(val))) return dflt;
+    unsigned long v = 0;
+    for (const char *s = val; *s >= '0' && *s <= '9'; s++) v = v * 10 + (*s - '0');
+    return v;
+}
+
+int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
