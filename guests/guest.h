@@ -81,6 +81,8 @@ extern char exception_stubs[];
 extern char ap_start64[];
 extern uint64_t gdt[];
 extern char idt[];
+uint32_t find_xen_leaves(void);
+void cpu_tables_init(void);
 extern char pml4[];
 
 #endif

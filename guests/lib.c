@@ -123,3 +123,47 @@ unsigned long opt_ul(const char *key, unsigned long dflt)
 }
 
 int streq(const char *a, const char *b) { return !strncmp(a, b, 1 << 30); }
+
+/* Xen's CPUID leaves sit at 0x40000000 + a multiple of 0x100; 0 if none. */
+uint32_t find_xen_leaves(void)
+{
+    for (uint32_t base = 0x40000000; base < 0x40010000; base += 0x100) {
+        uint32_t a, b, c, d;
+        cpuid(base, &a, &b, &c, &d);
+        if (b == XEN_CPUID_SIGNATURE_EBX && c == XEN_CPUID_SIGNATURE_ECX &&
+            d == XEN_CPUID_SIGNATURE_EDX && a - base >= 2)
+            return base;
+    }
+    return 0;
+}
+
+/* The 64-bit TSS: ring-3 code enters the kernel through exceptions (PLATFORM.md), which
+ * switch to rsp0's stack. */
+static char exception_stack[16384] __attribute__((aligned(16)));
+static struct __attribute__((packed)) {
+    uint32_t reserved0;
+    uint64_t rsp0, rsp1, rsp2;
+    uint64_t reserved1;
+    uint64_t ist[7];
+    uint64_t reserved2;
+    uint16_t reserved3, iomap_base;
+} tss;
+
+/* Load the TSS (GDT slots 5-6, selector 0x28) and fill idt[] with the 32 exception
+ * gates; the caller loads the IDT (it may add gates first). */
+void cpu_tables_init(void)
+{
+    uint64_t base = (uint64_t)&tss, limit = sizeof(tss) - 1;
+    tss.rsp0 = (uint64_t)(exception_stack + sizeof(exception_stack));
+    tss.iomap_base = sizeof(tss);
+    gdt[5] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ULL << 40) |
+             (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+    gdt[6] = base >> 32;
+    asm volatile("ltr %w0" :: "r"(0x28));
+    for (int v = 0; v < 32; v++) {
+        uint64_t h = (uint64_t)(exception_stubs + 16 * v);
+        uint64_t *e = (uint64_t *)(idt + 16 * v);
+        e[0] = (h & 0xffff) | (0x08ULL << 16) | (0x8eULL << 40) | (((h >> 16) & 0xffff) << 48);
+        e[1] = h >> 32;
+    }
+}
