@@ -96,9 +96,6 @@ class ConsoleRing:
         """in_cons as the guest last wrote it (to notice a guest that reads the ring)."""
         return self._get(IN_CONS)
 
-    def output_pending(self) -> bool:
-        return self._get(OUT_CONS) != self._get(OUT_PROD)
-
 
 class Port(Protocol):
     """dom0's end of the console event channel (hypervisor.event_channel.BackendPort)."""

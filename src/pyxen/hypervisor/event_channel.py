@@ -313,7 +313,8 @@ class GuestEventChannels(EventChannels):
     """A guest's ports: delivery through shared_info / vcpu_info and an upcall vector.
 
     Before the guest maps its shared_info page, events land in a private copy of it (Xen's
-    shared_info exists from domain creation); `shared_info_mapped` moves it into the guest.
+    shared_info exists from domain creation); mapping it with XENMAPSPACE_shared_info
+    (shared_info.py) copies it into the guest.
     """
 
     def __init__(self, host: EvtchnHost, domain: Domain, inject: Injector | None = None,
@@ -440,12 +441,6 @@ class GuestEventChannels(EventChannels):
         return any(self.is_pending(p) for p in ports)
 
 
-def shared_info_mapped(evtchn: GuestEventChannels | None, page_gpa: int) -> None:
-    """Copy events that arrived before XENMAPSPACE_shared_info into the guest's page."""
-    if evtchn is not None:
-        evtchn.domain.memory.write(page_gpa, evtchn.shadow_contents())
-
-
 # --- dom0's table: pyxen's backends ------------------------------------------------------------
 
 
@@ -466,12 +461,6 @@ class BackendPort:
     def state(self) -> int:
         with self.table.host.lock:
             return self.table.ports[self.port].state if not self.closed else ECS_FREE
-
-    @property
-    def remote(self) -> tuple[int, int]:
-        with self.table.host.lock:
-            ch = self.table.ports[self.port]
-            return ch.remote_domid, ch.remote_port
 
     def notify(self) -> None:
         """EVTCHNOP_send from dom0 (dropped while unbound, as in Xen)."""

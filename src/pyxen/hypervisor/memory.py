@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import struct
 from dataclasses import dataclass
 
 from .guest_access import GuestFault
@@ -66,9 +65,6 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         off = self._offset(gpa, len(data))
         self.view[off:off + len(data)] = data
-
-    def read_u64(self, gpa: int) -> int:
-        return struct.unpack_from("<Q", self.view, self._offset(gpa, 8))[0]
 
     def e820(self) -> list[tuple[int, int, int]]:
         """(addr, size, type) entries: RAM regions only (type 1)."""

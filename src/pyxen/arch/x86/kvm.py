@@ -181,15 +181,6 @@ class Vcpu:
             buf.entries[i] = e
         ioctl(self.fd, K.KVM_SET_CPUID2, buf)
 
-    def set_msrs(self, msrs: dict[int, int]) -> None:
-        buf = K.kvm_msrs(len(msrs))()
-        buf.nmsrs = len(msrs)
-        for i, (idx, val) in enumerate(msrs.items()):
-            buf.entries[i].index = idx
-            buf.entries[i].data = val
-        n = ioctl(self.fd, K.KVM_SET_MSRS, buf)
-        if n != len(msrs):
-            raise KvmError(errno.EINVAL, f"KVM_SET_MSRS set {n} of {len(msrs)}")
 
     def get_msr(self, index: int) -> int:
         buf = K.kvm_msrs(1)()
