@@ -72,31 +72,65 @@ def _c_program(mirrors: list[type]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.skipif(not XEN_INCLUDE.exists(), reason="needs libxen-dev (scripts/setup installs it)")
-def test_mirrors_match_xen_headers(tmp_path: Path) -> None:
-    mirrors = _mirrors()
-    assert len(mirrors) >= 10, "expected pyxen to mirror the Xen structs it uses"
-    src = tmp_path / "layout.c"
+def _expected(mirrors: list[type], tmp_path: Path, m32: bool) -> dict[tuple[str, str], int]:
+    tag = "m32" if m32 else "m64"
+    src = tmp_path / f"layout_{tag}.c"
     src.write_text(_c_program(mirrors))
-    exe = tmp_path / "layout"
+    exe = tmp_path / f"layout_{tag}"
     build = subprocess.run(
-        ["gcc", "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__",
+        ["gcc", *(["-m32"] if m32 else []),
+         "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__",
          "-o", str(exe), str(src)],
         capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stderr
     expected: dict[tuple[str, str], int] = {}
-    for line in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines():
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
         ctype, field, value = line.split("|")
         expected[(ctype, field)] = int(value)
+    return expected
 
-    mismatches = []
+
+def _mismatches(mirrors: list[type], expected: dict[tuple[str, str], int], abi: str) -> list[str]:
+    out = []
     for m in mirrors:
         ctype = m._xen_c_type_
         if ctypes.sizeof(m) != expected[(ctype, "sizeof")]:
-            mismatches.append(f"sizeof({ctype}): pyxen {ctypes.sizeof(m)}, C {expected[(ctype, 'sizeof')]}")
+            out.append(f"{abi} sizeof({ctype}) [{m.__name__}]: pyxen {ctypes.sizeof(m)}, "
+                       f"C {expected[(ctype, 'sizeof')]}")
         for f in _fields(m):
             ours = getattr(m, f).offset
             if ours != expected[(ctype, f)]:
-                mismatches.append(f"offsetof({ctype}, {f}): pyxen {ours}, C {expected[(ctype, f)]}")
+                out.append(f"{abi} offsetof({ctype}, {f}) [{m.__name__}]: pyxen {ours}, "
+                           f"C {expected[(ctype, f)]}")
+    return out
+
+
+def _is_compat(cls: type) -> bool:
+    return vars(cls).get("_xen_abi_", getattr(cls, "_xen_abi_", "")) == "x86_32"
+
+
+@pytest.mark.skipif(not XEN_INCLUDE.exists(), reason="needs libxen-dev (scripts/setup installs it)")
+def test_mirrors_match_xen_headers(tmp_path: Path) -> None:
+    """x86_64: every native mirror against the headers as a 64-bit guest sees them."""
+    mirrors = [m for m in _mirrors() if not _is_compat(m)]
+    assert len(mirrors) >= 10, "expected pyxen to mirror the Xen structs it uses"
+    expected = _expected(mirrors, tmp_path, m32=False)
+    mismatches = _mismatches(mirrors, expected, "x86_64")
+    assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.skipif(not XEN_INCLUDE.exists(), reason="needs libxen-dev (scripts/setup installs it)")
+def test_compat_mirrors_match_xen_headers_m32(tmp_path: Path) -> None:
+    """x86_32: each compat twin, and each native mirror that has none (its layout must then
+    be the same for a 32-bit guest), against the headers compiled with -m32."""
+    natives = [m for m in _mirrors() if not _is_compat(m)]
+    twins = [m for m in _mirrors() if _is_compat(m)]
+    for t in twins:
+        assert any(vars(n).get("_compat_") is t for n in natives), \
+            f"{t.__name__} is not linked to a native mirror with @compat_of"
+    checked = twins + [n for n in natives if "_compat_" not in vars(n)]
+    expected = _expected(checked, tmp_path, m32=True)
+    mismatches = _mismatches(checked, expected, "x86_32")
     assert not mismatches, "\n".join(mismatches)

@@ -11,6 +11,8 @@ import ctypes
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from .public import layout_for
+
 if TYPE_CHECKING:
     from .memory import GuestMemory
 
@@ -31,9 +33,14 @@ class GuestFault(Exception):
 class GuestAccess:
     """Guest-virtual accessor for one hypercall: `translate(va, write) -> gpa`."""
 
-    def __init__(self, memory: GuestMemory, translate: Callable[[int, bool], int]) -> None:
+    def __init__(self, memory: GuestMemory, translate: Callable[[int, bool], int],
+                 compat: bool = False) -> None:
         self.memory = memory
         self._walk = translate
+        # A 32-bit caller: structs are read and written with their x86_32 twins, and
+        # xen_ulong_t / xen_pfn_t arrays have 4-byte elements.
+        self.compat = compat
+        self.word_size = 4 if compat else 8
         # Translations made during this hypercall, by (page, write): a handler often reads
         # a struct and then the array it points to in the same page. Never kept across
         # hypercalls (the guest may change its page tables between them).
@@ -74,7 +81,28 @@ class GuestAccess:
             off += c
 
     def read_struct(self, va: int, cls: type[T]) -> T:
+        """Read `cls` as this caller lays it out (its compat twin for a 32-bit caller)."""
+        if self.compat:
+            cls = layout_for(cls, True)
         return cls.from_buffer_copy(self.read(va, ctypes.sizeof(cls)))
+
+    def sizeof(self, cls: type) -> int:
+        """sizeof(cls) in this caller's ABI (array strides of struct arguments)."""
+        return ctypes.sizeof(layout_for(cls, self.compat))
+
+    def new_struct(self, cls: type[T], **fields: int) -> T:
+        """An instance of `cls` in this caller's layout (for results written back)."""
+        return layout_for(cls, self.compat)(**fields)
+
+    def read_words(self, va: int, n: int) -> list[int]:
+        """An array of n xen_ulong_t / xen_pfn_t (4 or 8 bytes each, by caller ABI)."""
+        w = self.word_size
+        data = self.read(va, n * w)
+        return [int.from_bytes(data[i:i + w], "little") for i in range(0, n * w, w)]
+
+    def write_words(self, va: int, values: list[int]) -> None:
+        w, mask = self.word_size, (1 << (8 * self.word_size)) - 1
+        self.write(va, b"".join((v & mask).to_bytes(w, "little") for v in values))
 
     def write_struct(self, va: int, obj: ctypes.Structure) -> None:
         self.write(va, bytes(obj))

@@ -39,6 +39,11 @@ class HypercallContext:
             self._guest = self.make_guest()
         return self._guest
 
+    @property
+    def compat(self) -> bool:
+        """A 32-bit caller: Xen's compat ABI (x86_32 struct layouts)."""
+        return not self.long_mode
+
     def arg(self, i: int) -> int:
         return self.args[i]
 

@@ -251,7 +251,8 @@ class X86Machine:
             def make_guest() -> GuestAccess:  # only for handlers that take pointers
                 st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
                 read = mem.read
-                return GuestAccess(mem, lambda va, w: translate(read, st, va, w))
+                return GuestAccess(mem, lambda va, w: translate(read, st, va, w),
+                                   compat=not long_mode)
 
             ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode,
                                       interrupts_enabled=bool(r.rflags & RFLAGS_IF))
