@@ -24,6 +24,7 @@ from . import atomic
 from .public import errno as E
 from .public import event_channel as EC
 from .public.xen import DOMID_SELF, XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
+from .xsm import XsmDenied, xsm_target
 
 if TYPE_CHECKING:
     from .domain import VCPU, Domain
@@ -561,13 +562,12 @@ def guest_evtchn(d: Domain) -> GuestEventChannels | None:
     return getattr(d, "evtchn", None)
 
 
-def _own(ev: EventChannels, dom: int) -> None:
-    """An unprivileged domain may name only itself (Xen's XSM dummy policy)."""
-    if dom in (DOMID_SELF, ev.domid):
-        return
-    if dom in ev.host.tables:
-        raise EvtchnError(E.EPERM, f"d{ev.domid} may not act on d{dom}'s event channels")
-    raise EvtchnError(E.ESRCH, f"no domain {dom}")
+def _own(d: Domain, dom: int) -> None:
+    try:
+        xsm_target(d, dom)
+    except XsmDenied as e:
+        raise EvtchnError(e.errno, f"d{d.domid} may not act on d{dom}'s event channels") \
+            from None
 
 
 def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
@@ -582,7 +582,7 @@ def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
             ev.unmask_port(g.read_struct(arg, EC.evtchn_unmask).port)
         elif cmd == EC.EVTCHNOP_alloc_unbound:
             au = g.read_struct(arg, EC.evtchn_alloc_unbound)
-            _own(ev, au.dom)
+            _own(ctx.domain, au.dom)
             au.port = ev.alloc_unbound(au.remote_dom)
             g.write_struct(arg, au)
         elif cmd == EC.EVTCHNOP_bind_interdomain:
@@ -601,7 +601,7 @@ def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
             ev.close(g.read_struct(arg, EC.evtchn_close).port)
         elif cmd == EC.EVTCHNOP_status:
             st = g.read_struct(arg, EC.evtchn_status)
-            _own(ev, st.dom)
+            _own(ctx.domain, st.dom)
             out = ev.status(st.port)
             out.dom = st.dom
             g.write_struct(arg, out)
@@ -609,7 +609,7 @@ def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
             bc = g.read_struct(arg, EC.evtchn_bind_vcpu)
             ev.bind_vcpu(bc.port, bc.vcpu)
         elif cmd == EC.EVTCHNOP_reset:
-            _own(ev, g.read_struct(arg, EC.evtchn_reset).dom)
+            _own(ctx.domain, g.read_struct(arg, EC.evtchn_reset).dom)
             ev.reset()
         elif cmd == EC.EVTCHNOP_bind_pirq:
             return -E.EINVAL  # a PVH domU has no physical IRQs (nr_pirqs = 0)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import atomic
-from .hypercall import HypercallContext, hypercall, is_self
+from .hypercall import HypercallContext, hypercall
 from .public import errno as E
 from .public import grant_table as G
-from .public.xen import DOMID_SELF, __HYPERVISOR_grant_table_op
+from .public.xen import __HYPERVISOR_grant_table_op
+from .xsm import XsmDenied, target_error, xsm_target
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -282,10 +283,12 @@ def guest_gnttab(d: Domain) -> GrantTable | None:
 
 
 def _other_dom_status(ctx: HypercallContext, dom: int) -> int | None:
-    """None when dom is the caller; else what an unprivileged caller gets (XSM dummy)."""
-    if is_self(ctx, dom):
+    """None when the caller may act on dom; else the GNTST_* status (XSM check)."""
+    try:
+        xsm_target(ctx.domain, dom)
         return None
-    return G.GNTST_permission_denied if dom == 0 else G.GNTST_bad_domain
+    except XsmDenied as e:
+        return G.GNTST_permission_denied if e.errno == E.EPERM else G.GNTST_bad_domain
 
 
 def _setup_table(ctx: HypercallContext, gt: GrantTable, arg: int) -> None:
@@ -323,9 +326,9 @@ def _copy_one(ctx: HypercallContext, gt: GrantTable, op: G.gnttab_copy) -> int:
     me = ctx.domain.domid
     sides = []
     for ptr, flag in ((op.source, G.GNTCOPY_source_gref), (op.dest, G.GNTCOPY_dest_gref)):
-        dom = me if ptr.domid == DOMID_SELF else ptr.domid
-        if dom != me:
-            return G.GNTST_bad_domain if dom != 0 else G.GNTST_permission_denied
+        st = _other_dom_status(ctx, ptr.domid)
+        if st is not None:
+            return st
         sides.append((ptr, bool(op.flags & flag)))
     (src, src_gref), (dst, dst_gref) = sides
     mem = ctx.domain.memory
@@ -388,8 +391,8 @@ def do_grant_table_op(ctx: HypercallContext) -> int:
         return 0
     if cmd == G.GNTTABOP_get_version:
         gv = g.read_struct(uop, G.gnttab_get_version)
-        if not is_self(ctx, gv.dom):
-            return -E.EPERM if gv.dom == 0 else -E.ESRCH
+        if err := target_error(ctx.domain, gv.dom):
+            return err
         gv.version = gt.version
         g.write_struct(uop, gv)
         return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from .event_channel import EvtchnError
-from .hypercall import HypercallContext, hypercall, is_self
+from .hypercall import HypercallContext, hypercall
 from .public import errno as E
 from .public import hvm_op as H
 from .public.hvm_op_evtchn import HVMOP_set_evtchn_upcall_vector, xen_hvm_evtchn_upcall_vector
 from .public.xen import __HYPERVISOR_hvm_op
+from .xsm import target_error
 
 # What Xen's hvm_allow_{get,set}_param let a guest do to its own parameters.
 GUEST_GET = {H.HVM_PARAM_CALLBACK_IRQ, H.HVM_PARAM_STORE_PFN, H.HVM_PARAM_STORE_EVTCHN,
@@ -25,8 +26,8 @@ def do_hvm_op(ctx: HypercallContext) -> int:
     if op not in (H.HVMOP_set_param, H.HVMOP_get_param):
         return -E.ENOSYS
     p = ctx.guest.read_struct(arg, H.xen_hvm_param)
-    if not is_self(ctx, p.domid):
-        return -E.ESRCH
+    if err := target_error(ctx.domain, p.domid):
+        return err
     if p.index >= H.HVM_PARAM_NR:
         return -E.EINVAL
     params = ctx.domain.hvm_params

@@ -81,8 +81,3 @@ def dispatch(ctx: HypercallContext, nr: int) -> int:
     except GuestFault:
         return -E.EFAULT
 
-
-def is_self(ctx: HypercallContext, domid: int) -> bool:
-    from .public.xen import DOMID_SELF
-
-    return domid in (DOMID_SELF, ctx.domain.domid)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 
 from .grant_table import add_to_physmap_grant_table
-from .hypercall import HypercallContext, hypercall, is_self
+from .hypercall import HypercallContext, hypercall
 from .public import errno as E
 from .public import memory as M
 from .public.xen import __HYPERVISOR_memory_op
 from .shared_info import map_shared_info
+from .xsm import target_error
 
 MEMOP_CMD_MASK = 0x3F
 
@@ -32,14 +33,14 @@ def do_memory_op(ctx: HypercallContext) -> int:
     if cmd in (M.XENMEM_maximum_ram_page, M.XENMEM_maximum_gpfn):
         return mem.max_gpfn
     if cmd in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation):
-        if not is_self(ctx, g.read_u16(arg)):
-            return -E.ESRCH
+        if err := target_error(d, g.read_u16(arg)):
+            return err
         size = mem.size if cmd == M.XENMEM_current_reservation else d.max_memory
         return size // 4096
     if cmd == M.XENMEM_add_to_physmap:
         xatp = g.read_struct(arg, M.xen_add_to_physmap)
-        if not is_self(ctx, xatp.domid):
-            return -E.ESRCH
+        if err := target_error(d, xatp.domid):
+            return err
         if xatp.space == M.XENMAPSPACE_grant_table:
             return add_to_physmap_grant_table(d, xatp.idx, xatp.gpfn)
         if xatp.space != M.XENMAPSPACE_shared_info:

@@ -7,11 +7,12 @@ import threading
 
 from .event_channel import block as evtchn_block
 from .event_channel import poll as evtchn_poll
-from .hypercall import HypercallContext, hypercall, is_self
+from .hypercall import HypercallContext, hypercall
 from .public import errno as E
 from .public import sched as S
-from .public.xen import __HYPERVISOR_sched_op
+from .public.xen import DOMID_SELF, __HYPERVISOR_sched_op
 from .shared_info import system_time_ns
+from .xsm import target_error
 
 MAX_POLL_PORTS = 128
 NR_DOMAIN_WATCHDOG_TIMERS = 2
@@ -53,7 +54,12 @@ def do_sched_op(ctx: HypercallContext) -> int:
         return evtchn_poll(d, ctx.vcpu, ports, timeout, ctx.interrupts_enabled)
     if cmd == S.SCHEDOP_remote_shutdown:
         rs = g.read_struct(arg, S.sched_remote_shutdown)
-        return -E.EPERM if is_self(ctx, rs.domain_id) else -E.ESRCH
+        # Xen: the target is looked up by id (DOMID_SELF is no id: -ESRCH), then
+        # XSM_DM_PRIV: only a privileged domain (or the target's device model) may shut a
+        # domain down this way, itself included.
+        if rs.domain_id == DOMID_SELF:
+            return -E.ESRCH
+        return target_error(d, rs.domain_id) or -E.EPERM
     if cmd == S.SCHEDOP_watchdog:
         return _watchdog(ctx, g.read_struct(arg, S.sched_watchdog))
     return -E.ENOSYS
