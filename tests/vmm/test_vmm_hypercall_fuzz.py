@@ -20,14 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzz_hypercalls as F  # noqa: E402
 
-from pyxen.hypervisor import hypercall as HC  # noqa: E402
 from pyxen.hypervisor.public import errno as E  # noqa: E402
 from pyxen.hypervisor.public import vcpu as VC  # noqa: E402
 from pyxen.hypervisor.public.xen import CONSOLEIO_write, __HYPERVISOR_vcpu_op  # noqa: E402
 
 VCPU_OP = __HYPERVISOR_vcpu_op
-
-HC.load_handlers()
 
 
 @settings(max_examples=100, deadline=None, derandomize=False,

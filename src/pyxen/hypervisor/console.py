@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
-from .public.xen import CONSOLEIO_read, CONSOLEIO_write, __HYPERVISOR_console_io
+from .public.xen import CONSOLEIO_read, CONSOLEIO_write
 
 OUTPUT_BUFFER = 64 * 1024
 INPUT_BUFFER = 16 * 1024
@@ -58,7 +58,6 @@ class Console:
             self._in[:0] = data
 
 
-@hypercall(__HYPERVISOR_console_io)
 def do_console_io(ctx: HypercallContext) -> int:
     cmd, count, buf = ctx.sarg(0), ctx.arg(1) & 0xFFFFFFFF, ctx.arg(2)
     d = ctx.domain

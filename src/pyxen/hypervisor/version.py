@@ -6,10 +6,9 @@ import ctypes
 
 from .. import XEN_EXTRAVERSION, XEN_MAJOR, XEN_MINOR, __version__
 from . import features
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import version as V
-from .public.xen import __HYPERVISOR_xen_version
 
 CAPABILITIES = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64"
 HYPERVISOR_VIRT_START = 0xFFFF800000000000
@@ -20,7 +19,6 @@ def _cstr(s: str, size: int) -> bytes:
     return b + b"\0" * (size - len(b))
 
 
-@hypercall(__HYPERVISOR_xen_version)
 def do_xen_version(ctx: HypercallContext) -> int:
     cmd, arg = ctx.sarg(0), ctx.arg(1)
     g = ctx.guest
