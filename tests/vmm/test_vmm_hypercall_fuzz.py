@@ -64,7 +64,7 @@ def test_long_console_write_is_preempted_by_pause() -> None:
         v = d.vcpus[0]
         count = min(w.ram, 8 << 20) - 0x3000
         written: list[int] = []
-        d.console.attach(lambda data: written.append(len(data)))
+        d.guest_debug = lambda stream, data: written.append(len(data))  # the log's input
         result: list[int] = []
         v.running = True  # as the vCPU thread is while it runs the handler
         d.pause_count += 1  # a pause has been requested
