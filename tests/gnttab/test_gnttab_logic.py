@@ -157,3 +157,57 @@ def test_swap_and_entries_stay_in_their_frames(dom: Domain) -> None:
     assert _swap(gt, 20, 1 << 20) == G.GNTST_bad_gntref
     gt.unmap(m)
     assert ctypes.sizeof(G.grant_entry_v2) == G.GRANT_ENTRY_V2_SIZE
+
+
+# --- the hypercall for a 32-bit caller (Xen's compat layer) -------------------------------
+
+
+def call(dom: Domain, cmd: int, uop: int, count: int = 1, compat: bool = True) -> int:
+    from pyxen.hypervisor.grant_table import do_grant_table_op
+    from pyxen.hypervisor.guest_access import GuestAccess
+    from pyxen.hypervisor.hypercall import HypercallContext
+    ctx = HypercallContext(dom, dom.vcpus[0], (cmd, uop, count, 0, 0),
+                           lambda: GuestAccess(dom.memory, lambda va, w: va, compat),
+                           long_mode=not compat)
+    return do_grant_table_op(ctx)
+
+
+def test_compat_setup_table_copy_and_status_frames(dom: Domain) -> None:
+    """x86_32 layouts: setup_table's frame_list has 4-byte xen_pfn_t elements,
+    get_status_frames' list uint64_t ones; gnttab_copy is 24 bytes with 4-byte gmfns."""
+    from pyxen.hypervisor.public.xen import DOMID_SELF
+    dom.unpause()  # built paused; batched ops wait while a domain is paused
+    dom.grant_table = gt = GrantTable(dom)
+    arg, lst = 0x10000, 0x11000
+    gt.map_frame(0, 0x300)
+    op = G.compat_gnttab_setup_table(dom=DOMID_SELF, nr_frames=2, frame_list=lst)
+    dom.memory.write(arg, bytes(op))
+    assert call(dom, G.GNTTABOP_setup_table, arg) == 0
+    got = G.compat_gnttab_setup_table.from_buffer_copy(dom.memory.read(arg, 16))
+    assert got.status == G.GNTST_okay
+    assert dom.memory.read(lst, 12) == (0x300).to_bytes(4, "little") + b"\xff" * 4 + b"\0" * 4
+
+    gt.set_version(2)
+    gt.map_frame(G.XENMAPIDX_grant_table_status, 0x301)
+    op2 = G.compat_gnttab_get_status_frames(nr_frames=1, dom=DOMID_SELF, frame_list=lst)
+    dom.memory.write(arg, bytes(op2))
+    assert call(dom, G.GNTTABOP_get_status_frames, arg) == 0
+    assert G.compat_gnttab_get_status_frames.from_buffer_copy(
+        dom.memory.read(arg, 12)).status == G.GNTST_okay
+    assert dom.memory.read(lst, 8) == (0x301).to_bytes(8, "little")
+
+    # two copies in one call, 24 bytes apart: gmfn 0x302 -> grant 9 (to ourselves)
+    dom.memory.write(0x302 << 12, b"compat copy")
+    grant_v2(gt, 9, dom.domid, 0x303, G.GTF_permit_access)
+    ops = (G.compat_gnttab_copy * 2)()
+    for i, c in enumerate(ops):
+        c.source.u.gmfn, c.source.domid, c.source.offset = 0x302, DOMID_SELF, 0
+        c.dest.u.ref, c.dest.domid, c.dest.offset = 9, DOMID_SELF, 16 * i
+        c.len, c.flags, c.status = 11, G.GNTCOPY_dest_gref, 0x77
+    dom.memory.write(arg, bytes(ops))
+    assert ctypes.sizeof(ops) == 48
+    assert call(dom, G.GNTTABOP_copy, arg, count=2) == 0
+    back = (G.compat_gnttab_copy * 2).from_buffer_copy(dom.memory.read(arg, 48))
+    assert [c.status for c in back] == [G.GNTST_okay, G.GNTST_okay]
+    assert dom.memory.read((0x303 << 12) + 16, 11) == b"compat copy"
+    assert gt.read_status(9) == 0
