@@ -41,7 +41,8 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
         if mib > host:
             raise BuildError(f"{key} = {mib} MiB is more than this host's {host} MiB of RAM: "
                              f"lower '{key}' in the domain config")
-    mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram")
+    mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
+                      max_size=cfg.maxmem_mib << 20)
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
