@@ -104,8 +104,8 @@ static void v2_mode(void)
            sf[0] == (uint64_t)gnttab_status >> 12 ? "ok" : "WRONG");
     printk("v2: get_status_frames 2 = %d\n", get_status_frames(2, sf));
     /* 9 status frames would need 72 grant frames: more than the 64 allowed */
-    printk("v2: map status frame 8 = %ld nr_frames %u\n",
-           gnttab_map_frame(XENMAPIDX_grant_table_status | 8, hole_gfn(0)), nr_grant_frames());
+    rc = gnttab_map_frame(XENMAPIDX_grant_table_status | 8, hole_gfn(0));
+    printk("v2: map status frame 8 = %ld nr_frames %u\n", rc, nr_grant_frames());
 
     /* The loopback backend (dom0) maps the v2 request page: the status word shows it. */
     gnttab_grant_access_v2(REQ_REF, 0, (uint64_t)&req >> 12, 0);
@@ -122,23 +122,24 @@ static void v2_mode(void)
     uint16_t flags = gnttab_v2[10].hdr.flags, status = gnttab_status[10];
     int revoke_mapped = gnttab_end_access_v2(10);
     int st2 = request(LOOPBACK_UNMAP, 0, 0, 0);
+    uint16_t status_after = gnttab_status[10];
     printk("v2: map readonly = %d flags %x status %x end_access %d; unmap = %d status %x\n",
-           st, flags, status, revoke_mapped, st2, gnttab_status[10]);
+           st, flags, status, revoke_mapped, st2, status_after);
     gnttab_grant_access_v2(10, 0, (uint64_t)other_page >> 12, 1);
     printk("v2: map readonly for write = %d\n", request(LOOPBACK_MAP, 10, 0, 0));
 
     memcpy(other_page + 100, "sub-page", 9);
     gnttab_grant_sub_page(13, 0, (uint64_t)other_page >> 12, 100, 9);
     st = request(LOOPBACK_COPY, 13, 100, 9);
-    printk("v2: copy sub-page = %d \"%s\" status %x\n", st, (char *)req.reply,
-           gnttab_status[13]);
+    status = gnttab_status[13];
+    printk("v2: copy sub-page = %d \"%s\" status %x\n", st, (char *)req.reply, status);
     printk("v2: copy outside sub-page = %d\n", request(LOOPBACK_COPY, 13, 96, 9));
     printk("v2: copy beyond page = %d\n", request(LOOPBACK_COPY, 13, 4090, 9));
     printk("v2: map sub-page = %d\n", request(LOOPBACK_MAP, 13, 1, 0));
     gnttab_grant_transitive(14, 0, (domid_t)domid, 13);
     printk("v2: map transitive = %d\n", request(LOOPBACK_MAP, 14, 1, 0));
-    printk("v2: copy transitive = %d status %x\n", request(LOOPBACK_COPY, 14, 100, 9),
-           gnttab_status[14]);
+    st = request(LOOPBACK_COPY, 14, 100, 9);
+    printk("v2: copy transitive = %d status %x\n", st, gnttab_status[14]);
     gnttab_grant_access_v2(15, 5, (uint64_t)other_page >> 12, 0);
     printk("v2: map foreign = %d\n", request(LOOPBACK_MAP, 15, 1, 0));
 
@@ -196,9 +197,9 @@ static void map_mode(void)
     int same = 1;
     for (int i = 0; i < 18; i++) same &= at[i] == self_page[i];
     at[100] = 'W';
+    int seen = self_page[100] == 'W';
     printk("map: read through map %s, write seen %s, revoke while mapped %d\n",
-           same ? "ok" : "MISMATCH", self_page[100] == 'W' ? "ok" : "NO",
-           gnttab_end_access(20));
+           same ? "ok" : "MISMATCH", seen ? "ok" : "NO", gnttab_end_access(20));
     rc = gnttab_set_version(2, &v);
     printk("map: set_version 2 while mapped = %ld version %u\n", rc, v);
 
@@ -210,8 +211,10 @@ static void map_mode(void)
     SHOW("map over a grant mapping", gnttab_map_ref((domid_t)domid, 20, hole << 12,
                                                      GNTMAP_host_map, &h2, NULL));
     st = gnttab_unmap_ref(h, hole << 12, 0);
-    printk("map: unmap = %d flags %x hole after: %x end_access %d\n", st, gnttab[20].flags,
-           (uint8_t)at[0], gnttab_end_access(20));
+    uint16_t flags = gnttab[20].flags;
+    uint8_t after = (uint8_t)at[0];
+    printk("map: unmap = %d flags %x hole after: %x end_access %d\n", st, flags, after,
+           gnttab_end_access(20));
     SHOW("unmap twice", gnttab_unmap_ref(h, hole << 12, 0));
 
     /* Read-only: GTF_reading only; a writable map of it is refused. */
@@ -223,9 +226,9 @@ static void map_mode(void)
                         &h, NULL);
     volatile char *at2 = (volatile char *)(hole2 << 12);
     printk("map: map read-only = %d flags %x reads \"%s\"\n", st, gnttab[21].flags,
-           at2[0] == 'r' && at2[9] == 'g' ? "read-only grant" : "WRONG");
-    printk("map: unmap read-only = %d flags %x\n", gnttab_unmap_ref(h, hole2 << 12, 0),
-           gnttab[21].flags);
+           at2[0] == 'r' && at2[10] == 'g' ? "read-only grant" : "WRONG");
+    st = gnttab_unmap_ref(h, hole2 << 12, 0);
+    printk("map: unmap read-only = %d flags %x\n", st, gnttab[21].flags);
 
     /* Xen's refusals */
     gnttab_grant_access(22, 0, (uint64_t)self_page >> 12, 0);          /* for dom0 */
@@ -258,8 +261,9 @@ static void map_mode(void)
     if ((rc = gnttab_map_status())) fail("status frame", rc);
     gnttab_grant_access_v2(30, (domid_t)domid, (uint64_t)self_page >> 12, 0);
     st = gnttab_map_ref((domid_t)domid, 30, hole << 12, GNTMAP_host_map, &h, NULL);
+    int reads = at[0] == 'g';
     printk("map: v2 map = %d flags %x status %x reads %s\n", st, gnttab_v2[30].hdr.flags,
-           gnttab_status[30], at[0] == 'g' ? "ok" : "WRONG");
+           gnttab_status[30], reads ? "ok" : "WRONG");
     gnttab_grant_sub_page(31, (domid_t)domid, (uint64_t)self_page >> 12, 0, 16);
     SHOW("v2 map sub-page", gnttab_map_ref((domid_t)domid, 31, hole2 << 12, GNTMAP_host_map,
                                            &h2, NULL));

@@ -68,3 +68,46 @@ def test_v2_versions_status_frames_and_backend(boot, guests: Path) -> None:
     lines = run_to_shutdown(d)
     got = [ln for ln in lines if ln.startswith("v2: ") and not ln.startswith("v2: port=")]
     assert got == V2_EXPECTED
+
+
+MAP_EXPECTED = [
+    "map: hole before: ff",                 # beyond RAM: nothing there (reads all ones)
+    # handle 0 (Xen's first), dev_bus_addr the page, GTF_reading|GTF_writing on the entry
+    "map: map = 0 handle 0 bus ok flags 19",
+    "map: read through map ok, write seen ok, revoke while mapped -1",
+    "map: set_version 2 while mapped = -16 version 1",
+    "map: unmap bad handle = -4",           # GNTST_bad_handle
+    "map: unmap wrong bus address = -1",
+    "map: unmap wrong gfn = -1",
+    "map: unmap_and_replace = -1",          # HVM: no replacement
+    "map: map over a grant mapping = -1",
+    "map: unmap = 0 flags 1 hole after: ff end_access 0",
+    "map: unmap twice = -4",
+    "map: map read-only grant writable = -1",
+    'map: map read-only = 0 flags d reads "read-only grant"',
+    "map: unmap read-only = 0 flags 5",
+    "map: map no flags = -3",               # neither host_map nor device_map: bad_gntref
+    "map: map device_map = -1",             # no device mapping in an HVM domain
+    "map: map contains_pte = -1",
+    "map: map DOMID_SELF = -2",             # looked up by id: GNTST_bad_domain
+    "map: map dom0 = -2",
+    "map: map unknown domain = -2",
+    "map: map ref out of range = -3",
+    "map: map ref granted to dom0 = -1",
+    "map: map cache attribute = -1",
+    "map: map bad frame = -9",              # GNTST_bad_page
+    "map: flags after refusals 1 41 1",
+    "map: v2 map = 0 flags 1 status 18 reads ok",
+    "map: v2 map sub-page = -1",
+    "map: v2 unmap = 0 status 0",
+    "map: done",
+]
+
+
+@pytest.mark.timeout(120)
+def test_guest_maps_its_own_grants_at_holes(boot, guests: Path) -> None:
+    d = boot_gnttab_guest(boot, guests, "mode=map")
+    assert d.request("unpause")["ok"]
+    lines = run_to_shutdown(d)
+    got = [ln for ln in lines if ln.startswith("map: ")]
+    assert got == MAP_EXPECTED

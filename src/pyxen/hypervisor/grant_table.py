@@ -4,8 +4,9 @@ A guest's table is `nr_frames` Xen pages of grant entries (8-byte `grant_entry_v
 16-byte `grant_entry_v2` plus, in v2, separate status frames of 16-bit `grant_status_t`
 words holding GTF_reading / GTF_writing). The guest maps them into its physical address
 space with XENMAPSPACE_grant_table (`XENMAPIDX_grant_table_status` for status frames).
-Here each frame lives in a private buffer until the guest maps it at a gfn, and from
-then on *is* that guest page (its contents move along when remapped).
+Here each frame is a page of the domain's pool (p2m.py), placed at the gfn the guest
+chooses: any gfn its physical address width allows, RAM (freed, as Xen does) or a hole;
+the frame's previous gfn becomes a hole.
 
 Backends in pyxen reach guest memory only through `GrantTable.map` / `copy_*`, which
 enforce what Xen enforces: the ref is in range, the entry is GTF_permit_access, it is
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import atomic
 from .hypercall import HypercallContext, hypercall
+from .p2m import P2MError, Page
 from .public import errno as E
 from .public import grant_table as G
 from .public.xen import DOMID_SELF, __HYPERVISOR_grant_table_op
@@ -50,6 +52,7 @@ GNTTABOP_CMD_MASK = (1 << 12) - 1  # the rest of cmd is continuation state (cach
 EILSEQ = 84  # xen/errno.h
 STATUS_BITS = G.GTF_reading | G.GTF_writing
 CACHE_FLAGS = G.GTF_PAT | G.GTF_PWT | G.GTF_PCD
+GRANT_MAP_KIND = "grant_map"  # p2m pages that are grant mappings (p2m_grant_map_rw/ro)
 
 
 def grant_to_status_frames(nr_frames: int) -> int:
@@ -136,38 +139,37 @@ class Maptrack:
 
 
 class _Frames:
-    """Xen pages of one kind (shared or status): private buffers until the guest maps one
-    at a gfn; from then on it *is* that guest page."""
+    """Xen pages of one kind (shared or status): pages of the domain's pool (Xen-heap
+    pages shared with the guest), shown at a gfn once the guest maps one there."""
 
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self.gfns: list[int | None] = []
-        self.shadows: list[ctypes.Array | None] = []
+        self.pages: list[Page] = []
 
     def __len__(self) -> int:
-        return len(self.gfns)
+        return len(self.pages)
+
+    @property
+    def gfns(self) -> list[int | None]:
+        return [p.gfn for p in self.pages]
 
     def add(self) -> None:
-        self.gfns.append(None)
-        self.shadows.append(ctypes.create_string_buffer(PAGE_SIZE))
+        self.pages.append(self.domain.memory.alloc_page("grant"))  # zeroed
 
     def addr(self, i: int) -> int:
-        gfn = self.gfns[i]
-        if gfn is None:
-            shadow = self.shadows[i]
-            assert shadow is not None
-            return ctypes.addressof(shadow)
-        mem = self.domain.memory
-        return mem.hva + mem._offset(gfn << 12, PAGE_SIZE)
+        return self.domain.memory.hva + self.pages[i].offset  # its home: never moves
 
-    def place(self, i: int, gfn: int) -> None:
-        content = ctypes.string_at(self.addr(i), PAGE_SIZE)
-        self.domain.memory.write(gfn << 12, content)
-        self.gfns[i] = gfn
-        self.shadows[i] = None
+    def place(self, i: int, gfn: int) -> int:
+        """XENMAPSPACE_grant_table: the frame appears at gfn; its old gfn becomes a hole,
+        whatever was at gfn goes (RAM freed, as Xen). 0 or -errno."""
+        try:
+            self.domain.memory.p2m.map_page(gfn, self.pages[i])
+            return 0
+        except P2MError as e:
+            return -e.errno
 
     def gmfn(self, i: int) -> int:
-        gfn = self.gfns[i]
+        gfn = self.pages[i].gfn
         return INVALID_GFN if gfn is None else gfn
 
     def clear(self) -> None:
@@ -175,9 +177,10 @@ class _Frames:
             ctypes.memset(self.addr(i), 0, PAGE_SIZE)
 
     def drop_all(self) -> None:
-        """Xen frees them (v2 -> v1 status frames); a mapped one stays as guest RAM here."""
-        self.gfns.clear()
-        self.shadows.clear()
+        """gnttab_unpopulate_status_frames: each leaves the physmap (a hole) and is freed."""
+        for page in self.pages:
+            self.domain.memory.free_page(page)
+        self.pages.clear()
 
 
 class GrantTable:
@@ -250,10 +253,7 @@ class GrantTable:
                     self.grow(idx + 1)
             if idx >= len(frames):
                 return -E.EINVAL
-            if not self.domain.memory.is_ram(gfn << 12, PAGE_SIZE):
-                return -E.EINVAL
-            frames.place(idx, gfn)
-            return 0
+            return frames.place(idx, gfn)
 
     # --- entries ----------------------------------------------------------------------------
 
@@ -328,7 +328,7 @@ class GrantTable:
                 act.sub_page = True
                 act.start = ctypes.c_uint16.from_address(addr + G.V2_PAGE_OFF).value
                 act.length = ctypes.c_uint16.from_address(addr + G.V2_LENGTH).value
-        if not self.domain.memory.is_ram(act.gfn << 12, PAGE_SIZE):
+        if not self.frame_ok(act.gfn):
             self._clear_status(ref, undo)
             raise GrantError(G.GNTST_bad_page, f"ref {ref}: frame {act.gfn:#x} is not RAM")
         return act
@@ -408,14 +408,20 @@ class GrantTable:
             self._clear_status(ref, bits)
 
     def _page(self, gfn: int) -> memoryview:
-        mem = self.domain.memory
-        off = mem._offset(gfn << 12, PAGE_SIZE)
-        return mem.view[off:off + PAGE_SIZE]
+        return self.domain.memory.page(gfn)
 
     def mfn_of(self, gfn: int) -> int:
-        """The "machine frame" of a guest page: its page in the domain's memory file
+        """The "machine frame" of a guest page: its home page in the domain's memory file
         (what Xen reports as dev_bus_addr >> 12)."""
-        return self.domain.memory._offset(gfn << 12, PAGE_SIZE) >> 12
+        page = self.domain.memory.p2m.lookup(gfn)
+        assert page is not None
+        return page.offset >> 12
+
+    def frame_ok(self, gfn: int) -> bool:
+        """get_paged_frame: gfn holds a page of this domain (RAM or one of its Xen pages),
+        not a hole and not a page it has itself mapped from a grant."""
+        page = self.domain.memory.p2m.lookup(gfn) if 0 <= gfn else None
+        return page is not None and page.kind != GRANT_MAP_KIND
 
     # --- the backend's API ------------------------------------------------------------------
 
@@ -474,8 +480,7 @@ class GrantTable:
             act = self._acquire(ref, domid, readonly=True)
             try:
                 _check_window(act, offset, length)
-                off = self.domain.memory._offset(act.gfn << 12, PAGE_SIZE) + offset
-                return bytes(self.domain.memory.view[off:off + length])
+                return bytes(self._page(act.gfn)[offset:offset + length])
             finally:
                 self._release(ref, readonly=True)
 
@@ -621,18 +626,47 @@ def _check_window(act: Active, offset: int, length: int) -> None:
 
 
 class GrantP2M:
-    """What grant mapping needs from the domain's physmap (p2m)."""
+    """Grant mappings in the mapping domain's physmap (Xen's create_grant_p2m_mapping and
+    replace_grant_p2m_mapping): p2m pages of kind "grant_map" showing the granted page."""
 
     def __init__(self, domain: Domain) -> None:
-        self.domain = domain
+        self.p2m = domain.memory.p2m
 
     def add_grant(self, gfn: int, owner: GrantTable, owner_gfn: int, readonly: bool) -> bool:
-        """Map owner's page owner_gfn at gfn (p2m_grant_map_rw/ro); False if impossible."""
-        return False
+        """Show owner's page owner_gfn at gfn; False if gfn is beyond the guest's physical
+        address width, already holds a grant mapping (Xen crashes the domain for that;
+        here the map fails), or no KVM slot is left. RAM at gfn stays the domain's but
+        unmapped, as in Xen. (The mapping is writable either way: KVM slots here carry
+        no per-page protection; GTF_writing is not set for a read-only map.)"""
+        src = owner.domain.memory.p2m.lookup(owner_gfn)
+        if src is None:
+            return False
+        alias = Page(src.offset, src.fd, src.fd_offset, GRANT_MAP_KIND)
+        with self.p2m.lock:
+            try:
+                self.p2m.check_gfn(gfn)
+            except P2MError:
+                return False
+            here = self.p2m.lookup(gfn)
+            if here is not None and here.kind == GRANT_MAP_KIND:
+                return False
+            if here is not None and here.kind == "ram":
+                self.p2m.remove(gfn, free_ram=False)
+            try:
+                self.p2m.map_page(gfn, alias)
+            except P2MError:
+                return False
+        return True
 
     def remove_grant(self, gfn: int, mfn: int) -> bool:
-        """Remove the grant mapping of mfn at gfn (a hole again); False if gfn holds none."""
-        return False
+        """Unmap the grant mapping of mfn at gfn (a hole again); False if gfn holds
+        anything else."""
+        with self.p2m.lock:
+            here = self.p2m.lookup(gfn)
+            if here is None or here.kind != GRANT_MAP_KIND or here.offset >> 12 != mfn:
+                return False
+            self.p2m.unmap(gfn)
+        return True
 
 
 # --- hypercalls -----------------------------------------------------------------------------
@@ -723,7 +757,7 @@ def _copy_one(ctx: HypercallContext, gt: GrantTable, op: G.gnttab_copy) -> int:
                     held.append((ptr.u.ref, readonly))
                 else:
                     act = Active(me, ptr.u.gmfn)
-                    if not mem.is_ram(act.gfn << 12, PAGE_SIZE):
+                    if not gt.frame_ok(act.gfn):
                         return G.GNTST_bad_page
                 sides.append(act)
             s_act, d_act = sides
@@ -786,7 +820,7 @@ def _cache_flush(ctx: HypercallContext, op: G.gnttab_cache_flush, cur_ref: int) 
     if op.length == 0 or op.op == 0:
         return 0 if not cur_ref else -EILSEQ
     mfn = op.a.dev_bus_addr >> 12
-    if mfn >= ctx.domain.memory.size // PAGE_SIZE:
+    if mfn >= ctx.domain.memory.store.size // PAGE_SIZE:
         return -E.EINVAL
     # the page is this domain's own (the only one here): no grant needs checking
     if op.op == G.GNTTAB_CACHE_INVAL:
