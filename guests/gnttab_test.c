@@ -53,6 +53,19 @@ static uint64_t hole_gfn(unsigned int n)
     return (uint64_t)memory_op(XENMEM_maximum_gpfn, &self) + 0x100 + n;
 }
 
+/* GNTTABOP_copy of 8 bytes from our own frame gfn into dest: GNTST_bad_page for a hole. */
+static char probe_dest[4096] __attribute__((aligned(4096)));
+static int16_t copy_from_gfn(uint64_t gfn)
+{
+    struct gnttab_copy c;
+    memset(&c, 0, sizeof(c));
+    c.source.u.gmfn = gfn; c.source.domid = DOMID_SELF;
+    c.dest.u.gmfn = (uint64_t)probe_dest >> 12; c.dest.domid = DOMID_SELF;
+    c.len = 8;
+    long rc = grant_table_op(GNTTABOP_copy, &c, 1);
+    return rc ? (int16_t)rc : c.status;
+}
+
 /* --- mode=v2 ----------------------------------------------------------------------------- */
 
 #define REQ_REF 8
@@ -158,6 +171,8 @@ static void v2_mode(void)
     printk("v2: set_version 1 = %ld version %u; ref 1 flags %x domid %u frame %x\n", rc, v,
            gnttab[1].flags, gnttab[1].domid, gnttab[1].frame);
     printk("v2: back in v1 get_status_frames = %d\n", get_status_frames(1, sf));
+    /* the status frame left the physmap: its gfn is a hole */
+    printk("v2: old status frame gfn copy = %d\n", copy_from_gfn((uint64_t)gnttab_status >> 12));
     printk("v2: done\n");
     shutdown(SHUTDOWN_poweroff);
 }
@@ -269,6 +284,15 @@ static void map_mode(void)
                                            &h2, NULL));
     st = gnttab_unmap_ref(h, hole << 12, 0);
     printk("map: v2 unmap = %d status %x\n", st, gnttab_status[30]);
+
+    /* The grant frame itself moves to a hole; where it was becomes a hole. */
+    uint64_t old = (uint64_t)gnttab >> 12, hole3 = hole_gfn(2);
+    rc = gnttab_map_frame(0, hole3);
+    grant_entry_v2_t *moved = (grant_entry_v2_t *)(hole3 << 12);
+    printk("map: move frame 0 = %ld ref 30 there %s; old gfn copy = %d, new gfn copy = %d\n",
+           rc, moved[30].full_page.frame == (uint64_t)self_page >> 12 ? "ok" : "WRONG",
+           copy_from_gfn(old), copy_from_gfn(hole3));
+    SHOW("map frame beyond the address width", gnttab_map_frame(0, 1ul << 52));
     printk("map: done\n");
     shutdown(SHUTDOWN_poweroff);
 }

@@ -52,6 +52,7 @@ V2_EXPECTED = [
     "v2: set_version 1 with a wide reserved entry = -34 version 2",  # -ERANGE
     "v2: set_version 1 = 0 version 1; ref 1 flags 5 domid 0 frame 1234",
     "v2: back in v1 get_status_frames = -1",
+    "v2: old status frame gfn copy = -9",   # a hole now: GNTST_bad_page
     "v2: done",
 ]
 
@@ -100,6 +101,8 @@ MAP_EXPECTED = [
     "map: v2 map = 0 flags 1 status 18 reads ok",
     "map: v2 map sub-page = -1",
     "map: v2 unmap = 0 status 0",
+    "map: move frame 0 = 0 ref 30 there ok; old gfn copy = -9, new gfn copy = 0",
+    "map: map frame beyond the address width = -22",
     "map: done",
 ]
 
