@@ -10,9 +10,6 @@ import pytest
 from pyxen.hypervisor import atomic
 from pyxen.hypervisor.domain import Domain
 from pyxen.hypervisor.event_channel import (
-    PENDING_OFF,
-    PENDING_SEL_OFF,
-    UPCALL_PENDING_OFF,
     BackendEventChannels,
     EvtchnError,
     EvtchnHost,
@@ -23,9 +20,11 @@ from pyxen.hypervisor.memory import GuestMemory
 from pyxen.hypervisor.public import errno as E
 from pyxen.hypervisor.public import event_channel as EC
 from pyxen.hypervisor.public import grant_table as G
-from pyxen.hypervisor.public.xen import DOMID_SELF, shared_info
+from pyxen.hypervisor.public.xen import DOMID_SELF
+from pyxen.hypervisor.shared_info import NATIVE
 
-MASK_OFF = shared_info.evtchn_mask.offset
+PENDING_OFF, MASK_OFF = NATIVE.pending_off, NATIVE.mask_off
+PENDING_SEL_OFF, UPCALL_PENDING_OFF = NATIVE.pending_sel_off, NATIVE.upcall_pending_off
 
 
 @pytest.fixture
