@@ -11,6 +11,10 @@
  *   mode=fifo
  *       the FIFO ABI: Xen's errors, pending events carried over from 2-level, delivery
  *       order by priority (and by arrival within one), the event array limit, reset
+ *   mode=latch
+ *       the shared info layout Xen latches from the vCPU's mode: 32-bit after start.S
+ *       wrote the hypercall page MSR in 32-bit protected mode (kmain does not write it
+ *       again in this mode), 64-bit after HVM_PARAM_CALLBACK_IRQ is set in long mode
  *   mode=hostile
  *       event channel and grant table calls that Xen refuses, with the error codes
  *   mode=debugkey
@@ -505,6 +509,61 @@ static void fifo_mode(void)
     shutdown(SHUTDOWN_poweroff);
 }
 
+/* --- mode=latch ------------------------------------------------------------------------ */
+
+/* A 32-bit guest's shared_info (Xen's x86_32 layout), seen from this 64-bit guest. */
+struct vcpu_info32 {
+    uint8_t evtchn_upcall_pending, evtchn_upcall_mask;
+    uint16_t pad;
+    uint32_t evtchn_pending_sel;
+    uint32_t arch[6];
+    struct vcpu_time_info time;
+};
+struct shared_info32 {
+    struct vcpu_info32 vcpu_info[XEN_LEGACY_MAX_VCPUS];
+    uint32_t evtchn_pending[32], evtchn_mask[32];
+    uint32_t wc_version, wc_sec, wc_nsec;
+    uint32_t arch[6];
+    uint32_t wc_sec_hi;  /* arch_shared_info.wc_sec_hi on x86_32 */
+};
+_Static_assert(sizeof(struct vcpu_info32) == 64, "x86_32 vcpu_info");
+_Static_assert(offsetof(struct shared_info32, wc_version) == 2304, "x86_32 shared_info");
+_Static_assert(offsetof(struct shared_info32, wc_sec_hi) == 2340, "x86_32 shared_info");
+
+static evtchn_port_t bind_ipis_up_to(evtchn_port_t want)
+{
+    evtchn_port_t p = 0;
+    long rc;
+    while (p < want)
+        if ((rc = evtchn_bind_ipi(0, &p))) fail("bind_ipi", rc);
+    return p;
+}
+
+static void latch_mode(void)
+{
+    long rc;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    volatile struct shared_info32 *s32 = (void *)shared;
+    volatile struct shared_info *s64 = shared;
+    printk("latch: 32-bit wallclock version %u sec_ok %d; 64-bit wallclock version %u\n",
+           s32->wc_version, s32->wc_sec > 1600000000u, s64->wc_version);
+    evtchn_port_t p = bind_ipis_up_to(33);
+    evtchn_send(p);
+    printk("latch: port %u pending %d selector %x upcall %u; 64-bit selector %lx\n", p,
+           !!(s32->evtchn_pending[p / 32] & (1u << (p % 32))),
+           s32->vcpu_info[0].evtchn_pending_sel, s32->vcpu_info[0].evtchn_upcall_pending,
+           s64->vcpu_info[0].evtchn_pending_sel);
+    rc = evtchn_upcall_callback(UPCALL_VECTOR);  /* from long mode: 64-bit from now on */
+    printk("latch: callback from 64-bit mode = %ld; 64-bit wallclock version %u sec_ok %d\n",
+           rc, s64->wc_version, s64->wc_sec > 1600000000u);
+    s64->vcpu_info[0].evtchn_upcall_pending = 0;
+    p = bind_ipis_up_to(65);
+    evtchn_send(p);
+    printk("latch: port %u selector %lx upcall %u\n", p, s64->vcpu_info[0].evtchn_pending_sel,
+           s64->vcpu_info[0].evtchn_upcall_pending);
+    shutdown(SHUTDOWN_poweroff);
+}
+
 /* --- mode=debugkey --------------------------------------------------------------------- */
 
 static volatile unsigned long debug_virqs;
@@ -541,19 +600,21 @@ void kmain(uint32_t start_info_paddr)
     xen_base = find_xen_leaves();
     if (!xen_base) for (;;) asm volatile("cli; hlt");
     uint32_t a, b, c, d;
+    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
+    cmdline_load(si->cmdline_paddr);
+    if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
     cpuid(xen_base + 2, &a, &b, &c, &d);
-    wrmsr(b, (uint64_t)hypercall_page);
+    if (!streq(mode, "latch"))  /* the page is there already: start.S wrote it in 32-bit mode */
+        wrmsr(b, (uint64_t)hypercall_page);
     cpuid(xen_base + 3, &a, &b, &c, &d);
     tsc_khz = c;
     cpuid(xen_base + 4, &a, &b, &c, &d);
     domid = (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
-    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
-    cmdline_load(si->cmdline_paddr);
     printk("evtchn test: domain %u, command line \"%s\"\n", domid, cmdline);
-    if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
     if (streq(mode, "timer")) timer_mode();
     if (streq(mode, "loopback")) loopback_mode();
     if (streq(mode, "fifo")) fifo_mode();
+    if (streq(mode, "latch")) latch_mode();
     if (streq(mode, "hostile")) hostile_mode();
     if (streq(mode, "debugkey")) debugkey_mode();
     printk("evtchn test: unknown mode \"%s\"\n", mode);

@@ -240,3 +240,22 @@ def test_fifo_ipi_and_virq_timer(boot, guests: Path) -> None:
     assert "set_timer_op: rc=0 fired=1 on_time=1" in lines
     assert "ipi: 10 delivered on vcpu 1" in lines
     assert lines[-1] == "timer: done"
+
+
+# --- the shared info layout: 32- or 64-bit, latched from the vCPU's mode -----------------------
+
+
+@pytest.mark.timeout(120)
+def test_shared_info_layout_latched_from_the_vcpu_mode(boot, guests: Path) -> None:
+    """As Xen's hvm_latch_shinfo_size: writing the hypercall page MSR in 32-bit protected
+    mode (start.S) latches the x86_32 layout: the wallclock lands in the 32-bit fields and
+    port 33 sets selector bit 1 of a 32-bit evtchn_pending_sel (bit 0 in 64-bit words).
+    Setting HVM_PARAM_CALLBACK_IRQ from long mode latches the 64-bit layout again."""
+    d = boot_test_guest(boot, guests, "mode=latch")
+    lines = run_to_shutdown(d)
+    assert [ln for ln in lines if ln.startswith("latch: ")] == [
+        "latch: 32-bit wallclock version 2 sec_ok 1; 64-bit wallclock version 0",
+        "latch: port 33 pending 1 selector 2 upcall 1; 64-bit selector 0",
+        "latch: callback from 64-bit mode = 0; 64-bit wallclock version 2 sec_ok 1",
+        "latch: port 65 selector 2 upcall 1",
+    ]
