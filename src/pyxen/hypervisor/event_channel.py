@@ -737,13 +737,13 @@ def block(d: Domain, v: VCPU, irq_on: bool = True) -> None:
 def poll(d: Domain, v: VCPU, ports: list[int], timeout_ns: int | None,
          irq_on: bool = True) -> int:
     """SCHEDOP_poll: 0 once one of `ports` is pending, an event needs delivery (with the
-    guest's interrupts on), or the timeout (None: none) passes; -EINVAL for a port beyond
-    what the domain's delivery ABI addresses."""
+    guest's interrupts on), or the timeout (None: none) passes; -EINVAL for a port not
+    in the domain's table (Xen's port_is_valid: allocated 64 at a time)."""
     ev = guest_evtchn(d)
     if ev is not None and irq_on and ev.events_need_delivery(v.id):
         return 0
-    limit = EC.EVTCHN_2L_NR_CHANNELS if ev is None else ev.max_evtchns()
-    if any(p >= limit for p in ports):
+    if any(not (0 <= p < EC.EVTCHN_2L_NR_CHANNELS if ev is None else ev.valid(p))
+           for p in ports):
         return -E.EINVAL
     if ev is None:
         d.block(v, timeout_ns)
