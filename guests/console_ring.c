@@ -1,4 +1,5 @@
-/* The PV console ring (xen/io/console.h): out[] to the backend, in[] from it. */
+/* The PV console ring (xen/io/console.h): out[] to the backend, in[] from it; lib.c
+ * moves the bytes (hvc_write/hvc_read, also printk's), this adds the event channel wait. */
 #include "pv.h"
 
 static struct xencons_interface *intf;
@@ -14,42 +15,25 @@ int cons_init(void)
     if (hvm_param(HVM_PARAM_CONSOLE_EVTCHN, &p)) return -XEN_ENODEV;
     intf = (struct xencons_interface *)(pfn << 12);
     port = (evtchn_port_t)p;
-    int rc = pv_evtchn_init();
+    int rc = hvc_init();
+    if (rc) return rc;
+    rc = pv_evtchn_init();
     if (rc) return rc;
     pv_evtchn_watch(port);
     return 0;
 }
 
+/* All of it: what does not fit waits for the backend to make room (lib.c writes). */
 void cons_write(const char *s, size_t n)
 {
     while (n) {
-        uint32_t cons = intf->out_cons, prod = intf->out_prod;
-        mb();
-        uint32_t used = prod - cons;
-        if (used >= sizeof(intf->out)) {  /* full (or indices not sane yet): wait */
-            pv_notify(port);
-            pv_wait();
-            pv_ack();
-            continue;
-        }
-        size_t room = sizeof(intf->out) - used, k = n < room ? n : room;
-        for (size_t i = 0; i < k; i++) intf->out[MASK_XENCONS_IDX(prod + i, intf->out)] = s[i];
-        wmb();
-        intf->out_prod = prod + k;
+        size_t k = hvc_write(s, n);
         s += k; n -= k;
+        if (n) { pv_wait(); pv_ack(); }
     }
-    pv_notify(port);
 }
 
-size_t cons_read(char *buf, size_t size)
-{
-    uint32_t cons = intf->in_cons, prod = intf->in_prod;
-    rmb();
-    size_t n = 0;
-    while (cons != prod && n < size) buf[n++] = intf->in[MASK_XENCONS_IDX(cons++, intf->in)];
-    if (n) { mb(); intf->in_cons = cons; pv_notify(port); }
-    return n;
-}
+size_t cons_read(char *buf, size_t size) { return hvc_read(buf, size); }
 
 void cprintf(const char *fmt, ...)
 {

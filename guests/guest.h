@@ -19,6 +19,7 @@
 
 extern char hypercall_page[4096];
 
+#ifdef __x86_64__
 /* Hypercall ABI (64-bit): number selects the 32-byte stub, args in rdi rsi rdx r10 r8. */
 static inline long hypercall(unsigned int nr, unsigned long a1, unsigned long a2,
                              unsigned long a3, unsigned long a4, unsigned long a5)
@@ -32,6 +33,19 @@ static inline long hypercall(unsigned int nr, unsigned long a1, unsigned long a2
                  : "memory", "cc");
     return ret;
 }
+#else
+/* Hypercall ABI (32-bit, Xen's compat ABI): args in ebx ecx edx esi edi. */
+static inline long hypercall(unsigned int nr, unsigned long a1, unsigned long a2,
+                             unsigned long a3, unsigned long a4, unsigned long a5)
+{
+    long ret = (long)(hypercall_page + nr * 32);
+    asm volatile("call *%%eax"
+                 : "+a"(ret), "+b"(a1), "+c"(a2), "+d"(a3), "+S"(a4), "+D"(a5)
+                 :
+                 : "memory", "cc");
+    return ret;
+}
+#endif
 #define HYPERCALL2(nr, a, b) hypercall(nr, (unsigned long)(a), (unsigned long)(b), 0, 0, 0)
 #define HYPERCALL3(nr, a, b, c) \
     hypercall(nr, (unsigned long)(a), (unsigned long)(b), (unsigned long)(c), 0, 0)
@@ -58,6 +72,7 @@ static inline void outb(uint16_t port, uint8_t v)
 static inline void cpu_relax(void) { asm volatile("pause" ::: "memory"); }
 
 /* lib.c */
+#define GUEST_PTR(paddr) ((void *)(uintptr_t)(paddr))  /* identity-mapped physical address */
 size_t strlen(const char *s);
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
@@ -70,19 +85,24 @@ const char *opt(const char *key, char *out, size_t size);
 unsigned long opt_ul(const char *key, unsigned long dflt);
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...);
-void printk(const char *fmt, ...);          /* console_io write */
+void printk(const char *fmt, ...);          /* console_io write + the PV console ring */
+int hvc_init(void);                         /* the PV console ring (HVM params); 0 or -errno */
+size_t hvc_write(const char *s, size_t n);  /* what fits (waits a little for space) */
+size_t hvc_read(char *buf, size_t size);    /* console input from the ring, never waits */
 void debug_port_printk(const char *fmt, ...); /* port 0xe9 */
 void shutdown(unsigned int reason) __attribute__((noreturn));
 
 /* start.S */
+#ifdef __x86_64__
 uint64_t run_user(uint64_t (*fn)(uint64_t), uint64_t arg, void *stack_top);
 void triple_fault(void) __attribute__((noreturn));
 extern char exception_stubs[];
 extern char ap_start64[];
 extern uint64_t gdt[];
 extern char idt[];
-uint32_t find_xen_leaves(void);
-void cpu_tables_init(void);
+void cpu_tables_init(void);                 /* lib.c: TSS and exception gates */
 extern char pml4[];
+#endif
+uint32_t find_xen_leaves(void);             /* lib.c */
 
 #endif

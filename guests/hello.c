@@ -9,7 +9,11 @@
  *   mode=spin                stays busy in ring 3 (never exits to the VMM)
  *   mode=probe               informational hypercalls, each result printed, poweroff
  *   mode=misbehave           bad pointers / unknown hypercalls, prints the errors, poweroff
- *   mode=echo                echoes console input (CONSOLEIO_read) until it reads 'q'
+ *   mode=echo                echoes console input (CONSOLEIO_read, or the PV console ring
+ *                            once the backend sends it there) until it reads 'q'
+ *
+ * printk writes each line twice, as a Xen guest may: to console_io (the hypervisor log,
+ * `xl dmesg`) and to the PV console ring (`xl console`); "hvc=0" leaves the ring alone.
  *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
@@ -281,6 +285,7 @@ static void echo(void)
     printk("pyxen echo: ready\n");
     for (;;) {
         long n = console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
+        if (n <= 0) n = (long)hvc_read(buf, sizeof(buf) - 1);  /* once the ring is used */
         if (n > 0) {
             buf[n] = 0;
             snprintf(line, sizeof(line), "pyxen echo: %s\n", buf);

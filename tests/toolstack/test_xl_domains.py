@@ -38,6 +38,13 @@ def test_hello_with_console_shows_banner_and_returns_0(host: Host) -> None:
     dmesg = host.xl("dmesg", check=True).stdout.splitlines()
     assert any(ln.startswith("(d1) ") and "pyxen hello" in ln for ln in dmesg), dmesg
     assert any(ln.startswith("(XEN) ") and "Domain 1 (hello) destroyed" in ln for ln in dmesg)
+    # the guest writes each line to its console ring and to console_io (the hypervisor
+    # log): shown once on the console and logged once, never twice in either
+    shown = [ln for ln in r.stdout.splitlines() if "pyxen hello" in ln]
+    logged = [ln for ln in dmesg if ln.startswith("(d1) ")]
+    assert len(shown) >= 5 and len(shown) == len(set(shown)), r.stdout
+    assert len(logged) == len(set(logged)), dmesg
+    assert all(f"(d1) {ln}" in logged for ln in shown)
 
 
 def test_create_returns_and_list_shows_domain(host: Host, tmp_path: Path) -> None:

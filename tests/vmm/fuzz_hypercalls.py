@@ -49,6 +49,7 @@ from pyxen.hypervisor.event_channel import (
 )
 from pyxen.hypervisor.grant_table import GrantTable
 from pyxen.hypervisor.guest_access import GuestAccess
+from pyxen.hypervisor.hypercall_table import dispatch
 from pyxen.hypervisor.memory import LOWMEM_TOP, PAGE_SIZE, GuestMemory
 from pyxen.hypervisor.public import errno as E
 from pyxen.hypervisor.public import event_channel as EC
@@ -70,7 +71,6 @@ IMPLEMENTED: dict[int, int] = {
     X.__HYPERVISOR_hvm_op: 25,
     X.__HYPERVISOR_vcpu_op: 14,
     X.__HYPERVISOR_event_channel_op: 14,
-    X.__HYPERVISOR_event_channel_op_compat: 0,
     X.__HYPERVISOR_grant_table_op: 13,
     X.__HYPERVISOR_set_timer_op: 0,
 }
@@ -261,14 +261,15 @@ class World:
         mem = self.mem
 
         def make_guest() -> GuestAccess:
-            return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w))
+            return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w),
+                               compat=not long_mode)
 
         d = self.d
         ctx = HC.HypercallContext(d, d.vcpus[vid], args, make_guest, long_mode,
                                   interrupts_enabled=True)
         self.calls += 1
         try:
-            ret = HC.dispatch(ctx, nr)
+            ret = dispatch(ctx, nr)
         except Exception as e:
             raise AssertionError(
                 f"hypercall {nr} ({X.HYPERCALL_NAMES.get(nr, '?')}) args "
@@ -373,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--calls-per-domain", type=int, default=300)
     a = ap.parse_args(argv)
-    HC.load_handlers()
     seed = a.seed if a.seed is not None else random.randrange(1 << 32)
     master = random.Random(seed)
     stats: Counter = Counter()

@@ -20,14 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzz_hypercalls as F  # noqa: E402
 
-from pyxen.hypervisor import hypercall as HC  # noqa: E402
 from pyxen.hypervisor.public import errno as E  # noqa: E402
 from pyxen.hypervisor.public import vcpu as VC  # noqa: E402
 from pyxen.hypervisor.public.xen import CONSOLEIO_write, __HYPERVISOR_vcpu_op  # noqa: E402
 
 VCPU_OP = __HYPERVISOR_vcpu_op
-
-HC.load_handlers()
 
 
 @settings(max_examples=100, deadline=None, derandomize=False,
@@ -67,7 +64,7 @@ def test_long_console_write_is_preempted_by_pause() -> None:
         v = d.vcpus[0]
         count = min(w.ram, 8 << 20) - 0x3000
         written: list[int] = []
-        d.console.attach(lambda data: written.append(len(data)))
+        d.guest_debug = lambda stream, data: written.append(len(data))  # the log's input
         result: list[int] = []
         v.running = True  # as the vCPU thread is while it runs the handler
         d.pause_count += 1  # a pause has been requested

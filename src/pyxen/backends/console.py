@@ -2,11 +2,11 @@
 
 A guest's console is a `struct xencons_interface` page (xen/io/console.h) at
 HVM_PARAM_CONSOLE_PFN plus an event channel (HVM_PARAM_CONSOLE_EVTCHN) whose dom0 end is
-ours. Guest output read from the ring joins console_io output in one stream, in the
-order the guest produced it (a console_io write first drains the ring), which goes to
-console.sock (hypervisor.console.Console: buffered while nobody is attached) and to a log
-file, as xenconsoled's ``--log=guest`` does. Console input goes into the ring once the
-guest uses it, else to CONSOLEIO_read.
+ours. Guest output read from the ring is the console stream: it goes to console.sock
+(hypervisor.console.Console: buffered while nobody is attached) and to a log file, as
+xenconsoled's ``--log=guest`` does. console_io output is not part of it: as on Xen, it
+goes to the hypervisor log. Console input goes into the ring once the guest uses it, else
+to CONSOLEIO_read.
 
 The page is shared with a hostile guest: indices are read once, checked, and impossible
 ones are reported (hypervisor log) and the ring is reset instead of trusted.
@@ -106,7 +106,8 @@ class Port(Protocol):
 
 
 class PvConsole(Console):
-    """A domain's console: console_io and the PV ring in one ordered stream.
+    """A domain's console: the PV ring's output as the stream, input to the ring (or to
+    CONSOLEIO_read until the guest uses the ring).
 
     Without a ring it behaves exactly as hypervisor.console.Console (plus the log file).
     """
@@ -138,14 +139,6 @@ class PvConsole(Console):
             except OSError:
                 pass
         Console.write(self, data)
-
-    def write(self, data: bytes) -> None:
-        """console_io output: whatever the guest put in the ring before comes first."""
-        with self._order:
-            drained = self._drain()
-            self._deliver(data)
-        if drained and self.port is not None:
-            self.port.notify()  # a writer waiting for ring space may go on
 
     def feed(self, data: bytes) -> None:
         """Console input (console.sock): the ring once the guest uses it."""

@@ -1,7 +1,11 @@
 """console_io and the domain's console stream (console.sock).
 
-Guest output goes to the attached client, or into a bounded buffer (oldest bytes dropped)
-that the next client receives first; client bytes are console input for CONSOLEIO_read.
+As on Xen, CONSOLEIO_write is the guest's line to the hypervisor's own console: its bytes
+become `(dN) ` lines of the hypervisor log (`xl dmesg`) and never enter the console
+stream, which carries the PV console ring only (backends/console.py). The stream goes to
+the attached client, or into a bounded buffer (oldest bytes dropped) that the next client
+receives first; client bytes are console input, for CONSOLEIO_read until the guest uses
+its ring.
 """
 
 from __future__ import annotations
@@ -9,9 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
-from .public.xen import CONSOLEIO_read, CONSOLEIO_write, __HYPERVISOR_console_io
+from .public.xen import CONSOLEIO_read, CONSOLEIO_write
 
 OUTPUT_BUFFER = 64 * 1024
 INPUT_BUFFER = 16 * 1024
@@ -58,7 +62,6 @@ class Console:
             self._in[:0] = data
 
 
-@hypercall(__HYPERVISOR_console_io)
 def do_console_io(ctx: HypercallContext) -> int:
     cmd, count, buf = ctx.sarg(0), ctx.arg(1) & 0xFFFFFFFF, ctx.arg(2)
     d = ctx.domain
@@ -68,9 +71,7 @@ def do_console_io(ctx: HypercallContext) -> int:
             if done and not d.preempt_check(ctx.vcpu):
                 return -E.EINTR
             n = min(CHUNK, count - done)
-            data = ctx.guest.read(buf + done, n)
-            d.console.write(data)
-            d.guest_debug("console", data)
+            d.guest_debug("console", ctx.guest.read(buf + done, n))
             done += n
         return 0
     if cmd == CONSOLEIO_read:

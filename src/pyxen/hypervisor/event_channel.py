@@ -629,11 +629,7 @@ class BackendEventChannels(EventChannels):
 
 # --- hypercalls ----------------------------------------------------------------------------------
 
-from .hypercall import HypercallContext, hypercall  # noqa: E402
-from .public.xen import (  # noqa: E402
-    __HYPERVISOR_event_channel_op,
-    __HYPERVISOR_event_channel_op_compat,
-)
+from .hypercall import HypercallContext  # noqa: E402
 
 EVTCHN_OP_UNION_OFF = EC.evtchn_op.u.offset
 
@@ -709,12 +705,10 @@ def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     return 0
 
 
-@hypercall(__HYPERVISOR_event_channel_op)
 def do_event_channel_op(ctx: HypercallContext) -> int:
     return evtchn_op(ctx, ctx.sarg(0), ctx.arg(1))
 
 
-@hypercall(__HYPERVISOR_event_channel_op_compat)
 def do_event_channel_op_compat(ctx: HypercallContext) -> int:
     """The pre-3.2 form: one struct evtchn_op {cmd; union} in guest memory."""
     cmd = int.from_bytes(ctx.guest.read(ctx.arg(0), 4), "little")

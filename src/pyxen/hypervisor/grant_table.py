@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import atomic
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import grant_table as G
-from .public.xen import __HYPERVISOR_grant_table_op
 from .xsm import XsmDenied, target_error, xsm_target
 
 if TYPE_CHECKING:
@@ -362,7 +361,6 @@ def _copy_one(ctx: HypercallContext, gt: GrantTable, op: G.gnttab_copy) -> int:
     return G.GNTST_okay
 
 
-@hypercall(__HYPERVISOR_grant_table_op)
 def do_grant_table_op(ctx: HypercallContext) -> int:
     gt = guest_gnttab(ctx.domain)
     if gt is None:

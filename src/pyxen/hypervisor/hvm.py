@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from .event_channel import EvtchnError
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import hvm_op as H
 from .public.hvm_op_evtchn import HVMOP_set_evtchn_upcall_vector, xen_hvm_evtchn_upcall_vector
-from .public.xen import __HYPERVISOR_hvm_op
 from .shared_info import latch_shinfo_size
 from .xsm import target_error
 
@@ -19,7 +18,6 @@ GUEST_GET = {H.HVM_PARAM_CALLBACK_IRQ, H.HVM_PARAM_STORE_PFN, H.HVM_PARAM_STORE_
 GUEST_SET = {H.HVM_PARAM_CALLBACK_IRQ}
 
 
-@hypercall(__HYPERVISOR_hvm_op)
 def do_hvm_op(ctx: HypercallContext) -> int:
     op, arg = ctx.arg(0), ctx.arg(1)
     if op == HVMOP_set_evtchn_upcall_vector:

@@ -1,26 +1,23 @@
-"""Hypercall dispatch: number -> handler, with Xen's errors for everything else.
+"""What a hypercall handler gets (HypercallContext) and what happens to a number nobody
+handles. Which handler serves which number is hypercall_table.py.
 
 A handler gets a HypercallContext (domain, vCPU, the five argument registers and the one
-guest-memory accessor) and returns the value for %rax. GuestFault becomes -EFAULT; an
-unknown number is counted and returns -ENOSYS; any other exception propagates to the vCPU
-loop, which crashes this domain (only) with a report.
+guest-memory accessor) and returns the value for %rax. GuestFault becomes -EFAULT; a
+number without a handler for the caller is counted and returns -ENOSYS; any other
+exception propagates to the vCPU loop, which crashes this domain (only) with a report.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .domain import VCPU, Domain
-from .guest_access import GuestAccess, GuestFault
+from .guest_access import GuestAccess
 from .public import errno as E
 from .public.xen import HYPERCALL_NAMES
 
 Handler = Callable[["HypercallContext"], int]
-HANDLERS: dict[int, Handler] = {}
-HANDLER_MODULES = ("version", "console", "sched", "memory_op", "hvm", "vcpu", "event_channel",
-                   "grant_table", "timer")
 
 
 @dataclass
@@ -53,31 +50,13 @@ class HypercallContext:
         return v - (1 << 32) if v & 0x80000000 else v
 
 
-def hypercall(nr: int) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[nr] = fn
-        return fn
-
-    return register
-
-
-def load_handlers() -> None:
-    for m in HANDLER_MODULES:
-        importlib.import_module(f"{__package__}.{m}")
-
-
-def dispatch(ctx: HypercallContext, nr: int) -> int:
-    handler = HANDLERS.get(nr)
-    if handler is None:
-        d = ctx.domain
-        d.unknown_hypercalls[nr] += 1
-        n = d.unknown_hypercalls[nr]
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: visible without flooding the log
-            d.log(f"d{d.domid}v{ctx.vcpu.id} unimplemented hypercall {nr} "
-                  f"({HYPERCALL_NAMES.get(nr, 'unknown')}): -ENOSYS (x{n})")
-        return -E.ENOSYS
-    try:
-        return handler(ctx)
-    except GuestFault:
-        return -E.EFAULT
-
+def no_handler(ctx: HypercallContext, nr: int, why: str) -> int:
+    """-ENOSYS, counted per number: the 1st, 2nd, 4th, ... call of each is logged, so a
+    guest probing for features is visible without flooding the log (totals at shutdown)."""
+    d = ctx.domain
+    d.unknown_hypercalls[nr] += 1
+    n = d.unknown_hypercalls[nr]
+    if n & (n - 1) == 0:
+        d.log(f"d{d.domid}v{ctx.vcpu.id} {why} hypercall {nr} "
+              f"({HYPERCALL_NAMES.get(nr, 'unknown')}): -ENOSYS (x{n})")
+    return -E.ENOSYS

@@ -5,17 +5,15 @@ from __future__ import annotations
 import struct
 
 from .grant_table import add_to_physmap_grant_table
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import memory as M
-from .public.xen import __HYPERVISOR_memory_op
 from .shared_info import map_shared_info
 from .xsm import target_error
 
 MEMOP_CMD_MASK = 0x3F
 
 
-@hypercall(__HYPERVISOR_memory_op)
 def do_memory_op(ctx: HypercallContext) -> int:
     cmd, arg = ctx.arg(0) & MEMOP_CMD_MASK, ctx.arg(1)
     d, g = ctx.domain, ctx.guest

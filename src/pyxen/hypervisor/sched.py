@@ -7,10 +7,10 @@ import threading
 
 from .event_channel import block as evtchn_block
 from .event_channel import poll as evtchn_poll
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import sched as S
-from .public.xen import DOMID_SELF, __HYPERVISOR_sched_op
+from .public.xen import DOMID_SELF
 from .shared_info import system_time_ns
 from .xsm import target_error
 
@@ -18,7 +18,6 @@ MAX_POLL_PORTS = 128
 NR_DOMAIN_WATCHDOG_TIMERS = 2
 
 
-@hypercall(__HYPERVISOR_sched_op)
 def do_sched_op(ctx: HypercallContext) -> int:
     cmd, arg = ctx.sarg(0), ctx.arg(1)
     d, g = ctx.domain, ctx.guest

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import vcpu as VC
 from .public.event_channel import VIRQ_TIMER
@@ -26,7 +26,6 @@ from .public.hvm_op_evtchn import (
     vcpu_set_periodic_timer,
     vcpu_set_singleshot_timer,
 )
-from .public.xen import __HYPERVISOR_set_timer_op
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -244,13 +243,20 @@ def vcpu_timer_op(ctx: HypercallContext, cmd: int, vid: int, arg: int) -> int | 
     return 0
 
 
-@hypercall(__HYPERVISOR_set_timer_op)
 def do_set_timer_op(ctx: HypercallContext) -> int:
-    """set_timer_op(timeout): the calling vCPU's single-shot timer; 0 stops it."""
+    """set_timer_op(s_time_t timeout): the calling vCPU's single-shot timer; 0 stops it."""
+    return _set_timer_op(ctx, ctx.arg(0))
+
+
+def compat_set_timer_op(ctx: HypercallContext) -> int:
+    """set_timer_op(u32 lo, s32 hi) of a 32-bit caller: the timeout in two registers."""
+    return _set_timer_op(ctx, (ctx.arg(0) & 0xFFFFFFFF) | (ctx.arg(1) & 0xFFFFFFFF) << 32)
+
+
+def _set_timer_op(ctx: HypercallContext, timeout: int) -> int:
     timers = domain_timers(ctx.domain)
     if timers is None:
         return -E.ENOSYS
-    timeout = ctx.arg(0) if ctx.long_mode else ctx.arg(0) | ctx.arg(1) << 32
     if timeout >> 63:
         timeout -= 1 << 64  # s_time_t: a negative timeout is in the past, fires at once
     vid = ctx.vcpu.id

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import vcpu as VC
 from .public.hvm_vcpu import VCPU_HVM_MODE_32B, VCPU_HVM_MODE_64B, vcpu_hvm_context
-from .public.xen import __HYPERVISOR_vcpu_op, vcpu_info
+from .public.xen import vcpu_info
 from .shared_info import update_vcpu_time, vcpu_info_gpa
 from .timer import vcpu_timer_op
 
@@ -33,7 +33,6 @@ def check_hvm_context(c: vcpu_hvm_context) -> bool:
     return False
 
 
-@hypercall(__HYPERVISOR_vcpu_op)
 def do_vcpu_op(ctx: HypercallContext) -> int:
     cmd, vid, arg = ctx.sarg(0), ctx.arg(1) & 0xFFFFFFFF, ctx.arg(2)
     d, g = ctx.domain, ctx.guest

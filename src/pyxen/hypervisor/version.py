@@ -6,13 +6,15 @@ import ctypes
 
 from .. import XEN_EXTRAVERSION, XEN_MAJOR, XEN_MINOR, __version__
 from . import features
-from .hypercall import HypercallContext, hypercall
+from .hypercall import HypercallContext
 from .public import errno as E
 from .public import version as V
-from .public.xen import __HYPERVISOR_xen_version
 
 CAPABILITIES = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64"
 HYPERVISOR_VIRT_START = 0xFFFF800000000000
+# Xen 4.17 gives a 32-bit HVM caller its domain's hv_compat_vstart, which is ~0u for HVM
+# domains (arch_domain_create): meaningless, as is the 64-bit value, to a PVH guest.
+HVM_COMPAT_VIRT_START = 0xFFFFFFFF
 
 
 def _cstr(s: str, size: int) -> bytes:
@@ -20,7 +22,6 @@ def _cstr(s: str, size: int) -> bytes:
     return b + b"\0" * (size - len(b))
 
 
-@hypercall(__HYPERVISOR_xen_version)
 def do_xen_version(ctx: HypercallContext) -> int:
     cmd, arg = ctx.sarg(0), ctx.arg(1)
     g = ctx.guest
@@ -38,8 +39,9 @@ def do_xen_version(ctx: HypercallContext) -> int:
     elif cmd == V.XENVER_changeset:
         g.write(arg, _cstr(f"pyxen {__version__}", V.XEN_CHANGESET_INFO_LEN))
     elif cmd == V.XENVER_platform_parameters:
-        g.write_struct(arg, V.xen_platform_parameters(
-            virt_start=HYPERVISOR_VIRT_START if ctx.long_mode else 0xF5800000))
+        g.write_struct(arg, g.new_struct(
+            V.xen_platform_parameters,
+            virt_start=HVM_COMPAT_VIRT_START if ctx.compat else HYPERVISOR_VIRT_START))
     elif cmd == V.XENVER_get_features:
         fi = g.read_struct(arg, V.xen_feature_info)
         if fi.submap_idx >= features.XENFEAT_NR_SUBMAPS:

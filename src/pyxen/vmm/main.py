@@ -14,7 +14,6 @@ from ..arch.x86.kvm import HostError, Kvm
 from ..arch.x86.machine import X86Machine, install_kick_handler
 from ..arch.x86.pvh import BuildError, build_pvh
 from ..backends.pvdevices import PvDevices
-from ..hypervisor import hypercall
 from ..hypervisor.console import Console
 from ..hypervisor.domain import Domain
 from ..hypervisor.memory import GuestMemory
@@ -46,7 +45,6 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
     d.console = Console()
-    hypercall.load_handlers()
     machine = X86Machine(d, kvm)
     init_event_services(d, machine.vm.fd)
     boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline)

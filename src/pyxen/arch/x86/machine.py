@@ -16,6 +16,7 @@ import traceback
 from ...hypervisor import hypercall as HC
 from ...hypervisor.domain import VCPU, Domain
 from ...hypervisor.guest_access import GuestAccess
+from ...hypervisor.hypercall_table import dispatch
 from ...hypervisor.public import errno as E
 from ...hypervisor.shared_info import latch_shinfo_size
 from . import kvm_abi as K
@@ -258,7 +259,7 @@ class X86Machine:
 
             ctx = HC.HypercallContext(self.domain, v, args, make_guest, long_mode,
                                       interrupts_enabled=bool(r.rflags & RFLAGS_IF))
-            ret = HC.dispatch(ctx, nr)
+            ret = dispatch(ctx, nr)
         r.rax = ret & (U64 if long_mode else 0xFFFFFFFF)
         kv.run_struct.kvm_dirty_regs = K.KVM_SYNC_X86_REGS
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import XenStruct, u8, u32, u64
+from . import XenStruct, XenStruct32, compat_of, u8, u32, u64
 
 HVMOP_set_evtchn_upcall_vector = 23
 HVM_PARAM_CALLBACK_TYPE_GSI = 0
@@ -27,4 +27,9 @@ class vcpu_set_periodic_timer(XenStruct):
 class vcpu_set_singleshot_timer(XenStruct):
     _xen_c_type_ = "struct vcpu_set_singleshot_timer"
     _xen_header_ = "xen/vcpu.h"
+    _fields_ = [("timeout_abs_ns", u64), ("flags", u32)]
+
+
+@compat_of(vcpu_set_singleshot_timer)
+class compat_vcpu_set_singleshot_timer(XenStruct32):  # no tail padding on i386
     _fields_ = [("timeout_abs_ns", u64), ("flags", u32)]

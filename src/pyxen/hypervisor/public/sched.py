@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from . import XenStruct, domid_t, guest_handle, u32, u64
+from . import XenStruct, XenStruct32, compat_handle, compat_of, domid_t, guest_handle, u32, u64
 
 SCHEDOP_yield = 0
 SCHEDOP_block = 1
@@ -40,6 +40,11 @@ class sched_poll(XenStruct):
     _xen_c_type_ = "struct sched_poll"
     _xen_header_ = "xen/sched.h"
     _fields_ = [("ports", guest_handle), ("nr_ports", ctypes.c_uint), ("timeout", u64)]
+
+
+@compat_of(sched_poll)
+class compat_sched_poll(XenStruct32):
+    _fields_ = [("ports", compat_handle), ("nr_ports", ctypes.c_uint), ("timeout", u64)]
 
 
 class sched_remote_shutdown(XenStruct):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from . import XenStruct, u32, xen_ulong_t
+from . import XenStruct, XenStruct32, compat_of, compat_ulong_t, u32, xen_ulong_t
 
 XENVER_version = 0
 XENVER_extraversion = 1
@@ -37,6 +37,11 @@ class xen_platform_parameters(XenStruct):
     _xen_c_type_ = "struct xen_platform_parameters"
     _xen_header_ = "xen/version.h"
     _fields_ = [("virt_start", xen_ulong_t)]
+
+
+@compat_of(xen_platform_parameters)
+class compat_platform_parameters(XenStruct32):
+    _fields_ = [("virt_start", compat_ulong_t)]
 
 
 class xen_feature_info(XenStruct):

@@ -24,10 +24,18 @@ from . import (
 
 __HYPERVISOR_set_trap_table = 0
 __HYPERVISOR_mmu_update = 1
+__HYPERVISOR_set_gdt = 2
+__HYPERVISOR_stack_switch = 3
+__HYPERVISOR_set_callbacks = 4
+__HYPERVISOR_fpu_taskswitch = 5
 __HYPERVISOR_sched_op_compat = 6
 __HYPERVISOR_platform_op = 7
+__HYPERVISOR_set_debugreg = 8
+__HYPERVISOR_get_debugreg = 9
+__HYPERVISOR_update_descriptor = 10
 __HYPERVISOR_memory_op = 12
 __HYPERVISOR_multicall = 13
+__HYPERVISOR_update_va_mapping = 14
 __HYPERVISOR_set_timer_op = 15
 __HYPERVISOR_event_channel_op_compat = 16
 __HYPERVISOR_xen_version = 17
@@ -35,22 +43,28 @@ __HYPERVISOR_console_io = 18
 __HYPERVISOR_physdev_op_compat = 19
 __HYPERVISOR_grant_table_op = 20
 __HYPERVISOR_vm_assist = 21
+__HYPERVISOR_update_va_mapping_otherdomain = 22
 __HYPERVISOR_iret = 23
 __HYPERVISOR_vcpu_op = 24
+__HYPERVISOR_set_segment_base = 25
 __HYPERVISOR_mmuext_op = 26
 __HYPERVISOR_xsm_op = 27
 __HYPERVISOR_nmi_op = 28
 __HYPERVISOR_sched_op = 29
 __HYPERVISOR_callback_op = 30
+__HYPERVISOR_xenoprof_op = 31
 __HYPERVISOR_event_channel_op = 32
 __HYPERVISOR_physdev_op = 33
 __HYPERVISOR_hvm_op = 34
 __HYPERVISOR_sysctl = 35
 __HYPERVISOR_domctl = 36
+__HYPERVISOR_kexec_op = 37
+__HYPERVISOR_tmem_op = 38
 __HYPERVISOR_argo_op = 39
 __HYPERVISOR_xenpmu_op = 40
 __HYPERVISOR_dm_op = 41
 __HYPERVISOR_hypfs_op = 42
+__HYPERVISOR_mca = 48  # __HYPERVISOR_arch_0 on x86 (arch-x86/xen-mca.h)
 
 HYPERCALL_NAMES = {
     v: k.removeprefix("__HYPERVISOR_")
