@@ -547,19 +547,23 @@ static void latch_mode(void)
     volatile struct shared_info *s64 = shared;
     printk("latch: 32-bit wallclock version %u sec_ok %d; 64-bit wallclock version %u\n",
            s32->wc_version, s32->wc_sec > 1600000000u, s64->wc_version);
+    /* selector bit 0 stands for ports 0-31, which the console and xenstore backends may
+     * raise at any time: port 33's is bit 1 of a 32-bit word (bit 0 of a 64-bit one) */
     evtchn_port_t p = bind_ipis_up_to(33);
+    unsigned before = (s32->vcpu_info[0].evtchn_pending_sel >> 1) & 1;
     evtchn_send(p);
-    printk("latch: port %u pending %d selector %x upcall %u; 64-bit selector %lx\n", p,
-           !!(s32->evtchn_pending[p / 32] & (1u << (p % 32))),
-           s32->vcpu_info[0].evtchn_pending_sel, s32->vcpu_info[0].evtchn_upcall_pending,
-           s64->vcpu_info[0].evtchn_pending_sel);
+    printk("latch: port %u pending %d selector bit 1 %u -> %u upcall %u; 64-bit selector %lx\n",
+           p, !!(s32->evtchn_pending[p / 32] & (1u << (p % 32))), before,
+           (s32->vcpu_info[0].evtchn_pending_sel >> 1) & 1,
+           s32->vcpu_info[0].evtchn_upcall_pending, s64->vcpu_info[0].evtchn_pending_sel);
     rc = evtchn_upcall_callback(UPCALL_VECTOR);  /* from long mode: 64-bit from now on */
     printk("latch: callback from 64-bit mode = %ld; 64-bit wallclock version %u sec_ok %d\n",
            rc, s64->wc_version, s64->wc_sec > 1600000000u);
     s64->vcpu_info[0].evtchn_upcall_pending = 0;
     p = bind_ipis_up_to(65);
     evtchn_send(p);
-    printk("latch: port %u selector %lx upcall %u\n", p, s64->vcpu_info[0].evtchn_pending_sel,
+    printk("latch: port %u selector bit 1 %lu upcall %u\n", p,
+           (s64->vcpu_info[0].evtchn_pending_sel >> 1) & 1,
            s64->vcpu_info[0].evtchn_upcall_pending);
     shutdown(SHUTDOWN_poweroff);
 }

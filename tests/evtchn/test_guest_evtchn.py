@@ -255,7 +255,27 @@ def test_shared_info_layout_latched_from_the_vcpu_mode(boot, guests: Path) -> No
     lines = run_to_shutdown(d)
     assert [ln for ln in lines if ln.startswith("latch: ")] == [
         "latch: 32-bit wallclock version 2 sec_ok 1; 64-bit wallclock version 0",
-        "latch: port 33 pending 1 selector 2 upcall 1; 64-bit selector 0",
+        "latch: port 33 pending 1 selector bit 1 0 -> 1 upcall 1; 64-bit selector 0",
         "latch: callback from 64-bit mode = 0; 64-bit wallclock version 2 sec_ok 1",
-        "latch: port 65 selector 2 upcall 1",
+        "latch: port 65 selector bit 1 1 upcall 1",
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_32bit_guest_two_level_and_fifo(boot, guests: Path) -> None:
+    """guests/evtchn32.c, a -m32 guest in 32-bit protected mode: its hypercall MSR write
+    latches the x86_32 layout, so register_vcpu_info marks one 32-bit selector word
+    (arch.cr2 beside it untouched) and port 33 is selector bit 1; the FIFO ABI has the
+    same structures for it, and carries port 33 over from 2-level onto queue 7."""
+    d = boot("", kernel=str(guests / "evtchn32.elf"))
+    lines = run_to_shutdown(d)
+    P, L = 1 << 31, 1 << 29
+    assert [ln for ln in lines if ln.startswith("evtchn32: ")] == [
+        "evtchn32: register_vcpu_info: rc 0 selector ffffffff cr2 0 upcall 1",
+        "evtchn32: 2-level port 33: send 0 selector bit 1 0 -> 1 upcall 1 poll 0",
+        "evtchn32: fifo init 0 link_bits 17 expand 0",
+        f"evtchn32: fifo carried over: word {P | L:x}, queue 7 ends with 33, ready 80",
+        f"evtchn32: fifo port 34 priority 2: set 0 send 0 word {P | L:x} head2 34 ready 84 "
+        "upcall 1 poll 0",
+        "evtchn32: powering off",
     ]
