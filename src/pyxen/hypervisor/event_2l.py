@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from . import atomic
 from .event_port_ops import Channel, EvtchnError
 from .public import errno as E
-from .shared_info import shinfo_layout
+from .shared_info import ShinfoLayout, shinfo_layout
 
 if TYPE_CHECKING:
     from .event_channel import GuestEventChannels
@@ -36,9 +36,8 @@ class EvtchnTwoLevel:
     def init_port(self, port: int, ch: Channel) -> None:
         pass
 
-    def _sel_bit(self, vcpu: int, port: int) -> tuple[int, int]:
+    def _sel_bit(self, vcpu: int, port: int, lay: ShinfoLayout) -> tuple[int, int]:
         """(address of vcpu's evtchn_pending_sel, bit for port's word)."""
-        lay = shinfo_layout(self.ev.domain)
         return self.ev.vcpu_info_addr(vcpu) + lay.pending_sel_off, port // lay.word_bits
 
     def set_pending(self, port: int, ch: Channel, vcpu: int) -> None:
@@ -50,7 +49,7 @@ class EvtchnTwoLevel:
         if atomic.test_and_set_bit(si + lay.pending_off, port):
             return
         if not atomic.test_bit(si + lay.mask_off, port):
-            sel, bit = self._sel_bit(vcpu, port)
+            sel, bit = self._sel_bit(vcpu, port, lay)
             if not atomic.test_and_set_bit(sel, bit):
                 ev.mark_events_pending(vcpu)
         ev.check_pollers(port)
@@ -65,7 +64,7 @@ class EvtchnTwoLevel:
         lay = shinfo_layout(ev.domain)
         if (atomic.test_and_clear_bit(si + lay.mask_off, port)
                 and atomic.test_bit(si + lay.pending_off, port)):
-            sel, bit = self._sel_bit(ch.notify_vcpu, port)
+            sel, bit = self._sel_bit(ch.notify_vcpu, port, lay)
             if not atomic.test_and_set_bit(sel, bit):
                 ev.mark_events_pending(ch.notify_vcpu)
 
@@ -84,5 +83,5 @@ class EvtchnTwoLevel:
         raise EvtchnError(E.ENOSYS, "the 2-level ABI has no priorities")
 
     def print_state(self, port: int, ch: Channel) -> str:
-        sel, bit = self._sel_bit(ch.notify_vcpu, port)
+        sel, bit = self._sel_bit(ch.notify_vcpu, port, shinfo_layout(self.ev.domain))
         return str(int(atomic.test_bit(sel, bit)))

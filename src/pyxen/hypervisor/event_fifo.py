@@ -58,9 +58,12 @@ class EvtchnFifo:
     def __init__(self, ev: GuestEventChannels) -> None:
         self.ev = ev
         nr = ev.domain.max_vcpus
-        self.control_gpa: list[int | None] = [None] * nr  # control block per vCPU
+        # Host addresses of the guest frames, resolved once when the guest hands them over
+        # (Xen maps the page, not the gfn: a later change of the guest's physmap does not
+        # move them).
+        self.control: list[int | None] = [None] * nr  # control block per vCPU
         self.tails = [[0] * EC.EVTCHN_FIFO_MAX_QUEUES for _ in range(nr)]
-        self.array_gpas: list[int] = []  # event array pages, in order
+        self.array: list[int] = []  # event array pages, in order
         # Per port: the queue (vCPU, priority) it was last linked on (Xen's fifo_lastq),
         # and pending state waiting for its event array page (Xen's evtchn->pending).
         self.lastq: dict[int, tuple[int, int]] = {}
@@ -69,41 +72,31 @@ class EvtchnFifo:
 
     # --- guest memory ------------------------------------------------------------------------
 
-    def _hva(self, gpa: int | None, n: int) -> int | None:
-        """Host address of guest RAM [gpa, gpa+n); None if the guest no longer has it
-        there (Xen holds a page reference instead: here it simply stops working)."""
-        from .event_channel import _hva
-
-        if gpa is None:
-            return None
-        try:
-            return _hva(self.ev.domain.memory, gpa, n)
-        except GuestFault:
-            return None
-
     def word(self, port: int) -> int | None:
         """Host address of the port's event word; None beyond the array."""
-        page = port // WORDS_PER_PAGE
-        if port < 0 or page >= len(self.array_gpas):
+        page = port >> 10
+        if port < 0 or page >= len(self.array):
             return None
-        return self._hva(self.array_gpas[page] + 4 * (port % WORDS_PER_PAGE), 4)
+        return self.array[page] + 4 * (port & (WORDS_PER_PAGE - 1))
 
     def control_block(self, vid: int) -> int | None:
-        return self._hva(self.control_gpa[vid], CONTROL_BLOCK_SIZE)
+        return self.control[vid]
 
     def _map_page(self, gfn: int) -> int:
-        """map_guest_page: a writable RAM frame of the guest, else -EINVAL."""
-        gpa = gfn << 12
-        if gfn >> 52 or not self.ev.domain.memory.is_ram(gpa, PAGE):
-            raise EvtchnError(E.EINVAL, f"gfn {gfn:#x} is not guest RAM")
-        return gpa
+        """map_guest_page: a RAM frame of the guest (else -EINVAL), as a host address."""
+        from .event_channel import _hva
+
+        try:
+            return _hva(self.ev.domain.memory, gfn << 12, PAGE)
+        except GuestFault:
+            raise EvtchnError(E.EINVAL, f"gfn {gfn:#x} is not guest RAM") from None
 
     # --- set-up ------------------------------------------------------------------------------
 
     def map_control_block(self, vid: int, gfn: int, offset: int) -> None:
-        if self.control_gpa[vid] is not None:
+        if self.control[vid] is not None:
             raise EvtchnError(E.EINVAL, f"vCPU {vid} already has a control block")
-        self.control_gpa[vid] = self._map_page(gfn) + offset
+        self.control[vid] = self._map_page(gfn) + offset
 
     def carry_over(self, prev_ports: list[tuple[int, bool]]) -> None:
         """setup_ports: each bound port gets the default priority and keeps its 2-level
@@ -116,10 +109,10 @@ class EvtchnFifo:
     def expand_array(self, gfn: int) -> None:
         """add_page_to_event_array: the next 1024 event words; re-raise ports that became
         pending while their word did not exist."""
-        if len(self.array_gpas) >= MAX_ARRAY_PAGES:
+        if len(self.array) >= MAX_ARRAY_PAGES:
             raise EvtchnError(E.ENOSPC, "the event array is complete")
-        first = len(self.array_gpas) * WORDS_PER_PAGE
-        self.array_gpas.append(self._map_page(gfn))
+        first = len(self.array) * WORDS_PER_PAGE
+        self.array.append(self._map_page(gfn))
         ev = self.ev
         for port in range(first, first + WORDS_PER_PAGE):
             if not ev.valid(port):
