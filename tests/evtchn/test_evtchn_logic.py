@@ -539,3 +539,19 @@ def test_fifo_init_control_errors_leave_2level(setup, dom: Domain) -> None:
     with pytest.raises(EvtchnError) as e:
         ev.expand_array(ARRAY_GFN)
     assert e.value.errno == E.EOPNOTSUPP
+
+
+def test_debug_key_e_shows_the_fifo_state(fifo, dom: Domain) -> None:
+    """domain_dump_evtchn_info with FIFO: [p/m/ BUSY flag, LINK or '-' ] per port."""
+    from pyxen.hypervisor.keyhandler import dump_evtchn
+
+    ev, _ = fifo
+    a, b, c = ev.bind_ipi(0), ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    ev.send(b)
+    set_word(dom, c, M)  # masked by the guest: pending, never linked
+    ev.send(c)
+    lines = dump_evtchn(dom)
+    assert f"    {a:4d} [1/0/  {b:<4d}]: s=6 n=0 x=0" in lines
+    assert f"    {b:4d} [1/0/  0   ]: s=6 n=0 x=0" in lines  # the tail links nowhere
+    assert f"    {c:4d} [1/1/  -   ]: s=6 n=0 x=0" in lines
