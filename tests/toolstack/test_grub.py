@@ -10,6 +10,7 @@ assertions.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ from xlhost import REPO, Host, needs_vmm
 GRUB = REPO / "guests" / "build" / "grub-pvh.bin"
 DISK = REPO / "guests" / "build" / "grub-disk.img"
 BOOT_DEADLINE = 300.0
+# What a terminal does not show: GRUB's terminfo output (vt100-color) moves the cursor
+# between echoed characters (ESC [ row;col H), sets colours, and ends lines with "\n\r".
+CONTROL = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 pytestmark = [needs_vmm,
               pytest.mark.skipif(not GRUB.exists(), reason="needs guests/build/grub-pvh.bin "
@@ -27,8 +31,22 @@ pytestmark = [needs_vmm,
               pytest.mark.timeout(600)]
 
 
+def visible(raw: bytes) -> tuple[bytes, list[int]]:
+    """The text a terminal shows of raw, and for each of its bytes the offset in raw."""
+    text, where, pos = bytearray(), [], 0
+    for m in CONTROL.finditer(raw):
+        text += raw[pos:m.start()]
+        where += range(pos, m.start())
+        pos = m.end()
+    text += raw[pos:]
+    where += range(pos, len(raw))
+    return bytes(text), where
+
+
 class Console:
-    """The domain's console stream (console.sock), read up to markers with a deadline."""
+    """The domain's console stream (console.sock), read up to markers with a deadline.
+    Markers are matched on what a terminal shows (control sequences and CRs removed);
+    offsets are in the raw stream."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -39,9 +57,10 @@ class Console:
         """Wait until marker appears at or after offset `after`; return the end offset."""
         deadline = time.monotonic() + timeout
         while True:
-            i = self.data.find(marker, after)
+            text, where = visible(self.data[after:])
+            i = text.find(marker)
             if i >= 0:
-                return i + len(marker)
+                return after + where[i + len(marker) - 1] + 1
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {marker!r} on the console; got {self.data[-2000:]!r}")
