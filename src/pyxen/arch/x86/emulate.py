@@ -58,6 +58,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as UX
+from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from ...hypervisor import atomic
 from ...hypervisor.memory import PAGE_SIZE, GuestMemory
@@ -95,6 +96,9 @@ MSR_TSC_AUX = 0xC0000103
 MAX_INSN = 15
 _HIGH16 = 0xFFFF << 48
 _MAX_CPUID = 256
+_EMULATION_FLAG_INSTRUCTION_BYTES = 1
+_UC_CR4_BITS = (1 << 2) | (1 << 9) | (1 << 10) | (1 << 16) | (1 << 18)  # TSD OSFXSR
+# OSXMMEXCPT FSGSBASE OSXSAVE: what changes an SSE/x87/FSGSBASE instruction's behaviour
 _CPUID_SIGNIFICANT_INDEX = 1
 
 # XSAVE image offsets (Intel SDM vol. 1, 13.4)
@@ -107,6 +111,14 @@ _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
 _UC_GPR64 = [getattr(UX, f"UC_X86_REG_{n.upper()}") for n in _GPRS]
 _UC_GPR32 = _UC_GPR64[:8]
 _UC_XMM = [getattr(UX, f"UC_X86_REG_XMM{i}") for i in range(16)]
+# One C call moves a whole register set (the Python binding costs ~2 us per register):
+# GPRs + flags (+ FS/GS base in 64-bit mode), and XMM0-15 + MXCSR straight from and to
+# the XSAVE image (same little-endian layout as unicorn's values).
+_UC_STATE64 = _UC_GPR64 + [UX.UC_X86_REG_RFLAGS, UX.UC_X86_REG_FS_BASE, UX.UC_X86_REG_GS_BASE]
+_UC_STATE32 = [getattr(UX, f"UC_X86_REG_E{n[1:].upper()}") for n in _GPRS[:8]] + \
+    [UX.UC_X86_REG_EFLAGS]
+_UC_SSE = _UC_XMM + [UX.UC_X86_REG_MXCSR]
+_SSE_OFFSETS = [XS_XMM + 16 * i for i in range(16)] + [XS_MXCSR]
 # capstone register name -> kvm_regs field, for effective addresses and rdpid's operand
 _CS_GPR = {n: n for n in _GPRS}
 _CS_GPR.update({f"e{n[1:]}": n for n in _GPRS[:8]})
@@ -115,6 +127,12 @@ _CS_GPR.update({f"r{i}d": f"r{i}" for i in range(8, 16)})
 # CPU model for unicorn: one with every instruction KVM's emulator is known to lack
 # (SSE4.2/POPCNT, CX16, XSAVE, RDTSCP, SMAP). Hardware would run the host CPU's.
 _UC_CPU_MODEL = UX.UC_CPU_X86_ICELAKE_SERVER
+
+
+# instructions that use SSE state without naming an XMM register
+_SSE_STATE_INSNS = {"ldmxcsr", "stmxcsr", "fxsave", "fxsave64", "fxrstor", "fxrstor64",
+                    "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xsavec", "xsavec64",
+                    "xrstor", "xrstor64"}
 
 
 class CannotEmulate(Exception):
@@ -135,6 +153,7 @@ class _Decoded:
     size: int
     mem: tuple[tuple[str, str, str, int, int], ...]  # (segment, base, index, scale, disp)
     regs: tuple[str, ...]  # register operands by capstone name
+    sse: bool  # uses XMM registers or MXCSR
 
 
 class _Raise(Exception):  # noqa: N818 - internal control flow: deliver this fault
@@ -164,10 +183,30 @@ class _Cpu:
 
     def __init__(self) -> None:
         self.ucs: dict[int, Uc] = {}
+        self.crs: dict[int, tuple[int, int]] = {}  # mode -> (CR0, CR4) last given
         self.mapped: dict[int, int] = {}  # unicorn page -> leaf PTE gpa (0: none)
         self.dirty: set[int] = set()
         self.fault: _Fault | None = None
         self.ctx: _Ctx | None = None
+        n = len(_UC_STATE64)
+        self.state_in = (ctypes.c_uint64 * n)()
+        self.state_out = (ctypes.c_uint64 * n)()
+        self.xsave = K.kvm_xsave()
+        self.sse_out = K.kvm_xsave()  # only the XMM/MXCSR bytes are used
+        self.batches = {
+            mode: (ids, self._ptrs(ctypes.addressof(self.state_in), range(0, 8 * len(ids), 8)),
+                   self._ptrs(ctypes.addressof(self.state_out), range(0, 8 * len(ids), 8)))
+            for mode, ids in ((UC_MODE_64, _UC_STATE64), (UC_MODE_32, _UC_STATE32),
+                              (UC_MODE_16, _UC_STATE32))}
+        self.sse_ids = (ctypes.c_int * len(_UC_SSE))(*_UC_SSE)
+        self.sse_in = self._ptrs(ctypes.addressof(self.xsave), _SSE_OFFSETS)
+        self.sse_rd = self._ptrs(ctypes.addressof(self.sse_out), _SSE_OFFSETS)
+        self.batches = {m: ((ctypes.c_int * len(ids))(*ids), pin, pout)
+                        for m, (ids, pin, pout) in self.batches.items()}
+
+    @staticmethod
+    def _ptrs(base: int, offsets: range | list[int]) -> ctypes.Array:
+        return (ctypes.c_void_p * len(offsets))(*(base + o for o in offsets))
 
     def uc(self, mode: int) -> Uc:
         uc = self.ucs.get(mode)
@@ -335,7 +374,7 @@ class InstructionEmulator:
         """Execute the instruction at the vCPU's RIP (or deliver its fault) and leave the
         vCPU ready to resume; CannotEmulate if that cannot be done faithfully."""
         t0 = time.perf_counter_ns()
-        regs, sregs = kv.get_regs(), kv.get_sregs()
+        regs, sregs = _get_state(kv)
         ctx = _Ctx(self.domain.memory, regs, sregs, self._mode(sregs))
         try:
             self._run(vcpu_id, kv, ctx)
@@ -347,8 +386,7 @@ class InstructionEmulator:
             dt = time.perf_counter_ns() - t0
             with self._lock:
                 self.total_ns += dt
-        with self._lock:
-            self.counts[ctx.name] += 1
+                self.counts[ctx.name] += 1
 
     def dump_lines(self) -> list[str]:
         """For the 'q' domain dump: what was emulated, per mnemonic, and what it cost."""
@@ -389,6 +427,9 @@ class InstructionEmulator:
             d = None
         else:
             mem, regs = [], []
+            read, written = insn.regs_access()
+            sse = insn.mnemonic.removeprefix("lock ") in _SSE_STATE_INSNS or any(
+                cs.reg_name(r).startswith(("xmm", "ymm", "mxcsr")) for r in (*read, *written))
             for op in insn.operands:
                 if op.type == CX.X86_OP_MEM:
                     m = op.mem
@@ -397,7 +438,7 @@ class InstructionEmulator:
                                 cs.reg_name(m.index) if m.index else "", m.scale, m.disp))
                 elif op.type == CX.X86_OP_REG:
                     regs.append(cs.reg_name(op.reg))
-            d = _Decoded(insn.mnemonic, insn.size, tuple(mem), tuple(regs))
+            d = _Decoded(insn.mnemonic, insn.size, tuple(mem), tuple(regs), sse)
         if len(self._decoded) > 4096:
             self._decoded.clear()
         self._decoded[key] = d
@@ -456,8 +497,11 @@ class InstructionEmulator:
             pc = regs.rip
         else:
             pc = (sregs.cs.base + (regs.rip & 0xFFFFFFFF)) & 0xFFFFFFFF
-        code, fetch_fault = self._fetch(ctx, pc)
+        code, fetch_fault = _exit_insn_bytes(kv), None
         d = self._decode(mode, code, pc) if code else None
+        if d is None:  # no bytes from KVM, or they do not decode: fetch them ourselves
+            code, fetch_fault = self._fetch(ctx, pc)
+            d = self._decode(mode, code, pc) if code else None
         if d is None:
             if fetch_fault is not None:
                 raise _Raise(fetch_fault)
@@ -479,45 +523,41 @@ class InstructionEmulator:
     def _unicorn(self, vcpu_id: int, kv: Vcpu, ctx: _Ctx, d: _Decoded, pc: int) -> None:
         regs, sregs, mode = ctx.regs, ctx.sregs, ctx.mode
         if mode != UC_MODE_64:
+            real = not sregs.cr0 & CR0_PE
             for seg in ("cs", "ds", "es", "ss"):
                 sr = getattr(sregs, seg)
-                flat = sr.base == (sr.selector << 4 if mode == UC_MODE_16 and
-                                   not sregs.cr0 & CR0_PE else 0)
-                if not flat:
-                    raise CannotEmulate(f"{seg} base {sr.base:#x} in {16 if mode == UC_MODE_16 else 32}-bit mode")
+                if sr.base != (sr.selector << 4 if real else 0):
+                    raise CannotEmulate(f"{seg} base {sr.base:#x} outside 64-bit mode")
         cpu = self._cpus.get(vcpu_id)
         if cpu is None:
             cpu = self._cpus[vcpu_id] = _Cpu()
         uc = cpu.uc(mode)
-        xsave = K.kvm_xsave()
-        ioctl(kv.fd, K.KVM_GET_XSAVE, xsave)
-        xs = memoryview(xsave).cast("B")
-        mxcsr = struct.unpack_from("<I", xs, XS_MXCSR)[0]
-        xmm = [int.from_bytes(xs[XS_XMM + 16 * i:XS_XMM + 16 * i + 16], "little")
-               for i in range(16)]
-        gprs = _UC_GPR64 if mode == UC_MODE_64 else _UC_GPR32
-        before = [getattr(regs, n) for n in _GPRS]
-        for ucr, val in zip(gprs, before, strict=False):
-            uc.reg_write(ucr, val)
-        uc.reg_write(UX.UC_X86_REG_RFLAGS if mode == UC_MODE_64 else UX.UC_X86_REG_EFLAGS,
-                     regs.rflags)
+        uch = uc._uch
+        ids, ptr_in, ptr_out = cpu.batches[mode]
+        n = len(ids)
+        state = [getattr(regs, g) for g in _GPRS[:n - 3 if mode == UC_MODE_64 else 8]]
+        state.append(regs.rflags)
         if mode == UC_MODE_64:
-            uc.reg_write(UX.UC_X86_REG_FS_BASE, sregs.fs.base)
-            uc.reg_write(UX.UC_X86_REG_GS_BASE, sregs.gs.base)
-        elif not sregs.cr0 & CR0_PE:
+            state += [sregs.fs.base, sregs.gs.base]
+        cpu.state_in[:n] = state
+        _uclib.uc_reg_write_batch(uch, ids, ptr_in, n)
+        if mode == UC_MODE_16 and not sregs.cr0 & CR0_PE:
             for seg, ucr in (("cs", UX.UC_X86_REG_CS), ("ds", UX.UC_X86_REG_DS),
                              ("es", UX.UC_X86_REG_ES), ("ss", UX.UC_X86_REG_SS)):
                 uc.reg_write(ucr, getattr(sregs, seg).selector)
         # the control bits that change what an SSE/x87 instruction does
-        uc_cr0 = uc.reg_read(UX.UC_X86_REG_CR0)
-        uc.reg_write(UX.UC_X86_REG_CR0, (uc_cr0 & ~(CR0_MP | CR0_EM | CR0_TS))
-                     | (sregs.cr0 & (CR0_MP | CR0_EM | CR0_TS)))
-        cr4_bits = CR4_TSD | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_FSGSBASE | CR4_OSXSAVE
-        uc_cr4 = uc.reg_read(UX.UC_X86_REG_CR4)
-        uc.reg_write(UX.UC_X86_REG_CR4, (uc_cr4 & ~cr4_bits) | (sregs.cr4 & cr4_bits))
-        for i in range(16 if mode == UC_MODE_64 else 8):
-            uc.reg_write(_UC_XMM[i], xmm[i])
-        uc.reg_write(UX.UC_X86_REG_MXCSR, mxcsr)
+        crs = (sregs.cr0 & (CR0_MP | CR0_EM | CR0_TS), sregs.cr4 & _UC_CR4_BITS)
+        if cpu.crs.get(mode) != crs:
+            cr0 = uc.reg_read(UX.UC_X86_REG_CR0) & ~(CR0_MP | CR0_EM | CR0_TS)
+            uc.reg_write(UX.UC_X86_REG_CR0, cr0 | crs[0])
+            uc.reg_write(UX.UC_X86_REG_CR4, (uc.reg_read(UX.UC_X86_REG_CR4) & ~_UC_CR4_BITS)
+                         | crs[1])
+            cpu.crs[mode] = crs
+        xs = None
+        if d.sse:
+            ioctl(kv.fd, K.KVM_GET_XSAVE, cpu.xsave)
+            xs = memoryview(cpu.xsave).cast("B")
+            _uclib.uc_reg_write_batch(uch, cpu.sse_ids, cpu.sse_in, len(_UC_SSE))
         start = regs.rip if mode == UC_MODE_64 else regs.rip & 0xFFFFFFFF
         cpu.ctx, cpu.fault = ctx, None
         err: UcError | None = None
@@ -535,34 +575,42 @@ class InstructionEmulator:
                 if err.errno == UC_ERR_INSN_INVALID:
                     raise _Raise(_Fault(UD))
                 raise CannotEmulate(f"unicorn: {err}")
-            new_mxcsr = uc.reg_read(UX.UC_X86_REG_MXCSR)
-            mask = struct.unpack_from("<I", xs, XS_MXCSR_MASK)[0] or MXCSR_MASK_DEFAULT
-            if new_mxcsr & ~mask:
-                raise _Raise(_Fault(GP, 0))  # reserved MXCSR bit (ldmxcsr, fxrstor, ...)
+            sse_changed = False
+            if xs is not None:
+                _uclib.uc_reg_read_batch(uch, cpu.sse_ids, cpu.sse_rd, len(_UC_SSE))
+                out = memoryview(cpu.sse_out).cast("B")
+                new_mxcsr = struct.unpack_from("<I", out, XS_MXCSR)[0]
+                mask = struct.unpack_from("<I", xs, XS_MXCSR_MASK)[0] or MXCSR_MASK_DEFAULT
+                if new_mxcsr & ~mask:
+                    raise _Raise(_Fault(GP, 0))  # a reserved MXCSR bit (ldmxcsr, fxrstor)
+                if out[XS_MXCSR:XS_MXCSR + 4] != xs[XS_MXCSR:XS_MXCSR + 4] or \
+                        out[XS_XMM:XS_XMM + 256] != xs[XS_XMM:XS_XMM + 256]:
+                    xs[XS_MXCSR:XS_MXCSR + 4] = out[XS_MXCSR:XS_MXCSR + 4]
+                    xs[XS_XMM:XS_XMM + 256] = out[XS_XMM:XS_XMM + 256]
+                    bv = struct.unpack_from("<Q", xs, XS_XSTATE_BV)[0]
+                    struct.pack_into("<Q", xs, XS_XSTATE_BV, bv | XSTATE_SSE)
+                    sse_changed = True
             # the instruction has completed: its writes are in guest RAM already; now the
             # dirty bits of the pages written, then registers and SSE state
             for page in cpu.dirty:
                 leaf = cpu.mapped.get(page)
                 if leaf:
                     ctx.set_pte_bits(leaf, PTE_D)
-            after = [uc.reg_read(r) for r in gprs]
-            for n, old, new in zip(_GPRS, before, after, strict=False):
+            _uclib.uc_reg_read_batch(uch, ids, ptr_out, n)
+            out_state = cpu.state_out[:n]
+            for i, (old, new) in enumerate(zip(state, out_state, strict=False)):
                 if new != old:
-                    setattr(regs, n, new)
-            regs.rflags = uc.reg_read(UX.UC_X86_REG_RFLAGS if mode == UC_MODE_64
-                                      else UX.UC_X86_REG_EFLAGS)
+                    if i < len(out_state) - (3 if mode == UC_MODE_64 else 1):
+                        setattr(regs, _GPRS[i], new)
+                    elif i == len(out_state) - (3 if mode == UC_MODE_64 else 1):
+                        regs.rflags = new
+                    else:
+                        raise CannotEmulate("the instruction changed FS/GS base")
             new_rip = uc.reg_read(UX.UC_X86_REG_RIP)
             regs.rip = new_rip if mode == UC_MODE_64 else new_rip & 0xFFFFFFFF
-            kv.set_regs(regs)
-            new_xmm = [uc.reg_read(_UC_XMM[i]) for i in range(16 if mode == UC_MODE_64
-                                                                 else 8)]
-            if new_mxcsr != mxcsr or new_xmm != xmm[:len(new_xmm)]:
-                struct.pack_into("<I", xs, XS_MXCSR, new_mxcsr)
-                for i, v in enumerate(new_xmm):
-                    xs[XS_XMM + 16 * i:XS_XMM + 16 * i + 16] = v.to_bytes(16, "little")
-                bv = struct.unpack_from("<Q", xs, XS_XSTATE_BV)[0]
-                struct.pack_into("<Q", xs, XS_XSTATE_BV, bv | XSTATE_SSE)
-                ioctl(kv.fd, K.KVM_SET_XSAVE, xsave)
+            _set_regs(kv, regs)
+            if sse_changed:
+                ioctl(kv.fd, K.KVM_SET_XSAVE, cpu.xsave)
         finally:
             cpu.unmap_all(uc)
             cpu.ctx = None
@@ -574,7 +622,7 @@ class InstructionEmulator:
         """Deliver f to the guest at the instruction (RIP unchanged), as the CPU would."""
         if f.cr2 is not None:
             sregs.cr2 = f.cr2
-            kv.set_sregs(sregs)
+            _set_sregs(kv, sregs)
         ev = K.kvm_vcpu_events()
         ioctl(kv.fd, K.KVM_GET_VCPU_EVENTS, ev)
         ev.exception.injected = 1
@@ -592,7 +640,7 @@ class InstructionEmulator:
     def _next(self, kv: Vcpu, ctx: _Ctx, d: _Decoded) -> None:
         r = ctx.regs
         r.rip = (r.rip + d.size) & (((1 << 64) - 1) if ctx.mode == UC_MODE_64 else 0xFFFFFFFF)
-        kv.set_regs(r)
+        _set_regs(kv, r)
 
     def _cpuid(self, kv: Vcpu, leaf: int, sub: int = 0) -> tuple[int, int, int, int]:
         """The vCPU's own CPUID (as KVM_SET_CPUID2 gave it): what it may use."""
@@ -670,6 +718,47 @@ class InstructionEmulator:
             r.rflags &= ~(1 << 6)
             r.rax, r.rdx = expected[0], expected[1]
         self._next(kv, ctx, d)
+
+
+_SYNC = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS
+
+
+def _get_state(kv: Vcpu) -> tuple[K.kvm_regs, K.kvm_sregs]:
+    """The registers at the exit: from kvm_run's sync area when KVM fills it (no ioctl)."""
+    if kv.run_struct.kvm_valid_regs & _SYNC == _SYNC:
+        return (K.kvm_regs.from_buffer_copy(kv.sync_regs),
+                K.kvm_sregs.from_buffer_copy(kv.sync_sregs))
+    return kv.get_regs(), kv.get_sregs()
+
+
+def _set_regs(kv: Vcpu, regs: K.kvm_regs) -> None:
+    run = kv.run_struct
+    if run.kvm_valid_regs & _SYNC == _SYNC:
+        ctypes.memmove(ctypes.addressof(kv.sync_regs), ctypes.addressof(regs),
+                       ctypes.sizeof(regs))
+        run.kvm_dirty_regs |= K.KVM_SYNC_X86_REGS
+    else:
+        kv.set_regs(regs)
+
+
+def _set_sregs(kv: Vcpu, sregs: K.kvm_sregs) -> None:
+    run = kv.run_struct
+    if run.kvm_valid_regs & _SYNC == _SYNC:
+        ctypes.memmove(ctypes.addressof(kv.sync_sregs), ctypes.addressof(sregs),
+                       ctypes.sizeof(sregs))
+        run.kvm_dirty_regs |= K.KVM_SYNC_X86_SREGS
+    else:
+        kv.set_sregs(sregs)
+
+
+def _exit_insn_bytes(kv: Vcpu) -> bytes:
+    """The instruction bytes KVM reports with an emulation failure (struct
+    emulation_failure: flags, then insn_size and up to 15 bytes), b"" if none."""
+    ie = kv.run_struct.u.internal
+    if ie.ndata < 3 or not ie.data[0] & _EMULATION_FLAG_INSTRUCTION_BYTES:
+        return b""
+    raw = bytes(ie.data[1].to_bytes(8, "little") + ie.data[2].to_bytes(8, "little"))
+    return raw[1:1 + min(raw[0], MAX_INSN)]
 
 
 def _tsc_aux(kv: Vcpu) -> int:
