@@ -376,17 +376,17 @@ class InstructionEmulator:
         t0 = time.perf_counter_ns()
         regs, sregs = _get_state(kv)
         ctx = _Ctx(self.domain.memory, regs, sregs, self._mode(sregs))
+        faulted = False
         try:
             self._run(vcpu_id, kv, ctx)
         except _Raise as r:
             self._inject(kv, sregs, r.fault)
-            with self._lock:
-                self.faults += 1
-        finally:
-            dt = time.perf_counter_ns() - t0
-            with self._lock:
-                self.total_ns += dt
-                self.counts[ctx.name] += 1
+            faulted = True
+        dt = time.perf_counter_ns() - t0  # not reached when it could not be emulated
+        with self._lock:
+            self.total_ns += dt
+            self.counts[ctx.name] += 1
+            self.faults += faulted
 
     def dump_lines(self) -> list[str]:
         """For the 'q' domain dump: what was emulated, per mnemonic, and what it cost."""
