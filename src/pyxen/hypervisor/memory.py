@@ -20,22 +20,36 @@ class Region:
     gpa: int
     size: int
     offset: int  # in the memfd
+    e820_type: int = 1  # RAM; firmware ranges (ACPI tables: 3) are guest memory too
 
 
 class GuestMemory:
-    def __init__(self, size: int, name: str = "pyxen-ram") -> None:
+    def __init__(self, size: int, name: str = "pyxen-ram",
+                 firmware: tuple[tuple[int, int, int], ...] = ()) -> None:
+        """size bytes of RAM; firmware: (gpa, size, E820 type) ranges in the MMIO hole
+        (libxl's ACPI pages), backed by the same memfd after the RAM."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError("guest memory must be a positive number of pages")
         self.size = size
+        total = size + sum(fsize for _, fsize, _ in firmware)
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.ftruncate(self.fd, total)
+        self.map = mmap.mmap(self.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         self.hva = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         low = min(size, LOWMEM_TOP)
         self.regions = [Region(0, low, 0)]
         if size > low:
             self.regions.append(Region(HIGHMEM_BASE, size - low, low))
+        offset = size
+        for gpa, fsize, kind in firmware:
+            if gpa < LOWMEM_TOP or gpa + fsize > HIGHMEM_BASE or gpa % PAGE_SIZE or \
+                    fsize % PAGE_SIZE:
+                raise ValueError(f"firmware range {gpa:#x}+{fsize:#x} is not whole pages "
+                                 "in the MMIO hole")
+            self.regions.append(Region(gpa, fsize, offset, kind))
+            offset += fsize
+        self.regions.sort(key=lambda r: r.gpa)
         self._low_end = low  # regions[0] is [0, low) at offset 0: read()'s fast case
 
     @property
@@ -67,5 +81,5 @@ class GuestMemory:
         self.view[off:off + len(data)] = data
 
     def e820(self) -> list[tuple[int, int, int]]:
-        """(addr, size, type) entries: RAM regions only (type 1)."""
-        return [(r.gpa, r.size, 1) for r in self.regions]
+        """(addr, size, type) entries: RAM (type 1) and firmware ranges (ACPI: 3)."""
+        return [(r.gpa, r.size, r.e820_type) for r in self.regions]

@@ -10,6 +10,7 @@ import sys
 import uuid as uuidlib
 
 from .. import paths
+from ..arch.x86 import acpi
 from ..arch.x86.kvm import HostError, Kvm
 from ..arch.x86.machine import X86Machine, install_kick_handler
 from ..arch.x86.pvh import BuildError, build_pvh
@@ -40,14 +41,16 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
         if mib > host:
             raise BuildError(f"{key} = {mib} MiB is more than this host's {host} MiB of RAM: "
                              f"lower '{key}' in the domain config")
-    mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram")
+    mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
+                      firmware=((acpi.ACPI_INFO_PHYSICAL_ADDRESS,
+                                 acpi.region_size(cfg.max_vcpus), acpi.E820_ACPI),))
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
     d.console = Console()
     machine = X86Machine(d, kvm)
     init_event_services(d, machine.vm.fd)
-    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline)
+    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline, cfg.vcpus, cfg.max_vcpus)
     d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
           f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
     for line in boot.log:

@@ -63,8 +63,30 @@ class kvm_sregs(C.Structure):
     ]
 
 
+class kvm_vcpu_events_exception(C.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8),
+                ("error_code", u32)]
+
+
 class kvm_vcpu_events(C.Structure):
-    _fields_ = [("raw", u8 * 64)]
+    _fields_ = [("exception", kvm_vcpu_events_exception),
+                ("interrupt", u8 * 4), ("nmi", u8 * 4), ("sipi_vector", u32), ("flags", u32),
+                ("smi", u8 * 4), ("triple_fault", u8), ("reserved", u8 * 26),
+                ("exception_has_payload", u8), ("exception_payload", u64)]
+
+
+class kvm_xsave(C.Structure):
+    """The vCPU's XSAVE image (legacy area: MXCSR at 24, MXCSR_MASK at 28, XMM0 at 160;
+    header: XSTATE_BV at 512)."""
+    _fields_ = [("region", u32 * 1024)]
+
+
+class kvm_xcr(C.Structure):
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(C.Structure):
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
 
 
 class kvm_sync_regs(C.Structure):
@@ -192,9 +214,15 @@ KVM_SET_SREGS = _iow(0x84, kvm_sregs)
 KVM_GET_MSRS = _iowr(0x88, kvm_msrs_header)
 KVM_SET_MSRS = _iow(0x89, kvm_msrs_header)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2_header)
+KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2_header)
 KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
 KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
+KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
+KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
+KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 KVM_GET_TSC_KHZ = _io(0xA3)
 KVM_X86_SET_MSR_FILTER = _iow(0xC6, kvm_msr_filter)
 

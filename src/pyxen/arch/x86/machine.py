@@ -20,6 +20,7 @@ from ...hypervisor.hypercall_table import dispatch
 from ...hypervisor.public import errno as E
 from . import kvm_abi as K
 from .cpuid import guest_cpuid
+from .emulate import emulate_instruction
 from .hypercall_page import HYPERCALL_PORT, hypercall_page
 from .kvm import Kvm, KvmError, Vcpu, Vm, _ioctl
 from .msr import XEN_HYPERCALL_MSR, install_msr_filter
@@ -203,12 +204,18 @@ class X86Machine:
             self._crash(v, kv, "triple fault")
         elif reason == K.KVM_EXIT_INTERNAL_ERROR:
             ie = run.u.internal
+            why: str | None = ""
+            if ie.suberror == K.KVM_INTERNAL_ERROR_EMULATION:  # arch/x86/emulate.py
+                why = emulate_instruction(self.domain, v.id, kv)
+                if why is None:
+                    return
             what = {K.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
                     K.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
                     K.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failure"}.get(
                         ie.suberror, f"internal error {ie.suberror}")
             data = " ".join(f"{ie.data[j]:#x}" for j in range(min(ie.ndata, 16)))
-            self._crash(v, kv, f"KVM {what} (data: {data or 'none'})")
+            self._crash(v, kv, f"KVM {what} (data: {data or 'none'})"
+                        + (f"; pyxen cannot emulate it: {why}" if why else ""))
         elif reason == K.KVM_EXIT_FAIL_ENTRY:
             self._crash(v, kv, "VM entry failed (hardware reason "
                         f"{run.u.fail_entry.hardware_entry_failure_reason:#x})")
