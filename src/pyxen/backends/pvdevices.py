@@ -17,7 +17,6 @@ from typing import Any
 from ..hypervisor.public import hvm_op as H
 from .console import PvConsole
 from .xenbus import (
-    FIRST_SPECIAL_SLOT,
     SOCKET_NAME,
     SPECIALPAGE_CONSOLE,
     SPECIALPAGE_XENSTORE,
@@ -72,8 +71,8 @@ class PvDevices:
                                         special_pfn(SPECIALPAGE_CONSOLE))
         self.store_page = SpecialPage(f"pyxen-d{d.domid}-xenstore",
                                       special_pfn(SPECIALPAGE_XENSTORE))
-        self.console_page.map_into(machine.vm, FIRST_SPECIAL_SLOT)
-        self.store_page.map_into(machine.vm, FIRST_SPECIAL_SLOT + 1)
+        for sp, kind in ((self.console_page, "console"), (self.store_page, "xenstore")):
+            d.memory.p2m.map_page(sp.pfn, d.memory.import_page(sp.fd, 0, kind))  # the p2m's
         chans = _event_channels(d, machine)
         self.console_port = self.store_port = 0
         console_end = None

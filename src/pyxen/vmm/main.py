@@ -42,8 +42,9 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
             raise BuildError(f"{key} = {mib} MiB is more than this host's {host} MiB of RAM: "
                              f"lower '{key}' in the domain config")
     mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
-                      firmware=((acpi.ACPI_INFO_PHYSICAL_ADDRESS,
-                                 acpi.region_size(cfg.max_vcpus), acpi.E820_ACPI),))
+                      max_size=cfg.maxmem_mib << 20)
+    mem.add_firmware(acpi.ACPI_INFO_PHYSICAL_ADDRESS, acpi.region_size(cfg.max_vcpus),
+                     acpi.E820_ACPI)
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)

@@ -63,10 +63,9 @@ class X86Machine:
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.create_irqchip()
         install_msr_filter(self.vm)
-        for slot, r in enumerate(domain.memory.regions):
-            self.vm.set_memory_region(slot, r.gpa, r.size, domain.memory.hva + r.offset)
-        self.vcpus: list[Vcpu] = []
         host = kvm.supported_cpuid()
+        self._attach_p2m(domain, host)
+        self.vcpus: list[Vcpu] = []
         for i in range(domain.max_vcpus):
             v = self.vm.create_vcpu(i)
             if i == 0:
@@ -79,6 +78,25 @@ class X86Machine:
         self._tsc_ref = [(v.get_msr(MSR_IA32_TSC), time.monotonic_ns()) for v in self.vcpus]
         self.threads: list[threading.Thread] = []
         domain.platform = self
+
+    # --- memory slots ----------------------------------------------------------------------
+
+    def _attach_p2m(self, domain: Domain, host: list[K.kvm_cpuid_entry2]) -> None:
+        """The p2m (hypervisor/p2m.py) places pages through KVM memory slots; gfns are
+        bounded by the physical address width the guest's CPUID reports."""
+        p2m = domain.memory.p2m
+        phys_bits = next((e.eax & 0xFF for e in host if e.function == 0x80000008), 0)
+        if phys_bits:
+            p2m.max_gfn = (1 << (phys_bits - 12)) - 1
+        try:
+            max_slots = self.kvm.check_extension(K.KVM_CAP_NR_MEMSLOTS)
+        except KvmError:
+            max_slots = 0
+        p2m.attach(self.set_memory_slot, max_slots or 32)
+
+    def set_memory_slot(self, slot: int, gpa: int, size: int, hva: int) -> None:
+        """KVM_SET_USER_MEMORY_REGION; size 0 deletes the slot."""
+        self.vm.set_memory_region(slot, gpa, size, hva if size else 0)
 
     # --- Platform --------------------------------------------------------------------------
 

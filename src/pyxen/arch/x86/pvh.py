@@ -121,8 +121,8 @@ def _load_acpi(mem: GuestMemory, vcpus: int, max_vcpus: int, log: list[str]) -> 
     """libxl__dom_load_acpi: the tables into the ACPI range the domain's memory was given
     (acpi.region_size); the RSDP's address, 0 when the domain has no such range."""
     tables = acpi.build(vcpus, max_vcpus)
-    if not any(r.gpa == tables.base and r.size >= tables.size and
-               r.e820_type == acpi.E820_ACPI for r in mem.regions):
+    if not any(gpa == tables.base and size >= tables.size and kind == acpi.E820_ACPI
+               for gpa, size, kind in mem.e820()):
         return 0
     for gpa, data in tables.blobs:
         mem.write(gpa, data)
