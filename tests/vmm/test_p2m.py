@@ -108,11 +108,11 @@ def test_memory_op_for_a_32bit_caller() -> None:
 
     from pyxen.arch.x86.paging import PagingState, translate
     from pyxen.hypervisor import hypercall as HC
+    from pyxen.hypervisor.hypercall_table import dispatch
     from pyxen.hypervisor.domain import Domain
     from pyxen.hypervisor.guest_access import GuestAccess
     from pyxen.hypervisor.public import memory as M
 
-    HC.load_handlers()
     mem = GuestMemory(4 << 20, name="pyxen-test-compat", max_size=4 << 20)
     d = Domain(domid=3, name="c", memory=mem, max_vcpus=1, max_memory=4 << 20)
     d.pause_count = 0
@@ -122,7 +122,7 @@ def test_memory_op_for_a_32bit_caller() -> None:
         def guest() -> GuestAccess:
             return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w), compat=True)
         ctx = HC.HypercallContext(d, d.vcpus[0], (cmd, arg, 0, 0, 0), guest, long_mode=False)
-        return HC.dispatch(ctx, 12)
+        return dispatch(ctx, 12)
 
     mem.write(0x100000, struct.pack("<III", 0x200, 0x201, 0x202))
     mem.write(0x101000, bytes(M.compat_memory_reservation(
