@@ -13,11 +13,13 @@
  *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
+ *   mode=balloon [out=N]     memory map, shared info moves, ballooning (balloon.c)
  */
 #include "guest.h"
 
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 void pv_idle(void);                                  /* pvdemo.c */
+void balloon_main(const struct hvm_start_info *si);  /* balloon.c */
 void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int domid);
 
 #define MAX_VCPUS 32
@@ -361,6 +363,7 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "misbehave")) misbehave();
     if (streq(mode, "probe")) probe();
     if (streq(mode, "echo")) echo();
+    if (streq(mode, "balloon")) balloon_main(start_info);
     if (streq(mode, "bench")) bench(opt_ul("n", 100000));
     if (streq(mode, "fuzz")) {
         unsigned long seed = opt_ul("seed", 1);

@@ -48,7 +48,7 @@ def test_misbehaving_guest_gets_errors_and_vmm_survives(boot) -> None:
         "pyxen misbehave: hypercall 55 = -38",
         "pyxen misbehave: hypercall 127 = -38",
         "pyxen misbehave: sched_op(99) = -38",
-        "pyxen misbehave: memory_op(set_memory_map) = -1",
+        "pyxen misbehave: memory_op(set_memory_map) = 0",
         "pyxen misbehave: vcpu_op(is_up, 5000) = -2",
         "pyxen misbehave: vcpu_op(initialise, unmapped pointer) = -14",
         "pyxen misbehave: still alive, powering off",

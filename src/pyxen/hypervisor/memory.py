@@ -162,3 +162,7 @@ class GuestMemory:
 
     def allocated_bytes(self) -> int:
         return self.store.allocated_bytes()
+
+    def close(self) -> None:
+        self.view.release()
+        self.store.close()

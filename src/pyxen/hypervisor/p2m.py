@@ -78,6 +78,9 @@ class Page:
     kind: str  # "ram" (a lookup of RAM), "xen" (pool page), "foreign", ...
     gfn: int | None = None  # where it is placed now (a Page has one place at a time)
     owned_fd: bool = False  # fd is a dup() the store closes when the page is freed
+    # Called (under the p2m lock) when the page leaves the physmap without being moved:
+    # replaced by something else, removed, ballooned out. Its owner forgets the gfn.
+    on_unmap: Callable[[Page, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -315,13 +318,21 @@ class P2M:
             raise P2MError(E.EINVAL, f"gfn {gfn:#x} is beyond the guest's physical "
                                      f"address width (max {self.max_gfn:#x})")
 
-    def _clear(self, gfn: int, free_ram: bool = True) -> str | None:
+    def _clear(self, gfn: int, free_ram: bool = True, notify: bool = True) -> str | None:
         """Make gfn a hole; returns what was there ("ram", "page", None).
 
         RAM is freed (punched, no longer counted) or, free_ram=False, kept by the domain
         as an orphan (Xen's remove_from_physmap); a placed page is unhooked, not freed."""
         hit = self._window(gfn)
         page = self.overlay.pop(gfn, None) if hit is not None else self.outside.pop(gfn, None)
+        if page is not None and page.kind == "ram":  # RAM outside the windows
+            self._slot_del(gfn)
+            page.gfn = None
+            self.store.free_page(page)
+            self.nr_ram -= 1
+            if not free_ram:
+                self.orphans += 1
+            return "ram"
         if page is not None:
             page.gfn = None
             if hit is not None:
@@ -332,6 +343,8 @@ class P2M:
                 self._update_fast_end()
             else:
                 self._slot_del(gfn)
+            if notify and page.on_unmap is not None:
+                page.on_unmap(page, gfn)
             return "page"
         if hit is not None and self._pop[hit[1]]:
             w, i = hit
@@ -359,7 +372,7 @@ class P2M:
             if not inside and gfn not in self.outside and self.slots_used() >= self.max_slots:
                 raise P2MError(E.ENOMEM, "no KVM memory slot left for a page outside RAM")
             if page.gfn is not None:
-                self._clear(page.gfn)
+                self._clear(page.gfn, notify=False)  # a move: the old place is a hole
             self._clear(gfn)
             if inside:
                 off = self.window_offset(gfn)
@@ -407,12 +420,7 @@ class P2M:
                     self._update_fast_end()
             else:
                 if gfn in self.outside:  # RAM here already: orphan it
-                    old = self.outside.pop(gfn)
-                    self._slot_del(gfn)
-                    old.gfn = None
-                    self.store.free_page(old)
-                    self.orphans += 1
-                    self.nr_ram -= 1
+                    self._clear(gfn, free_ram=False)
                 if self.slots_used() >= self.max_slots:
                     return False
                 page = self.store.alloc_page("ram")
@@ -427,15 +435,6 @@ class P2M:
         """decrease_reservation of one page: RAM is freed, a placed page unhooked; False
         for a hole (Xen: -EINVAL, the operation stops)."""
         with self.lock:
-            hit = self._window(gfn)
-            page = self.outside.get(gfn) if hit is None else None
-            if page is not None and page.kind == "ram":
-                self.outside.pop(gfn)
-                self._slot_del(gfn)
-                page.gfn = None
-                self.store.free_page(page)
-                self.nr_ram -= 1
-                return True
             return self._clear(gfn) is not None
 
     def move_ram(self, src: int, dst: int) -> int:
