@@ -47,12 +47,13 @@ from pyxen.hypervisor.event_channel import (
     EvtchnHost,
     GuestEventChannels,
 )
-from pyxen.hypervisor.grant_table import GrantTable
+from pyxen.hypervisor.grant_table import GrantTable, grant_to_status_frames
 from pyxen.hypervisor.guest_access import GuestAccess
 from pyxen.hypervisor.hypercall_table import dispatch
 from pyxen.hypervisor.memory import LOWMEM_TOP, PAGE_SIZE, GuestMemory
 from pyxen.hypervisor.public import errno as E
 from pyxen.hypervisor.public import event_channel as EC
+from pyxen.hypervisor.public import grant_table as G
 from pyxen.hypervisor.public import hvm_op as H
 from pyxen.hypervisor.public import xen as X
 from pyxen.hypervisor.public.xen import DOMID_SELF, vcpu_info
@@ -348,11 +349,17 @@ def check_invariants(w: World) -> None:
     if gt is not None:
         with gt.lock:
             assert 1 <= gt.nr_frames <= gt.max_frames
-            assert len(gt.frames) == len(gt.shadows)
-            for gfn, shadow in zip(gt.frames, gt.shadows, strict=True):
-                assert (gfn is None) != (shadow is None)
-                assert gfn is None or mem.is_ram(gfn << 12, PAGE_SIZE)
-            assert not gt.active and not gt.maptrack  # a guest's own copies pin nothing
+            assert len(gt.status) == (grant_to_status_frames(gt.nr_frames)
+                                      if gt.version == 2 else 0)
+            for page in gt.shared.pages + gt.status.pages:  # placed where the p2m says
+                assert page.gfn is None or mem.p2m.lookup(page.gfn) is page
+            assert not gt.maptrack  # no backend here
+            # every pin is one of the guest's own grant mappings (copies pin nothing)
+            pins = Counter((m.ref, bool(m.flags & G.GNTMAP_readonly))
+                           for m in gt.host_maps.entries.values())
+            for ref, act in gt.active.items():
+                assert (act.readers, act.writers) == (pins[(ref, True)], pins[(ref, False)])
+            assert sum(pins.values()) == sum(a.pins for a in gt.active.values())
 
 
 def fuzz(rng: random.Random, calls: int, stats: Counter | None = None) -> World:

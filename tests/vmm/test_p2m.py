@@ -108,9 +108,9 @@ def test_memory_op_for_a_32bit_caller() -> None:
 
     from pyxen.arch.x86.paging import PagingState, translate
     from pyxen.hypervisor import hypercall as HC
-    from pyxen.hypervisor.hypercall_table import dispatch
     from pyxen.hypervisor.domain import Domain
     from pyxen.hypervisor.guest_access import GuestAccess
+    from pyxen.hypervisor.hypercall_table import dispatch
     from pyxen.hypervisor.public import memory as M
 
     mem = GuestMemory(4 << 20, name="pyxen-test-compat", max_size=4 << 20)

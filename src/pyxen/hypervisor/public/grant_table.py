@@ -1,10 +1,29 @@
-"""xen/grant_table.h: v1 grant entries, GTF_* flags, GNTTABOP_* and GNTST_* codes."""
+"""xen/grant_table.h: v1 and v2 grant entries, GTF_* flags, GNTTABOP_* and GNTST_* codes.
+
+Structs whose x86_32 layout differs (a xen_pfn_t or a guest handle inside) have their
+`compat_*` twin right after them; the others are identical for 32-bit guests (Xen's
+CHECK_* list in common/compat/grant_table.c).
+"""
 
 from __future__ import annotations
 
 import ctypes
 
-from . import XenStruct, XenUnion, domid_t, guest_handle, u16, u32, u64, xen_pfn_t
+from . import (
+    XenStruct,
+    XenStruct32,
+    XenUnion,
+    XenUnion32,
+    compat_handle,
+    compat_of,
+    compat_pfn_t,
+    domid_t,
+    guest_handle,
+    u16,
+    u32,
+    u64,
+    xen_pfn_t,
+)
 
 i16 = ctypes.c_int16
 
@@ -75,6 +94,11 @@ GNTST_NAMES = {
 }
 
 XENMAPIDX_grant_table_status = 1 << 31
+GNTTAB_NR_RESERVED_ENTRIES = 8
+
+GNTTAB_CACHE_CLEAN = 1 << 0
+GNTTAB_CACHE_INVAL = 1 << 1
+GNTTAB_CACHE_SOURCE_GREF = 1 << 31
 
 
 class grant_entry_v1(XenStruct):
@@ -85,6 +109,45 @@ class grant_entry_v1(XenStruct):
 
 GRANT_ENTRY_V1_SIZE = 8
 ENTRIES_PER_FRAME_V1 = 4096 // GRANT_ENTRY_V1_SIZE
+
+
+class grant_entry_header(XenStruct):
+    _xen_c_type_ = "struct grant_entry_header"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("flags", u16), ("domid", domid_t)]
+
+
+class grant_entry_v2_full_page(XenStruct):
+    _fields_ = [("hdr", grant_entry_header), ("pad0", u32), ("frame", u64)]
+
+
+class grant_entry_v2_sub_page(XenStruct):
+    _fields_ = [("hdr", grant_entry_header), ("page_off", u16), ("length", u16),
+                ("frame", u64)]
+
+
+class grant_entry_v2_transitive(XenStruct):
+    _fields_ = [("hdr", grant_entry_header), ("trans_domid", domid_t), ("pad0", u16),
+                ("gref", grant_ref_t)]
+
+
+class grant_entry_v2(XenUnion):
+    """16 bytes in both ABIs (its u64 members sit at offset 8)."""
+
+    _xen_c_type_ = "union grant_entry_v2"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("hdr", grant_entry_header), ("full_page", grant_entry_v2_full_page),
+                ("sub_page", grant_entry_v2_sub_page),
+                ("transitive", grant_entry_v2_transitive), ("__spacer", u32 * 4)]
+
+
+grant_status_t = u16
+GRANT_ENTRY_V2_SIZE = 16
+ENTRIES_PER_FRAME_V2 = 4096 // GRANT_ENTRY_V2_SIZE
+STATUS_PER_FRAME = 4096 // 2  # grant_status_t
+# v2 entry offsets: header (flags, domid) at 0; sub_page page_off/length at 4/6,
+# transitive trans_domid at 4 and gref at 8; full_page/sub_page frame at 8.
+V2_PAGE_OFF, V2_LENGTH, V2_TRANS_DOMID, V2_FRAME, V2_TRANS_GREF = 4, 6, 4, 8, 8
 
 
 class gnttab_map_grant_ref(XenStruct):
@@ -105,7 +168,13 @@ class gnttab_setup_table(XenStruct):
     _xen_c_type_ = "struct gnttab_setup_table"
     _xen_header_ = "xen/grant_table.h"
     _fields_ = [("dom", domid_t), ("nr_frames", u32), ("status", i16),
-                ("frame_list", guest_handle)]
+                ("frame_list", guest_handle)]  # xen_pfn_t[]: 4-byte elements in compat
+
+
+@compat_of(gnttab_setup_table)
+class compat_gnttab_setup_table(XenStruct32):
+    _fields_ = [("dom", domid_t), ("nr_frames", u32), ("status", i16),
+                ("frame_list", compat_handle)]
 
 
 class gnttab_copy_ptr_u(XenUnion):
@@ -118,11 +187,26 @@ class gnttab_copy_ptr(XenStruct):
     _fields_ = [("u", gnttab_copy_ptr_u), ("domid", domid_t), ("offset", u16)]
 
 
+class compat_gnttab_copy_ptr_u(XenUnion32):
+    _fields_ = [("ref", grant_ref_t), ("gmfn", compat_pfn_t)]
+
+
+@compat_of(gnttab_copy_ptr)
+class compat_gnttab_copy_ptr(XenStruct32):
+    _fields_ = [("u", compat_gnttab_copy_ptr_u), ("domid", domid_t), ("offset", u16)]
+
+
 class gnttab_copy(XenStruct):
     _xen_c_type_ = "struct gnttab_copy"
     _xen_header_ = "xen/grant_table.h"
     _fields_ = [("source", gnttab_copy_ptr), ("dest", gnttab_copy_ptr), ("len", u16),
                 ("flags", u16), ("status", i16)]
+
+
+@compat_of(gnttab_copy)
+class compat_gnttab_copy(XenStruct32):
+    _fields_ = [("source", compat_gnttab_copy_ptr), ("dest", compat_gnttab_copy_ptr),
+                ("len", u16), ("flags", u16), ("status", i16)]
 
 
 class gnttab_query_size(XenStruct):
@@ -142,3 +226,54 @@ class gnttab_get_version(XenStruct):
     _xen_c_type_ = "struct gnttab_get_version"
     _xen_header_ = "xen/grant_table.h"
     _fields_ = [("dom", domid_t), ("pad", u16), ("version", u32)]
+
+
+class gnttab_get_status_frames(XenStruct):
+    _xen_c_type_ = "struct gnttab_get_status_frames"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("nr_frames", u32), ("dom", domid_t), ("status", i16),
+                ("frame_list", guest_handle)]  # uint64_t[] in both ABIs
+
+
+@compat_of(gnttab_get_status_frames)
+class compat_gnttab_get_status_frames(XenStruct32):
+    _fields_ = [("nr_frames", u32), ("dom", domid_t), ("status", i16),
+                ("frame_list", compat_handle)]
+
+
+class gnttab_transfer(XenStruct):
+    _xen_c_type_ = "struct gnttab_transfer"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("mfn", xen_pfn_t), ("domid", domid_t), ("ref", grant_ref_t),
+                ("status", i16)]
+
+
+@compat_of(gnttab_transfer)
+class compat_gnttab_transfer(XenStruct32):
+    _fields_ = [("mfn", compat_pfn_t), ("domid", domid_t), ("ref", grant_ref_t),
+                ("status", i16)]
+
+
+class gnttab_unmap_and_replace(XenStruct):
+    _xen_c_type_ = "struct gnttab_unmap_and_replace"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("host_addr", u64), ("new_addr", u64), ("handle", grant_handle_t),
+                ("status", i16)]
+
+
+class gnttab_swap_grant_ref(XenStruct):
+    _xen_c_type_ = "struct gnttab_swap_grant_ref"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("ref_a", grant_ref_t), ("ref_b", grant_ref_t), ("status", i16)]
+
+
+class gnttab_cache_flush_a(XenUnion):
+    _fields_ = [("dev_bus_addr", u64), ("ref", grant_ref_t)]
+
+
+class gnttab_cache_flush(XenStruct):
+    """Same offsets and size in both ABIs (the union's u64 is at offset 0)."""
+
+    _xen_c_type_ = "struct gnttab_cache_flush"
+    _xen_header_ = "xen/grant_table.h"
+    _fields_ = [("a", gnttab_cache_flush_a), ("offset", u16), ("length", u16), ("op", u32)]
