@@ -83,15 +83,118 @@ void evtchn_set_handler(evtchn_port_t port, evtchn_handler_t fn)
     if (port < EVTCHN_2L_NR_CHANNELS) handlers[port] = fn;
 }
 
-/* Xen's 2-level protocol, guest side: clear upcall_pending, take pending_sel, then every
- * pending & ~mask bit of each selected word, clearing each before its handler runs. */
+/* --- FIFO ABI ------------------------------------------------------------------------ */
+
+int evtchn_fifo;
+uint8_t evtchn_fifo_link_bits;
+static uint8_t fifo_cb_page[FIFO_MAX_VCPUS][4096] __attribute__((aligned(4096)));
+static event_word_t fifo_array[1024] __attribute__((aligned(4096)));
+static char fifo_spare[4096] __attribute__((aligned(4096)));
+static uint32_t fifo_head[FIFO_MAX_VCPUS][EVTCHN_FIFO_MAX_QUEUES];  /* our copies of HEAD */
+
+#define FIFO_BIT(b) ((event_word_t)1 << (b))
+
+long evtchn_init_control(uint32_t vcpu, uint64_t gfn, uint32_t offset)
+{
+    struct evtchn_init_control a = { .control_gfn = gfn, .offset = offset, .vcpu = vcpu };
+    long rc = event_channel_op(EVTCHNOP_init_control, &a);
+    if (!rc) evtchn_fifo_link_bits = a.link_bits;
+    return rc;
+}
+
+long evtchn_expand_array(uint64_t gfn)
+{ struct evtchn_expand_array a = { .array_gfn = gfn }; return event_channel_op(EVTCHNOP_expand_array, &a); }
+
+long evtchn_set_priority(evtchn_port_t port, uint32_t priority)
+{
+    struct evtchn_set_priority a = { .port = port, .priority = priority };
+    return event_channel_op(EVTCHNOP_set_priority, &a);
+}
+
+uint64_t evtchn_fifo_spare_gfn(void) { return (uint64_t)fifo_spare >> 12; }
+
+long evtchn_fifo_init_vcpu(unsigned int vcpu)
+{
+    if (vcpu >= FIFO_MAX_VCPUS) return -XEN_EINVAL;
+    memset(fifo_cb_page[vcpu], 0, 4096);
+    memset(fifo_head[vcpu], 0, sizeof(fifo_head[vcpu]));
+    return evtchn_init_control(vcpu, (uint64_t)fifo_cb_page[vcpu] >> 12, 0);
+}
+
+long evtchn_fifo_init(void)
+{
+    long rc = evtchn_fifo_init_vcpu(0);
+    if (rc) return rc;
+    memset(fifo_array, 0, sizeof(fifo_array));
+    evtchn_fifo = 1;  /* from here on the upcall consumes queues */
+    return evtchn_expand_array((uint64_t)fifo_array >> 12);
+}
+
+static event_word_t *fifo_word(evtchn_port_t port) { return &fifo_array[port % 1024]; }
+
+/* Unlink the head: clear LINKED and LINK together; the old LINK is the next head. */
+static uint32_t fifo_clear_linked(event_word_t *word)
+{
+    event_word_t w = __atomic_load_n(word, __ATOMIC_SEQ_CST), new;
+    do {
+        new = w & ~(FIFO_BIT(EVTCHN_FIFO_LINKED) | EVTCHN_FIFO_LINK_MASK);
+    } while (!__atomic_compare_exchange_n(word, &w, new, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+    return w & EVTCHN_FIFO_LINK_MASK;
+}
+
+/* Linux's consume_one_event: take the head of queue q; when it links nowhere the queue is
+ * empty (clear our READY copy); handle it if still pending and unmasked. */
+static void fifo_consume_one(unsigned int cpu, struct evtchn_fifo_control_block *cb,
+                             unsigned int q, uint32_t *ready)
+{
+    uint32_t head = fifo_head[cpu][q];
+    if (!head) head = __atomic_load_n(&cb->head[q], __ATOMIC_SEQ_CST);
+    evtchn_port_t port = head;
+    event_word_t *word = fifo_word(port);
+    head = fifo_clear_linked(word);
+    if (!head) *ready &= ~(1u << q);
+    event_word_t w = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    if ((w & FIFO_BIT(EVTCHN_FIFO_PENDING)) && !(w & FIFO_BIT(EVTCHN_FIFO_MASKED))) {
+        __atomic_fetch_and(word, ~FIFO_BIT(EVTCHN_FIFO_PENDING), __ATOMIC_SEQ_CST);
+        if (port < EVTCHN_2L_NR_CHANNELS && handlers[port]) handlers[port](port);
+    }
+    fifo_head[cpu][q] = head;
+}
+
+/* Highest priority (lowest number) first, READY re-read after each event. */
+static void fifo_handle_events(unsigned int cpu)
+{
+    struct evtchn_fifo_control_block *cb = (void *)fifo_cb_page[cpu];
+    uint32_t ready = __atomic_exchange_n(&cb->ready, 0, __ATOMIC_SEQ_CST);
+    while (ready) {
+        fifo_consume_one(cpu, cb, __builtin_ctz(ready), &ready);
+        ready |= __atomic_exchange_n(&cb->ready, 0, __ATOMIC_SEQ_CST);
+    }
+}
+
+long evtchn_reset(void)
+{
+    struct evtchn_reset r = { .dom = DOMID_SELF };
+    long rc = event_channel_op(EVTCHNOP_reset, &r);
+    if (!rc) evtchn_fifo = 0;
+    return rc;
+}
+
+/* The upcall. 2-level: clear upcall_pending, take pending_sel, then every pending & ~mask
+ * bit of each selected word, clearing each before its handler runs. FIFO: the queues. */
 void evtchn_do_upcall(void)
 {
-    struct vcpu_info *vi = &shared->vcpu_info[this_cpu()];
+    unsigned int cpu = this_cpu();
+    struct vcpu_info *vi = &shared->vcpu_info[cpu];
     __atomic_fetch_add(&upcalls, 1, __ATOMIC_SEQ_CST);
     lapic_eoi();
     do {
         vi->evtchn_upcall_pending = 0;
+        if (evtchn_fifo) {
+            if (cpu < FIFO_MAX_VCPUS) fifo_handle_events(cpu);
+            continue;
+        }
         unsigned long sel = __atomic_exchange_n(&vi->evtchn_pending_sel, 0, __ATOMIC_SEQ_CST);
         while (sel) {
             unsigned int w = __builtin_ctzl(sel);
@@ -147,12 +250,29 @@ long evtchn_unmask(evtchn_port_t port)
 { struct evtchn_unmask a = { .port = port }; return event_channel_op(EVTCHNOP_unmask, &a); }
 
 void evtchn_mask(evtchn_port_t port)
-{ __atomic_fetch_or(&shared->evtchn_mask[port / 64], 1UL << (port % 64), __ATOMIC_SEQ_CST); }
+{
+    if (evtchn_fifo)
+        __atomic_fetch_or(fifo_word(port), FIFO_BIT(EVTCHN_FIFO_MASKED), __ATOMIC_SEQ_CST);
+    else
+        __atomic_fetch_or(&shared->evtchn_mask[port / 64], 1UL << (port % 64), __ATOMIC_SEQ_CST);
+}
 
 int evtchn_test_and_clear(evtchn_port_t port)
 {
+    if (evtchn_fifo) {
+        event_word_t bit = FIFO_BIT(EVTCHN_FIFO_PENDING);
+        return !!(__atomic_fetch_and(fifo_word(port), ~bit, __ATOMIC_SEQ_CST) & bit);
+    }
     unsigned long bit = 1UL << (port % 64);
     return !!(__atomic_fetch_and(&shared->evtchn_pending[port / 64], ~bit, __ATOMIC_SEQ_CST) & bit);
+}
+
+int evtchn_is_pending(evtchn_port_t port)
+{
+    if (evtchn_fifo)
+        return !!(__atomic_load_n(fifo_word(port), __ATOMIC_SEQ_CST) & FIFO_BIT(EVTCHN_FIFO_PENDING));
+    return !!(__atomic_load_n(&shared->evtchn_pending[port / 64], __ATOMIC_SEQ_CST) &
+              (1UL << (port % 64)));
 }
 
 long evtchn_poll(evtchn_port_t port, uint64_t timeout_abs_ns)

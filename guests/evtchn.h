@@ -1,7 +1,8 @@
 /*
- * Event channels (2-level ABI), grant tables (v1), Xen system time and upcall delivery for
- * the freestanding test guests: the client side of pyxen's hypervisor/event_channel.py
- * and grant_table.py, written as a Xen guest writes it.
+ * Event channels (2-level and FIFO ABIs), grant tables (v1), Xen system time and upcall
+ * delivery for the freestanding test guests: the client side of pyxen's
+ * hypervisor/event_channel.py, event_2l.py, event_fifo.py and grant_table.py, written as
+ * a Xen guest (Linux's drivers/xen/events) writes it.
  */
 #ifndef PYXEN_EVTCHN_H
 #define PYXEN_EVTCHN_H
@@ -52,6 +53,19 @@ long evtchn_unmask(evtchn_port_t port);
 void evtchn_mask(evtchn_port_t port);
 int evtchn_test_and_clear(evtchn_port_t port); /* pending bit */
 long evtchn_poll(evtchn_port_t port, uint64_t timeout_abs_ns); /* SCHEDOP_poll, 1 port */
+int evtchn_is_pending(evtchn_port_t port);
+long evtchn_reset(void);                      /* EVTCHNOP_reset of DOMID_SELF: back to 2-level */
+
+/* --- FIFO ABI: per-vCPU control blocks, one event array page (ports 0..1023) --------- */
+#define FIFO_MAX_VCPUS 2
+extern int evtchn_fifo;                       /* 1: delivery is FIFO (upcall consumes queues) */
+extern uint8_t evtchn_fifo_link_bits;
+long evtchn_init_control(uint32_t vcpu, uint64_t gfn, uint32_t offset);  /* the raw op */
+long evtchn_expand_array(uint64_t gfn);
+long evtchn_set_priority(evtchn_port_t port, uint32_t priority);
+long evtchn_fifo_init(void);                  /* vCPU 0's control block + the first page */
+long evtchn_fifo_init_vcpu(unsigned int vcpu);/* another vCPU's control block */
+uint64_t evtchn_fifo_spare_gfn(void);         /* a page to hand over in error tests */
 
 /* --- grant tables (v1) ------------------------------------------------------------- */
 extern grant_entry_v1_t *gnttab;

@@ -2,11 +2,19 @@
  * pyxen's event channel / timer / grant table test guest (a PVH kernel, like hello.c).
  * Its command line chooses what it does; every result is one console line the tests read.
  *
- *   mode=timer period=NS ticks=N via=percpu|callback wait=block|hlt
+ *   mode=timer period=NS ticks=N via=percpu|callback wait=block|hlt [abi=fifo]
  *       VIRQ_TIMER from a periodic timer, counted in the upcall handler; then single-shot
- *   mode=loopback n=N end=poweroff|idle
+ *   mode=loopback n=N end=poweroff|idle [abi=fifo]
  *       grants a page to dom0, and drives pyxen's loopback backend through it (echo,
- *       the backend's grant checks, a notification round-trip benchmark)
+ *       the backend's grant checks, a notification round-trip benchmark); with the FIFO
+ *       ABI every notification from the backend is taken from the queue by the upcall
+ *   mode=fifo
+ *       the FIFO ABI: Xen's errors, pending events carried over from 2-level, delivery
+ *       order by priority (and by arrival within one), the event array limit, reset
+ *   mode=latch
+ *       the shared info layout Xen latches from the vCPU's mode: 32-bit after start.S
+ *       wrote the hypercall page MSR in 32-bit protected mode (kmain does not write it
+ *       again in this mode), 64-bit after HVM_PARAM_CALLBACK_IRQ is set in long mode
  *   mode=hostile
  *       event channel and grant table calls that Xen refuses, with the error codes
  *   mode=debugkey
@@ -72,6 +80,28 @@ static void fail(const char *what, long rc)
     shutdown(SHUTDOWN_crash);
 }
 
+/* abi=fifo on the command line: switch to the FIFO ABI now (before binding anything). */
+static void abi_init(void)
+{
+    char abi[16] = "2l";
+    opt("abi", abi, sizeof(abi));
+    if (!streq(abi, "fifo")) return;
+    long rc = evtchn_fifo_init();
+    if (rc) fail("FIFO init", rc);
+    printk("evtchn: FIFO ABI, link_bits %u\n", evtchn_fifo_link_bits);
+}
+
+/* Wait, interrupts off, until *count reaches target: sleep in SCHEDOP_poll until the port
+ * is pending, then let the upcall that is on its way run (sti; hlt). */
+static void wait_upcalls(volatile unsigned long *count, unsigned long target,
+                         evtchn_port_t port)
+{
+    while (*count < target) {
+        if (!evtchn_is_pending(port)) evtchn_poll(port, 0);
+        else asm volatile("sti; hlt; cli" ::: "memory");
+    }
+}
+
 /* --- mode=timer ----------------------------------------------------------------------- */
 
 static volatile unsigned long ticks, tick_target;
@@ -92,6 +122,7 @@ static void ipi_test(void)
 {
     evtchn_port_t port;
     long rc = start_vcpu1();
+    if (!rc && evtchn_fifo) rc = evtchn_fifo_init_vcpu(1);
     if (!rc) rc = evtchn_upcall_percpu(1, UPCALL_VECTOR);
     if (!rc) rc = evtchn_bind_ipi(1, &port);
     if (rc) fail("vcpu 1 / ipi", rc);
@@ -116,6 +147,7 @@ static void timer_mode(void)
     rc = streq(via, "callback") ? evtchn_upcall_callback(UPCALL_VECTOR)
                                 : evtchn_upcall_percpu(0, UPCALL_VECTOR);
     if (rc) fail("upcall vector", rc);
+    abi_init();
     if ((rc = evtchn_bind_virq(VIRQ_TIMER, 0, &port))) fail("bind_virq", rc);
     evtchn_set_handler(port, on_timer);
     upcalls = 0;
@@ -175,12 +207,16 @@ static void timer_mode(void)
 static struct loopback_page req __attribute__((aligned(4096)));
 static char other_page[4096] __attribute__((aligned(4096)));
 static evtchn_port_t lb_port;
+static volatile unsigned long lb_events;   /* FIFO: backend notifications taken */
+static unsigned long lb_expected;
+static void on_lb(evtchn_port_t port) { (void)port; lb_events++; }
 
 static int32_t request(uint32_t cmd, uint32_t a0, uint32_t a1, uint32_t a2)
 {
     req.cmd = cmd; req.arg0 = a0; req.arg1 = a1; req.arg2 = a2; req.status = 0x7777;
     __atomic_store_n(&req.seq, req.seq + 1, __ATOMIC_SEQ_CST);
     evtchn_send(lb_port);
+    if (evtchn_fifo) wait_upcalls(&lb_events, ++lb_expected, lb_port);  /* one per reply */
     while (__atomic_load_n(&req.done, __ATOMIC_SEQ_CST) != req.seq)
         if (!evtchn_test_and_clear(lb_port)) evtchn_poll(lb_port, 0);
     return req.status;
@@ -194,10 +230,17 @@ static void loopback_mode(void)
     long rc;
     if ((rc = shared_info_map())) fail("shared info", rc);
     if ((rc = gnttab_map_table())) fail("grant table", rc);
+    abi_init();
+    if (evtchn_fifo) {
+        lapic_enable();
+        if ((rc = evtchn_upcall_percpu(0, UPCALL_VECTOR))) fail("upcall vector", rc);
+    }
     gnttab_grant_access(REQ_REF, 0, (uint64_t)&req >> 12, 0);
     if ((rc = evtchn_alloc_unbound(0, &lb_port))) fail("alloc_unbound", rc);
+    evtchn_set_handler(lb_port, on_lb);
     printk("loopback: port=%u gref=%u\n", lb_port, REQ_REF);
-    while (!evtchn_test_and_clear(lb_port)) evtchn_poll(lb_port, 0);  /* backend's hello */
+    if (evtchn_fifo) wait_upcalls(&lb_events, ++lb_expected, lb_port);  /* backend's hello */
+    else while (!evtchn_test_and_clear(lb_port)) evtchn_poll(lb_port, 0);
     printk("loopback: connected, request page flags %x\n", gnttab[REQ_REF].flags);
 
     const char *msg = "ping from the guest";
@@ -244,6 +287,8 @@ static void loopback_mode(void)
     uint64_t t2 = rdtsc();
     printk("loopback: bench n=%lu exit_cycles=%lu rtt_cycles=%lu tsc_khz=%u\n", n,
            (t1 - t0) / n, (t2 - t1) / n, tsc_khz);
+    if (evtchn_fifo)
+        printk("loopback: fifo events=%lu expected=%lu\n", lb_events, lb_expected);
     if (streq(end, "idle")) {
         printk("loopback: idle\n");
         for (;;) sched_op(SCHEDOP_block, NULL);
@@ -306,8 +351,10 @@ static void hostile_mode(void)
     SHOW("bind_ipi vcpu 9", evtchn_bind_ipi(9, &q));
     struct evtchn_bind_vcpu bv = { .port = p, .vcpu = 9 };
     SHOW("bind_vcpu vcpu 9", event_channel_op(EVTCHNOP_bind_vcpu, &bv));
-    struct evtchn_init_control ic = { .control_gfn = 0x1000 };
-    SHOW("fifo init_control", event_channel_op(EVTCHNOP_init_control, &ic));
+    /* FIFO calls that fail leave the domain on 2-level (checked by what follows) */
+    SHOW("fifo set_priority on 2-level", evtchn_set_priority(p, 3));
+    SHOW("fifo expand_array on 2-level", evtchn_expand_array(evtchn_fifo_spare_gfn()));
+    SHOW("fifo init_control not ram", evtchn_init_control(0, 0xfffffffUL, 0));
     SHOW("poll out of range", evtchn_poll(5000, 0));
     SHOW("evtchn bad pointer", event_channel_op(EVTCHNOP_send, (void *)0xdead0000000UL));
     evtchn_bind_ipi(0, &p);
@@ -367,6 +414,160 @@ static void hostile_mode(void)
     shutdown(SHUTDOWN_poweroff);
 }
 
+/* --- mode=fifo ------------------------------------------------------------------------- */
+
+static evtchn_port_t fifo_seen[16];
+static volatile unsigned long fifo_events;
+static void on_fifo(evtchn_port_t port)
+{
+    if (fifo_events < 16) fifo_seen[fifo_events] = port;
+    fifo_events++;
+}
+
+#define SHOWF(name, expr) printk("fifo: %s = %ld\n", name, (long)(expr))
+
+static void fifo_mode(void)
+{
+    long rc;
+    evtchn_port_t early, p[4], q;
+    uint64_t spare = evtchn_fifo_spare_gfn();
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    lapic_enable();
+    if ((rc = evtchn_upcall_percpu(0, UPCALL_VECTOR))) fail("upcall vector", rc);
+
+    /* Still 2-level: raise a port (interrupts are off: the upcall waits in the LAPIC). */
+    if ((rc = evtchn_bind_ipi(0, &early))) fail("bind_ipi", rc);
+    evtchn_set_handler(early, on_fifo);
+    evtchn_send(early);
+    SHOWF("2-level pending before the switch", evtchn_is_pending(early));
+
+    /* init_control's checks, in Xen's order; none of these switches ABI */
+    SHOWF("init_control vcpu 9", evtchn_init_control(9, spare, 0));
+    SHOWF("init_control offset beyond page", evtchn_init_control(0, spare, 4096 - 64));
+    SHOWF("init_control offset unaligned", evtchn_init_control(0, spare, 4));
+    SHOWF("init_control not ram", evtchn_init_control(0, 0xfffffffUL, 0));
+    SHOWF("set_priority before init", evtchn_set_priority(early, 3));
+    SHOWF("expand_array before init", evtchn_expand_array(spare));
+
+    rc = evtchn_fifo_init();
+    printk("fifo: init = %ld link_bits %u\n", rc, evtchn_fifo_link_bits);
+    if (rc) fail("FIFO init", rc);
+    SHOWF("init_control again", evtchn_init_control(0, spare, 0));
+    SHOWF("init_control vcpu 1 not ram", evtchn_init_control(1, 0xfffffffUL, 0));
+
+    /* The event raised under 2-level arrives from the FIFO queue. */
+    wait_upcalls(&fifo_events, 1, early);
+    printk("fifo: carried over %s\n", fifo_seen[0] == early ? "ok" : "WRONG PORT");
+
+    /* Priorities: queue 3 before 7 before 9; within 7, arrival order (not port order). */
+    for (int i = 0; i < 4; i++) {
+        if ((rc = evtchn_bind_ipi(0, &p[i]))) fail("bind_ipi", rc);
+        evtchn_set_handler(p[i], on_fifo);
+    }
+    SHOWF("set_priority 9", evtchn_set_priority(p[0], 9));
+    SHOWF("set_priority 3", evtchn_set_priority(p[2], 3));
+    SHOWF("set_priority 16", evtchn_set_priority(p[1], 16));
+    SHOWF("set_priority bad port", evtchn_set_priority(5000, 3));
+    fifo_events = 0;
+    evtchn_send(p[3]);   /* priority 7 */
+    evtchn_send(p[0]);   /* 9 */
+    evtchn_send(p[1]);   /* 7 */
+    evtchn_send(p[2]);   /* 3 */
+    wait_upcalls(&fifo_events, 4, p[2]);
+    char order[32];
+    int n = 0;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            if (fifo_seen[i] == p[j]) n += snprintf(order + n, sizeof(order) - n, "p%d ", j);
+    printk("fifo: delivery order %s\n", order);
+
+    /* A masked event is held (pending, not queued) until EVTCHNOP_unmask. */
+    fifo_events = 0;
+    evtchn_mask(p[1]);
+    evtchn_send(p[1]);
+    asm volatile("sti; nop; nop; cli" ::: "memory");
+    SHOWF("masked: delivered", fifo_events);
+    SHOWF("masked: pending", evtchn_is_pending(p[1]));
+    SHOWF("unmask", evtchn_unmask(p[1]));
+    wait_upcalls(&fifo_events, 1, p[1]);
+    SHOWF("unmasked: delivered", fifo_events);
+
+    /* Ports beyond the one array page need more pages: up to 128 pages (131072 ports). */
+    SHOWF("expand_array not ram", evtchn_expand_array(0xfffffffUL));
+    long ok = 0;
+    for (int i = 1; i < 128; i++) ok += evtchn_expand_array(spare) == 0;
+    SHOWF("expand_array to 128 pages", ok);
+    SHOWF("expand_array page 129", evtchn_expand_array(spare));
+
+    /* EVTCHNOP_reset closes everything and goes back to 2-level. */
+    SHOWF("reset", evtchn_reset());
+    SHOWF("set_priority after reset", evtchn_set_priority(early, 3));
+    if ((rc = evtchn_bind_ipi(0, &q))) fail("bind_ipi after reset", rc);
+    evtchn_send(q);
+    SHOWF("2-level again: pending", evtchn_is_pending(q));
+    printk("fifo: done\n");
+    shutdown(SHUTDOWN_poweroff);
+}
+
+/* --- mode=latch ------------------------------------------------------------------------ */
+
+/* A 32-bit guest's shared_info (Xen's x86_32 layout), seen from this 64-bit guest. */
+struct vcpu_info32 {
+    uint8_t evtchn_upcall_pending, evtchn_upcall_mask;
+    uint16_t pad;
+    uint32_t evtchn_pending_sel;
+    uint32_t arch[6];
+    struct vcpu_time_info time;
+};
+struct shared_info32 {
+    struct vcpu_info32 vcpu_info[XEN_LEGACY_MAX_VCPUS];
+    uint32_t evtchn_pending[32], evtchn_mask[32];
+    uint32_t wc_version, wc_sec, wc_nsec;
+    uint32_t arch[6];
+    uint32_t wc_sec_hi;  /* arch_shared_info.wc_sec_hi on x86_32 */
+};
+_Static_assert(sizeof(struct vcpu_info32) == 64, "x86_32 vcpu_info");
+_Static_assert(offsetof(struct shared_info32, wc_version) == 2304, "x86_32 shared_info");
+_Static_assert(offsetof(struct shared_info32, wc_sec_hi) == 2340, "x86_32 shared_info");
+
+static evtchn_port_t bind_ipis_up_to(evtchn_port_t want)
+{
+    evtchn_port_t p = 0;
+    long rc;
+    while (p < want)
+        if ((rc = evtchn_bind_ipi(0, &p))) fail("bind_ipi", rc);
+    return p;
+}
+
+static void latch_mode(void)
+{
+    long rc;
+    if ((rc = shared_info_map())) fail("shared info", rc);
+    volatile struct shared_info32 *s32 = (void *)shared;
+    volatile struct shared_info *s64 = shared;
+    printk("latch: 32-bit wallclock version %u sec_ok %d; 64-bit wallclock version %u\n",
+           s32->wc_version, s32->wc_sec > 1600000000u, s64->wc_version);
+    /* selector bit 0 stands for ports 0-31, which the console and xenstore backends may
+     * raise at any time: port 33's is bit 1 of a 32-bit word (bit 0 of a 64-bit one) */
+    evtchn_port_t p = bind_ipis_up_to(33);
+    unsigned before = (s32->vcpu_info[0].evtchn_pending_sel >> 1) & 1;
+    evtchn_send(p);
+    printk("latch: port %u pending %d selector bit 1 %u -> %u upcall %u; 64-bit selector %lx\n",
+           p, !!(s32->evtchn_pending[p / 32] & (1u << (p % 32))), before,
+           (s32->vcpu_info[0].evtchn_pending_sel >> 1) & 1,
+           s32->vcpu_info[0].evtchn_upcall_pending, s64->vcpu_info[0].evtchn_pending_sel);
+    rc = evtchn_upcall_callback(UPCALL_VECTOR);  /* from long mode: 64-bit from now on */
+    printk("latch: callback from 64-bit mode = %ld; 64-bit wallclock version %u sec_ok %d\n",
+           rc, s64->wc_version, s64->wc_sec > 1600000000u);
+    s64->vcpu_info[0].evtchn_upcall_pending = 0;
+    p = bind_ipis_up_to(65);
+    evtchn_send(p);
+    printk("latch: port %u selector bit 1 %lu upcall %u\n", p,
+           (s64->vcpu_info[0].evtchn_pending_sel >> 1) & 1,
+           s64->vcpu_info[0].evtchn_upcall_pending);
+    shutdown(SHUTDOWN_poweroff);
+}
+
 /* --- mode=debugkey --------------------------------------------------------------------- */
 
 static volatile unsigned long debug_virqs;
@@ -403,18 +604,21 @@ void kmain(uint32_t start_info_paddr)
     xen_base = find_xen_leaves();
     if (!xen_base) for (;;) asm volatile("cli; hlt");
     uint32_t a, b, c, d;
+    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
+    cmdline_load(si->cmdline_paddr);
+    if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
     cpuid(xen_base + 2, &a, &b, &c, &d);
-    wrmsr(b, (uint64_t)hypercall_page);
+    if (!streq(mode, "latch"))  /* the page is there already: start.S wrote it in 32-bit mode */
+        wrmsr(b, (uint64_t)hypercall_page);
     cpuid(xen_base + 3, &a, &b, &c, &d);
     tsc_khz = c;
     cpuid(xen_base + 4, &a, &b, &c, &d);
     domid = (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
-    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
-    cmdline_load(si->cmdline_paddr);
     printk("evtchn test: domain %u, command line \"%s\"\n", domid, cmdline);
-    if (!opt("mode", mode, sizeof(mode))) mode[0] = 0;
     if (streq(mode, "timer")) timer_mode();
     if (streq(mode, "loopback")) loopback_mode();
+    if (streq(mode, "fifo")) fifo_mode();
+    if (streq(mode, "latch")) latch_mode();
     if (streq(mode, "hostile")) hostile_mode();
     if (streq(mode, "debugkey")) debugkey_mode();
     printk("evtchn test: unknown mode \"%s\"\n", mode);

@@ -10,9 +10,6 @@ import pytest
 from pyxen.hypervisor import atomic
 from pyxen.hypervisor.domain import Domain
 from pyxen.hypervisor.event_channel import (
-    PENDING_OFF,
-    PENDING_SEL_OFF,
-    UPCALL_PENDING_OFF,
     BackendEventChannels,
     EvtchnError,
     EvtchnHost,
@@ -23,9 +20,11 @@ from pyxen.hypervisor.memory import GuestMemory
 from pyxen.hypervisor.public import errno as E
 from pyxen.hypervisor.public import event_channel as EC
 from pyxen.hypervisor.public import grant_table as G
-from pyxen.hypervisor.public.xen import DOMID_SELF, shared_info
+from pyxen.hypervisor.public.xen import DOMID_SELF
+from pyxen.hypervisor.shared_info import NATIVE
 
-MASK_OFF = shared_info.evtchn_mask.offset
+PENDING_OFF, MASK_OFF = NATIVE.pending_off, NATIVE.mask_off
+PENDING_SEL_OFF, UPCALL_PENDING_OFF = NATIVE.pending_sel_off, NATIVE.upcall_pending_off
 
 
 @pytest.fixture
@@ -317,3 +316,242 @@ def test_rearming_timers_does_not_grow_the_heap(dom: Domain) -> None:
         timers.set_singleshot(0, far + i)
     assert len(timers.queue._heap) < 300
     timers.destroy()
+
+
+# --- 2-level on a 32-bit guest's shared_info ------------------------------------------------
+
+
+def test_two_level_on_a_32bit_shared_info(setup, dom: Domain) -> None:
+    """has_32bit_shinfo: 32-bit words, so port 33's selector bit is 1 (not 0) in a 32-bit
+    evtchn_pending_sel at offset 4; the mask bitmap starts 128 bytes after the pending
+    one; 1024 ports. Read back through the ctypes twin of the 32-bit layout."""
+    from pyxen.hypervisor.public.xen import compat_shared_info
+    from pyxen.hypervisor.shared_info import COMPAT, map_shared_info
+
+    _, ev, _, injected = setup
+    dom.evtchn = ev
+    dom.has_32bit_shinfo = True
+    map_shared_info(dom, 0x10)
+    ev.callback_vector = 0xF3
+    ports = [ev.bind_ipi(1) for _ in range(40)]
+    assert ports[32] == 33
+    ev.send(33)
+    si = compat_shared_info.from_address(ev.shared_info_addr())
+    assert si.evtchn_pending[1] == 1 << 1  # port 33 = word 1, bit 1
+    assert si.vcpu_info[1].evtchn_pending_sel == 1 << 1
+    assert si.vcpu_info[1].evtchn_upcall_pending == 1 and injected == [(1, 0xF3)]
+    assert si.vcpu_info[1].arch.cr2 == 0  # where a 64-bit selector word would have gone
+    # a masked port: pending, no selector bit; unmask delivers it
+    si.evtchn_mask[1] |= 1 << 4  # port 36
+    ev.send(36)
+    assert si.evtchn_pending[1] & (1 << 4)
+    si.vcpu_info[1].evtchn_pending_sel = 0
+    si.vcpu_info[1].evtchn_upcall_pending = 0
+    ev.unmask_port(36)
+    assert si.vcpu_info[1].evtchn_pending_sel == 1 << 1 and injected[-1] == (1, 0xF3)
+    assert ev.is_pending(36) and atomic.test_bit(ev.shared_info_addr() + COMPAT.pending_off, 36)
+    # register_vcpu_info's "everything pending" is a 32-bit word here
+    ev.vcpu_info_moved(0)
+    assert si.vcpu_info[0].evtchn_pending_sel == 0xFFFFFFFF and si.vcpu_info[0].arch.cr2 == 0
+    assert ev.max_evtchns() == EC.EVTCHN_2L_NR_CHANNELS_COMPAT
+
+
+def test_32bit_shared_info_port_limit(dom: Domain) -> None:
+    dom.has_32bit_shinfo = True
+    ev = GuestEventChannels(EvtchnHost(), dom, max_port=5000)
+    for _ in range(1023):
+        ev.bind_ipi(0)
+    with pytest.raises(EvtchnError) as e:
+        ev.bind_ipi(0)
+    assert e.value.errno == E.ENOSPC
+    assert len(ev.ports) == 1024
+
+
+def test_wallclock_follows_the_latched_layout(dom: Domain) -> None:
+    """hvm_latch_shinfo_size: the wallclock is written where the layout has it (32-bit:
+    wc_sec_hi in arch_shared_info), each time the layout is latched."""
+    import time
+
+    from pyxen.hypervisor.public.xen import compat_shared_info, shared_info
+    from pyxen.hypervisor.shared_info import latch_shinfo_size, map_shared_info
+
+    map_shared_info(dom, 0x20)
+    addr = dom.memory.hva + 0x20000
+    native = shared_info.from_address(addr)
+    assert native.wc_version == 2 and abs(native.wc_sec - time.time()) < 600
+    latch_shinfo_size(dom, long_mode=False)
+    compat = compat_shared_info.from_address(addr)
+    assert dom.has_32bit_shinfo
+    assert compat.wc_version == 2 and abs(compat.wc_sec - time.time()) < 600
+    assert compat.arch.wc_sec_hi == 0 and compat.wc_nsec < 10**9
+    latch_shinfo_size(dom, long_mode=True)
+    assert not dom.has_32bit_shinfo and native.wc_version == 4
+
+
+# --- FIFO ----------------------------------------------------------------------------------
+
+CB_GFN, ARRAY_GFN = 0x100, 0x101
+
+
+@pytest.fixture
+def fifo(setup, dom: Domain):
+    from pyxen.hypervisor.event_fifo import EvtchnFifo
+
+    _, ev, _, injected = setup
+    dom.evtchn = ev
+    ev.vstate[0].upcall_vector = 0xF3
+    assert ev.init_control(0, CB_GFN, 8) == EC.EVTCHN_FIFO_LINK_BITS
+    ev.expand_array(ARRAY_GFN)
+    assert isinstance(ev.abi, EvtchnFifo)
+    return ev, injected
+
+
+def word(dom: Domain, port: int) -> int:
+    return int.from_bytes(dom.memory.read((ARRAY_GFN << 12) + 4 * port, 4), "little")
+
+
+def set_word(dom: Domain, port: int, value: int) -> None:
+    dom.memory.write((ARRAY_GFN << 12) + 4 * port, value.to_bytes(4, "little"))
+
+
+def control_block(dom: Domain) -> EC.evtchn_fifo_control_block:
+    return EC.evtchn_fifo_control_block.from_buffer_copy(
+        dom.memory.read((CB_GFN << 12) + 8, ctypes.sizeof(EC.evtchn_fifo_control_block)))
+
+
+P, M, L, B = (1 << 31), (1 << 30), (1 << 29), (1 << 28)
+
+
+def test_fifo_links_a_queue_in_arrival_order(fifo, dom: Domain) -> None:
+    ev, injected = fifo
+    a, b, c = ev.bind_ipi(0), ev.bind_ipi(0), ev.bind_ipi(0)
+    for p in (c, a, b):
+        ev.send(p)
+    cb = control_block(dom)
+    assert cb.head[7] == c and cb.ready == 1 << 7
+    assert word(dom, c) == P | L | a and word(dom, a) == P | L | b and word(dom, b) == P | L
+    assert injected == [(0, 0xF3)]  # one upcall: READY went 0 -> 1 once
+    ev.send(a)  # already pending and linked: nothing changes
+    assert word(dom, a) == P | L | b and injected == [(0, 0xF3)]
+    # another priority: its own queue and READY bit
+    ev.set_priority(a, 3)
+    d = ev.bind_ipi(0)
+    ev.set_priority(d, 3)
+    ev.send(d)
+    assert control_block(dom).head[3] == d and control_block(dom).ready == (1 << 7) | (1 << 3)
+    with pytest.raises(EvtchnError) as e:
+        ev.set_priority(d, 16)
+    assert e.value.errno == E.EINVAL
+
+
+def test_fifo_guest_emptied_queue_gets_a_new_head(fifo, dom: Domain) -> None:
+    """The guest consumed the tail (cleared LINKED): the next event cannot be linked
+    behind it, so it becomes the head and READY is raised again."""
+    ev, injected = fifo
+    a, b = ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    set_word(dom, a, 0)  # the guest took it: unlinked and handled
+    dom.memory.write((CB_GFN << 12) + 8, b"\0\0\0\0")  # READY cleared by the guest
+    ctypes.c_uint8.from_address(ev.vcpu_info_addr(0)).value = 0  # upcall_pending
+    ev.send(b)
+    assert control_block(dom).head[7] == b and word(dom, a) == 0 and word(dom, b) == P | L
+    assert len(injected) == 2
+
+
+def test_fifo_relinks_against_a_racing_guest(fifo, dom: Domain, monkeypatch) -> None:
+    """The guest changes the tail word between Xen's read and cmpxchg (here: masks it):
+    the link is retried with BUSY held, and lands with the guest's change kept."""
+    from pyxen.hypervisor import event_fifo
+
+    ev, _ = fifo
+    a, b = ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    real = atomic.cmpxchg32
+    seen: list[int] = []
+
+    def racing(addr: int, old: int, new: int) -> int:
+        if not seen:
+            set_word(dom, a, word(dom, a) | M)  # the guest wins the first race
+        seen.append(atomic.read_u32(addr))
+        return real(addr, old, new)
+
+    monkeypatch.setattr(event_fifo.atomic, "cmpxchg32", racing)
+    ev.send(b)
+    assert len(seen) == 2 and seen[1] & B  # second try with BUSY set
+    assert word(dom, a) == P | M | L | b  # linked, masked kept, BUSY released
+
+
+def test_fifo_priority_change_leaves_the_old_queue_empty(fifo, dom: Domain) -> None:
+    """A port that was the tail of queue 7 and moves to queue 3 must stop being queue 7's
+    tail, or the next event of queue 7 would be linked into queue 3."""
+    ev, _ = fifo
+    a, b = ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    set_word(dom, a, 0)  # consumed
+    ev.set_priority(a, 3)
+    ev.send(a)
+    ev.send(b)
+    cb = control_block(dom)
+    assert cb.head[3] == a and cb.head[7] == b and word(dom, a) == P | L
+
+
+def test_fifo_carries_2level_pending_over(setup, dom: Domain) -> None:
+    """Ports pending under 2-level stay pending across init_control and are linked once
+    the event array page holding their word arrives."""
+    _, ev, _, injected = setup
+    dom.evtchn = ev
+    a, b = ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    ev.init_control(0, CB_GFN, 8)
+    assert not ev.is_pending(a)  # no event word yet
+    ev.send(b)  # remembered too
+    ev.expand_array(ARRAY_GFN)
+    assert word(dom, a) == P | L | b and word(dom, b) == P | L
+    assert control_block(dom).head[7] == a
+
+
+def test_fifo_without_control_block_and_busy_ports(fifo, dom: Domain) -> None:
+    ev, _ = fifo
+    p = ev.bind_ipi(1)  # vCPU 1 has no control block: pending, never queued
+    ev.send(p)
+    assert word(dom, p) == P and ev.abi.warnings == 1
+    q = ev.bind_ipi(0)
+    ev.send(q)
+    ev.close(q)  # closed while still LINKED: not reused until the guest unlinks it
+    assert word(dom, q) == L
+    r = ev.bind_ipi(0)
+    assert r != q
+    set_word(dom, q, 0)
+    ev.close(r)
+    assert ev.bind_ipi(0) == q
+
+
+def test_fifo_init_control_errors_leave_2level(setup, dom: Domain) -> None:
+    from pyxen.hypervisor.event_2l import EvtchnTwoLevel
+
+    _, ev, _, _ = setup
+    for vid, gfn, off, errno in ((2, CB_GFN, 0, E.ENOENT), (0, CB_GFN, 4096 - 64, E.EINVAL),
+                                 (0, CB_GFN, 4, E.EINVAL), (0, 1 << 40, 0, E.EINVAL)):
+        with pytest.raises(EvtchnError) as e:
+            ev.init_control(vid, gfn, off)
+        assert e.value.errno == errno
+    assert isinstance(ev.abi, EvtchnTwoLevel)
+    with pytest.raises(EvtchnError) as e:
+        ev.expand_array(ARRAY_GFN)
+    assert e.value.errno == E.EOPNOTSUPP
+
+
+def test_debug_key_e_shows_the_fifo_state(fifo, dom: Domain) -> None:
+    """domain_dump_evtchn_info with FIFO: [p/m/ BUSY flag, LINK or '-' ] per port."""
+    from pyxen.hypervisor.keyhandler import dump_evtchn
+
+    ev, _ = fifo
+    a, b, c = ev.bind_ipi(0), ev.bind_ipi(0), ev.bind_ipi(0)
+    ev.send(a)
+    ev.send(b)
+    set_word(dom, c, M)  # masked by the guest: pending, never linked
+    ev.send(c)
+    lines = dump_evtchn(dom)
+    assert f"    {a:4d} [1/0/  {b:<4d}]: s=6 n=0 x=0" in lines
+    assert f"    {b:4d} [1/0/  0   ]: s=6 n=0 x=0" in lines  # the tail links nowhere
+    assert f"    {c:4d} [1/1/  -   ]: s=6 n=0 x=0" in lines

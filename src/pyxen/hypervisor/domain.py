@@ -66,6 +66,7 @@ class Domain:
         self.platform: Platform | None = None
         self.hvm_params: dict[int, int] = {}
         self.shared_info_gpa: int | None = None
+        self.has_32bit_shinfo = False  # shared_info/vcpu_info layout (shared_info.py)
         self.unknown_hypercalls: Counter[int] = Counter()
         self.created_ns = time.monotonic_ns()
         self.console: Any = None  # hypervisor.console.Console

@@ -1,12 +1,16 @@
-"""Event channels, 2-level ABI (xen/event_channel.h; Xen's common/event_channel.c and
-event_2l.c): per-domain port tables, interdomain/VIRQ/IPI bindings, the pending/mask bits
-in shared_info and the upcall to the vCPU.
+"""Event channels (xen/event_channel.h; Xen's common/event_channel.c): per-domain port
+tables, interdomain/VIRQ/IPI bindings, the EVTCHNOP dispatcher and the upcall to the vCPU.
+
+How a raised port shows up in guest memory is the domain's delivery ABI
+(event_port_ops.py): 2-level bits in shared_info (event_2l.py) until the guest asks for
+FIFO queues with EVTCHNOP_init_control (event_fifo.py). Both end in the same upcall
+(`mark_events_pending` -> `assert_upcall` -> the injector).
 
 Every domain that lives in this process has a port table in one `EvtchnHost` (one lock for
 all of them, so an interdomain bind or close updates both ends atomically). A guest's
-table (`GuestEventChannels`) delivers by setting bits in its shared_info/vcpu_info in
-Xen's order and injecting the upcall vector; dom0's table (`BackendEventChannels`) is
-where pyxen's backends live: each dom0 port is a `BackendPort` with an eventfd to wait on.
+table (`GuestEventChannels`) delivers through its ABI and injects the upcall vector; dom0's
+table (`BackendEventChannels`) is where pyxen's backends live: each dom0 port is a
+`BackendPort` with an eventfd to wait on.
 Errors are raised as `EvtchnError(errno)`; the hypercall handler returns them negated.
 """
 
@@ -21,16 +25,33 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import atomic
+from .event_2l import EvtchnTwoLevel
+from .event_fifo import CONTROL_BLOCK_SIZE, EvtchnFifo
+from .event_port_ops import (
+    ECS_FREE,
+    ECS_INTERDOMAIN,
+    ECS_IPI,
+    ECS_PIRQ,
+    ECS_RESERVED,
+    ECS_UNBOUND,
+    ECS_VIRQ,
+    Channel,
+    EvtchnError,
+    EvtchnPortOps,
+)
 from .public import errno as E
 from .public import event_channel as EC
-from .public.xen import DOMID_SELF, XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
+from .public.xen import DOMID_SELF, XEN_LEGACY_MAX_VCPUS
+from .shared_info import shinfo_layout
 from .xsm import XsmDenied, xsm_target
 
 if TYPE_CHECKING:
     from .domain import VCPU, Domain
 
-# Port states (Xen's ECS_*).
-ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
+__all__ = ["ECS_FREE", "ECS_INTERDOMAIN", "ECS_IPI", "ECS_PIRQ", "ECS_RESERVED",
+           "ECS_UNBOUND", "ECS_VIRQ", "BackendEventChannels", "BackendPort", "Channel",
+           "EvtchnError", "EvtchnHost", "GuestEventChannels", "Injector"]
+
 STATUS_OF = {ECS_FREE: EC.EVTCHNSTAT_closed, ECS_RESERVED: EC.EVTCHNSTAT_closed,
              ECS_UNBOUND: EC.EVTCHNSTAT_unbound, ECS_INTERDOMAIN: EC.EVTCHNSTAT_interdomain,
              ECS_PIRQ: EC.EVTCHNSTAT_pirq, ECS_VIRQ: EC.EVTCHNSTAT_virq,
@@ -38,30 +59,7 @@ STATUS_OF = {ECS_FREE: EC.EVTCHNSTAT_closed, ECS_RESERVED: EC.EVTCHNSTAT_closed,
 
 BUCKET = 64  # ports become valid 64 at a time, as Xen allocates buckets
 DEFAULT_MAX_PORT = 1023  # libxl's default max_event_channels
-BITS_PER_WORD = 64
-
-PENDING_OFF = shared_info.evtchn_pending.offset
-MASK_OFF = shared_info.evtchn_mask.offset
-UPCALL_PENDING_OFF = vcpu_info.evtchn_upcall_pending.offset
-PENDING_SEL_OFF = vcpu_info.evtchn_pending_sel.offset
-VCPU_INFO_SIZE = ctypes.sizeof(vcpu_info)
-
-
-class EvtchnError(Exception):
-    """A Xen error for the caller: `errno` is positive, hypercalls return -errno."""
-
-    def __init__(self, errno: int, why: str = "") -> None:
-        super().__init__(why or os.strerror(errno))
-        self.errno = errno
-
-
-@dataclass
-class Channel:
-    state: int = ECS_FREE
-    notify_vcpu: int = 0
-    remote_domid: int = 0  # ECS_UNBOUND: who may bind; ECS_INTERDOMAIN: the peer
-    remote_port: int = 0
-    virq: int = 0
+PAGE = 4096
 
 
 class EvtchnHost:
@@ -85,7 +83,7 @@ class EventChannels:
                  nr_vcpus: int = 1) -> None:
         self.host = host
         self.domid = domid
-        self.max_port = min(max_port, EC.EVTCHN_2L_NR_CHANNELS - 1)
+        self.max_port = max_port  # the toolstack's limit (Xen's max_evtchn_port)
         self.nr_vcpus = nr_vcpus
         self.ports: list[Channel] = [Channel() for _ in range(BUCKET)]
         self.ports[0].state = ECS_RESERVED  # port 0 is never allocated
@@ -95,6 +93,10 @@ class EventChannels:
             host.tables[domid] = self
 
     # --- delivery (per kind of domain) -------------------------------------------------------
+
+    def max_evtchns(self) -> int:
+        """Ports the delivery ABI can address."""
+        return EC.EVTCHN_2L_NR_CHANNELS
 
     def set_pending(self, port: int, vcpu: int) -> None:
         raise NotImplementedError
@@ -107,6 +109,15 @@ class EventChannels:
 
     def is_pending(self, port: int) -> bool:
         raise NotImplementedError
+
+    def is_busy(self, port: int) -> bool:
+        return False
+
+    def init_port(self, port: int) -> None:
+        """evtchn_port_init: a port was just bound."""
+
+    def set_port_priority(self, port: int, priority: int) -> None:
+        raise EvtchnError(E.ENOSYS, "no priorities here")
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -126,14 +137,23 @@ class EventChannels:
         return self.domid if domid == DOMID_SELF else domid
 
     def get_free_port(self) -> int:
+        """The lowest free port that is not still on a (FIFO) queue; the table grows a
+        bucket at a time up to min(max_port, what the ABI addresses)."""
+        limit = min(self.max_port, self.max_evtchns() - 1)
         for p in range(1, len(self.ports)):
-            if self.ports[p].state == ECS_FREE:
+            if p > limit:
+                break
+            if self.ports[p].state == ECS_FREE and not self.is_busy(p):
                 return p
         p = len(self.ports)
-        if p > self.max_port:
+        if p > limit:
             raise EvtchnError(E.ENOSPC, "no free event channel")
-        self.ports.extend(Channel() for _ in range(min(BUCKET, self.max_port + 1 - p)))
+        self.ports.extend(Channel() for _ in range(min(BUCKET, limit + 1 - p)))
         return p
+
+    def _bound(self, port: int) -> int:
+        self.init_port(port)
+        return port
 
     def _free(self, port: int) -> None:
         """evtchn_free: the port is FREE again and not pending (re-binding starts clean)."""
@@ -147,7 +167,7 @@ class EventChannels:
             port = self.get_free_port()
             ch = self.ports[port]
             ch.state, ch.remote_domid = ECS_UNBOUND, self._resolve(remote_dom)
-            return port
+            return self._bound(port)
 
     def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
         with self.host.lock:
@@ -162,6 +182,7 @@ class EventChannels:
             lch = self.ports[lport]
             lch.state, lch.remote_domid, lch.remote_port = ECS_INTERDOMAIN, rd.domid, remote_port
             rch.state, rch.remote_domid, rch.remote_port = ECS_INTERDOMAIN, self.domid, lport
+            self.init_port(lport)
             # Notifications sent to the remote while unbound are lost: Xen conservatively
             # marks the new local port pending.
             self.set_pending(lport, lch.notify_vcpu)
@@ -180,7 +201,7 @@ class EventChannels:
             ch = self.ports[port]
             ch.state, ch.virq, ch.notify_vcpu = ECS_VIRQ, virq, vcpu
             self.virq_to_port[(vcpu, virq)] = port
-            return port
+            return self._bound(port)
 
     def bind_ipi(self, vcpu: int) -> int:
         with self.host.lock:
@@ -188,7 +209,7 @@ class EventChannels:
             port = self.get_free_port()
             ch = self.ports[port]
             ch.state, ch.notify_vcpu = ECS_IPI, vcpu
-            return port
+            return self._bound(port)
 
     def close(self, port: int) -> None:
         with self.host.lock:
@@ -257,6 +278,14 @@ class EventChannels:
                 raise EvtchnError(E.EINVAL, f"port {port} out of range")
             self.unmask(port)
 
+    def set_priority(self, port: int, priority: int) -> None:
+        """EVTCHNOP_set_priority: any valid port (Xen checks no state); the ABI decides
+        (2-level: -ENOSYS, FIFO: 0..15)."""
+        with self.host.lock:
+            if not self.valid(port):
+                raise EvtchnError(E.EINVAL, f"port {port} out of range")
+            self.set_port_priority(port, priority)
+
     def reset(self) -> None:
         """EVTCHNOP_reset / domain destruction: close every port."""
         with self.host.lock:
@@ -286,7 +315,7 @@ class EventChannels:
             return True
 
 
-# --- a guest's table: the 2-level bit protocol ----------------------------------------------
+# --- a guest's table: delivery through its ABI, the upcall ---------------------------------------
 
 
 def _hva(memory: object, gpa: int, n: int) -> int:
@@ -303,19 +332,19 @@ class VcpuEvtchn:
 
     upcall_vector: int = 0  # HVMOP_set_evtchn_upcall_vector
     poll: int | None = None  # None: not polling; -1: any port; else the one port polled
-    dummy_info: ctypes.Array = field(
-        default_factory=lambda: ctypes.create_string_buffer(VCPU_INFO_SIZE))
+    dummy_info: ctypes.Array = field(default_factory=lambda: ctypes.create_string_buffer(64))
 
 
 Injector = Callable[[int, int], None]  # (vcpu_id, vector): KVM_SIGNAL_MSI to that vCPU
 
 
 class GuestEventChannels(EventChannels):
-    """A guest's ports: delivery through shared_info / vcpu_info and an upcall vector.
+    """A guest's ports: delivery through its ABI (2-level or FIFO) and an upcall vector.
 
     Before the guest maps its shared_info page, events land in a private copy of it (Xen's
     shared_info exists from domain creation); mapping it with XENMAPSPACE_shared_info
-    (shared_info.py) copies it into the guest.
+    (shared_info.py) copies it into the guest. The page's layout (64- or 32-bit) is the
+    domain's `has_32bit_shinfo` (shared_info.py).
     """
 
     def __init__(self, host: EvtchnHost, domain: Domain, inject: Injector | None = None,
@@ -323,9 +352,10 @@ class GuestEventChannels(EventChannels):
         super().__init__(host, domain.domid, max_port, domain.max_vcpus)
         self.domain = domain
         self.inject = inject
-        self.shadow = ctypes.create_string_buffer(4096)
+        self.shadow = ctypes.create_string_buffer(PAGE)
         self.vstate = [VcpuEvtchn() for _ in range(domain.max_vcpus)]
         self.callback_vector = 0  # HVM_PARAM_CALLBACK_IRQ, type vector
+        self.abi: EvtchnPortOps = EvtchnTwoLevel(self)
 
     # --- where the bits live ---------------------------------------------------------------
 
@@ -333,53 +363,102 @@ class GuestEventChannels(EventChannels):
         gpa = self.domain.shared_info_gpa
         if gpa is None:
             return ctypes.addressof(self.shadow)
-        return _hva(self.domain.memory, gpa, 4096)
+        return _hva(self.domain.memory, gpa, PAGE)
 
     def vcpu_info_addr(self, vid: int) -> int:
         v = self.domain.vcpus[vid]
+        size = shinfo_layout(self.domain).vcpu_info_size
         if v.vcpu_info_gpa is not None:
-            return _hva(self.domain.memory, v.vcpu_info_gpa, VCPU_INFO_SIZE)
+            return _hva(self.domain.memory, v.vcpu_info_gpa, size)
         if vid < XEN_LEGACY_MAX_VCPUS:
-            return self.shared_info_addr() + vid * VCPU_INFO_SIZE
+            return self.shared_info_addr() + vid * size
         return ctypes.addressof(self.vstate[vid].dummy_info)
 
     def shadow_contents(self) -> bytes:
         """What the guest's new shared_info page must start with (events so far)."""
         return self.shadow.raw
 
-    # --- event_2l.c --------------------------------------------------------------------------
+    # --- the delivery ABI ------------------------------------------------------------------
+
+    def max_evtchns(self) -> int:
+        return self.abi.max_ports()
 
     def set_pending(self, port: int, vcpu: int) -> None:
-        si = self.shared_info_addr()
-        if atomic.test_and_set_bit(si + PENDING_OFF, port):
-            return
-        if (not atomic.test_bit(si + MASK_OFF, port)
-                and not atomic.test_and_set_bit(self.vcpu_info_addr(vcpu) + PENDING_SEL_OFF,
-                                                port // BITS_PER_WORD)):
-            self.mark_events_pending(vcpu)
-        self.check_pollers(port)
+        self.abi.set_pending(port, self.ports[port], vcpu)
 
     def clear_pending(self, port: int) -> None:
-        atomic.test_and_clear_bit(self.shared_info_addr() + PENDING_OFF, port)
+        self.abi.clear_pending(port, self.ports[port])
 
     def is_pending(self, port: int) -> bool:
-        return atomic.test_bit(self.shared_info_addr() + PENDING_OFF, port)
+        return self.abi.is_pending(port)
+
+    def is_masked(self, port: int) -> bool:
+        return self.abi.is_masked(port)
+
+    def is_busy(self, port: int) -> bool:
+        return self.abi.is_busy(port)
 
     def unmask(self, port: int) -> None:
-        si = self.shared_info_addr()
-        vcpu = self.ports[port].notify_vcpu
-        if (atomic.test_and_clear_bit(si + MASK_OFF, port)
-                and atomic.test_bit(si + PENDING_OFF, port)
-                and not atomic.test_and_set_bit(self.vcpu_info_addr(vcpu) + PENDING_SEL_OFF,
-                                                port // BITS_PER_WORD)):
-            self.mark_events_pending(vcpu)
+        self.abi.unmask(port, self.ports[port])
+
+    def init_port(self, port: int) -> None:
+        self.abi.init_port(port, self.ports[port])
+
+    def set_port_priority(self, port: int, priority: int) -> None:
+        self.abi.set_priority(port, self.ports[port], priority)
+
+    @property
+    def fifo(self) -> EvtchnFifo | None:
+        return self.abi if isinstance(self.abi, EvtchnFifo) else None
+
+    def init_control(self, vid: int, gfn: int, offset: int) -> int:
+        """EVTCHNOP_init_control: vCPU vid's FIFO control block at gfn:offset; the first
+        one switches the domain to FIFO (bound ports keep their pending state). Returns
+        the LINK width for the guest (link_bits)."""
+        with self.host.lock:
+            self._check_vcpu(vid)
+            if offset > PAGE - CONTROL_BLOCK_SIZE:
+                raise EvtchnError(E.EINVAL, "the control block crosses a page boundary")
+            if offset & 7:
+                raise EvtchnError(E.EINVAL, "the control block is not 8-byte aligned")
+            fifo = self.fifo
+            if fifo is not None:
+                fifo.map_control_block(vid, gfn, offset)
+            else:
+                fifo = EvtchnFifo(self)
+                fifo.map_control_block(vid, gfn, offset)  # fails: still 2-level
+                prev = [(p, self.abi.is_pending(p))
+                        for p in range(1, min(len(self.ports), self.abi.max_ports()))]
+                self.abi = fifo
+                fifo.carry_over(prev)
+            return EC.EVTCHN_FIFO_LINK_BITS
+
+    def expand_array(self, gfn: int) -> None:
+        """EVTCHNOP_expand_array: one more page of event words."""
+        with self.host.lock:
+            fifo = self.fifo
+            if fifo is None:
+                raise EvtchnError(E.EOPNOTSUPP, "not using the FIFO ABI")
+            fifo.expand_array(gfn)
+
+    def reset(self) -> None:
+        """EVTCHNOP_reset also drops the FIFO control blocks and event array: the domain
+        is back on 2-level (as Xen, for the guest's own reset)."""
+        with self.host.lock:
+            super().reset()
+            if self.fifo is not None:
+                self.abi = EvtchnTwoLevel(self)
+
+    # --- the upcall ---------------------------------------------------------------------------
 
     def upcall_pending(self, vid: int) -> bool:
-        return atomic.test_bit(self.vcpu_info_addr(vid) + UPCALL_PENDING_OFF, 0)
+        off = shinfo_layout(self.domain).upcall_pending_off
+        return atomic.test_bit(self.vcpu_info_addr(vid) + off, 0)
 
     def mark_events_pending(self, vid: int) -> None:
         """vcpu_mark_events_pending: on the 0 -> 1 edge of evtchn_upcall_pending only."""
-        if atomic.test_and_set_bit(self.vcpu_info_addr(vid) + UPCALL_PENDING_OFF, 0):
+        off = shinfo_layout(self.domain).upcall_pending_off
+        if atomic.test_and_set_bit(self.vcpu_info_addr(vid) + off, 0):
             return
         self.assert_upcall(vid)
 
@@ -397,9 +476,10 @@ class GuestEventChannels(EventChannels):
     def vcpu_info_moved(self, vid: int) -> None:
         """After VCPUOP_register_vcpu_info, as Xen's map_vcpu_info: mark everything
         pending so nothing raised meanwhile is lost, and assert the upcall."""
+        lay = shinfo_layout(self.domain)
         addr = self.vcpu_info_addr(vid)
-        ctypes.c_uint64.from_address(addr + PENDING_SEL_OFF).value = (1 << 64) - 1
-        ctypes.c_uint8.from_address(addr + UPCALL_PENDING_OFF).value = 1
+        ctypes.memset(addr + lay.pending_sel_off, 0xFF, lay.word_bits // 8)
+        ctypes.c_uint8.from_address(addr + lay.upcall_pending_off).value = 1
         self.assert_upcall(vid)
 
     def check_pollers(self, port: int) -> None:
@@ -609,8 +689,17 @@ def evtchn_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
             ev.reset()
         elif cmd == EC.EVTCHNOP_bind_pirq:
             return -E.EINVAL  # a PVH domU has no physical IRQs (nr_pirqs = 0)
+        elif cmd == EC.EVTCHNOP_init_control:
+            ic = g.read_struct(arg, EC.evtchn_init_control)
+            ic.link_bits = ev.init_control(ic.vcpu, ic.control_gfn, ic.offset)
+            g.write_struct(arg, ic)
+        elif cmd == EC.EVTCHNOP_expand_array:
+            ev.expand_array(g.read_struct(arg, EC.evtchn_expand_array).array_gfn)
+        elif cmd == EC.EVTCHNOP_set_priority:
+            sp = g.read_struct(arg, EC.evtchn_set_priority)
+            ev.set_priority(sp.port, sp.priority)
         else:
-            return -E.ENOSYS  # FIFO ABI (init_control, expand_array, set_priority): 2L only
+            return -E.ENOSYS
     except EvtchnError as e:
         return -e.errno
     return 0
@@ -642,12 +731,13 @@ def block(d: Domain, v: VCPU, irq_on: bool = True) -> None:
 def poll(d: Domain, v: VCPU, ports: list[int], timeout_ns: int | None,
          irq_on: bool = True) -> int:
     """SCHEDOP_poll: 0 once one of `ports` is pending, an event needs delivery (with the
-    guest's interrupts on), or the timeout (None: none) passes; -EINVAL for a port beyond
-    the 2-level ABI."""
+    guest's interrupts on), or the timeout (None: none) passes; -EINVAL for a port not
+    in the domain's table (Xen's port_is_valid: allocated 64 at a time)."""
     ev = guest_evtchn(d)
     if ev is not None and irq_on and ev.events_need_delivery(v.id):
         return 0
-    if any(p >= EC.EVTCHN_2L_NR_CHANNELS for p in ports):
+    if any(not (0 <= p < EC.EVTCHN_2L_NR_CHANNELS if ev is None else ev.valid(p))
+           for p in ports):
         return -E.EINVAL
     if ev is None:
         d.block(v, timeout_ns)

@@ -7,6 +7,7 @@ from .hypercall import HypercallContext
 from .public import errno as E
 from .public import hvm_op as H
 from .public.hvm_op_evtchn import HVMOP_set_evtchn_upcall_vector, xen_hvm_evtchn_upcall_vector
+from .shared_info import latch_shinfo_size
 from .xsm import target_error
 
 # What Xen's hvm_allow_{get,set}_param let a guest do to its own parameters.
@@ -40,6 +41,8 @@ def do_hvm_op(ctx: HypercallContext) -> int:
     params[p.index] = p.value
     if p.index == H.HVM_PARAM_CALLBACK_IRQ and ctx.domain.evtchn is not None:
         ctx.domain.evtchn.set_callback_via(p.value)
+    if p.index == H.HVM_PARAM_CALLBACK_IRQ:
+        latch_shinfo_size(ctx.domain, ctx.long_mode)  # Xen's hvm_latch_shinfo_size
     return 0
 
 

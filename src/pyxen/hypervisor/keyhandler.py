@@ -16,18 +16,9 @@ import ctypes
 import threading
 from typing import TYPE_CHECKING, Any
 
-from . import atomic
-from .event_channel import (
-    BITS_PER_WORD,
-    ECS_FREE,
-    ECS_INTERDOMAIN,
-    ECS_UNBOUND,
-    ECS_VIRQ,
-    MASK_OFF,
-    PENDING_SEL_OFF,
-)
+from .event_channel import ECS_FREE, ECS_INTERDOMAIN, ECS_UNBOUND, ECS_VIRQ
 from .public.event_channel import VIRQ_DEBUG
-from .public.xen import vcpu_info
+from .shared_info import shinfo_layout
 
 if TYPE_CHECKING:
     from .domain import VCPU, Domain
@@ -44,8 +35,6 @@ KEYS: dict[str, tuple[str, bool]] = {
 VPF_BLOCKED = 1 << 0
 VPF_DOWN = 1 << 1
 
-_UPCALL_MASK_OFF = vcpu_info.evtchn_upcall_mask.offset
-_UPCALL_PENDING_OFF = vcpu_info.evtchn_upcall_pending.offset
 _PAGE = 4096
 
 
@@ -85,8 +74,9 @@ def _vcpu_info_bytes(d: Domain, vid: int) -> tuple[int, int]:
         addr = ev.vcpu_info_addr(vid)
     except Exception:  # a vcpu_info the guest placed badly: nothing to show
         return 0, 0
-    return (ctypes.c_uint8.from_address(addr + _UPCALL_PENDING_OFF).value,
-            ctypes.c_uint8.from_address(addr + _UPCALL_MASK_OFF).value)
+    lay = shinfo_layout(d)
+    return (ctypes.c_uint8.from_address(addr + lay.upcall_pending_off).value,
+            ctypes.c_uint8.from_address(addr + lay.upcall_mask_off).value)
 
 
 def dump_domain(d: Domain) -> list[str]:
@@ -140,7 +130,8 @@ def notify_debug(d: Domain) -> list[str]:
 
 
 def dump_evtchn(d: Domain) -> list[str]:
-    """'e': domain_dump_evtchn_info, 2-level: [pending/masked/selector bit] per port."""
+    """'e': domain_dump_evtchn_info: [pending/masked/ABI state] per port, the ABI state
+    being the selector bit (2-level) or BUSY and LINK (FIFO: "B 12  ", "  -   ")."""
     ev = d.evtchn
     if ev is None:
         return [f"Event channel information for domain {d.domid}:", "Polling vCPUs: {}"]
@@ -148,15 +139,12 @@ def dump_evtchn(d: Domain) -> list[str]:
         polling = [i for i, st in enumerate(ev.vstate) if st.poll is not None]
         lines = [f"Event channel information for domain {d.domid}:",
                  f"Polling vCPUs: {{{cpulist(polling)}}}", "    port [p/m/s]"]
-        si = ev.shared_info_addr()
         for port in range(1, len(ev.ports)):
             ch = ev.ports[port]
             if ch.state == ECS_FREE:
                 continue
-            p = int(ev.is_pending(port))
-            m = int(atomic.test_bit(si + MASK_OFF, port))
-            s = int(atomic.test_bit(ev.vcpu_info_addr(ch.notify_vcpu) + PENDING_SEL_OFF,
-                                    port // BITS_PER_WORD))
+            p, m = int(ev.is_pending(port)), int(ev.is_masked(port))
+            s = ev.abi.print_state(port, ch)
             text = f"    {port:4d} [{p}/{m}/{s}]: s={ch.state} n={ch.notify_vcpu} x=0"
             if ch.state == ECS_UNBOUND:
                 text += f" d={ch.remote_domid}"

@@ -1,8 +1,14 @@
-"""The shared info page and per-vCPU vcpu_info: wallclock and vcpu_time_info.
+"""The shared info page and per-vCPU vcpu_info: their layout (64- or 32-bit), wallclock
+and vcpu_time_info.
 
 Xen's time ABI: system_time (ns since the domain started) is
     system_time + (((tsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul) >> 32
-and the wallclock (wc_sec, wc_nsec) is the UTC time at system time 0.
+and the wallclock (wc_sec, wc_nsec, and the high half wc_sec_hi) is the UTC time at
+system time 0.
+
+Which layout a domain's pages have is Xen's `has_32bit_shinfo`: for an HVM/PVH guest it is
+latched from the mode of the vCPU that sets HVM_PARAM_CALLBACK_IRQ or writes the hypercall
+page MSR (hvm_latch_shinfo_size), the first things PV drivers do; 64-bit until then.
 """
 
 from __future__ import annotations
@@ -10,13 +16,61 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import time
+from dataclasses import dataclass
 
 from .domain import VCPU, Domain
+from .public import layout_for
 from .public.xen import XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info, vcpu_time_info
 
-VCPU_INFO_SIZE = ctypes.sizeof(vcpu_info)
-TIME_OFFSET = vcpu_info.time.offset
-WC_OFFSET = shared_info.wc_version.offset
+
+@dataclass(frozen=True)
+class ShinfoLayout:
+    """Where the fields of shared_info / vcpu_info are, for one ABI."""
+
+    compat: bool
+    word_bits: int  # evtchn_pending / evtchn_mask / evtchn_pending_sel words
+    pending_off: int
+    mask_off: int
+    wc_version_off: int
+    wc_sec_off: int
+    wc_nsec_off: int
+    wc_sec_hi_off: int
+    vcpu_info_size: int
+    upcall_pending_off: int
+    upcall_mask_off: int
+    pending_sel_off: int
+    time_off: int
+
+    @classmethod
+    def of(cls, compat: bool) -> ShinfoLayout:
+        si, vi = layout_for(shared_info, compat), layout_for(vcpu_info, compat)
+        types = dict(si._fields_)
+        hi = (si.arch.offset + types["arch"].wc_sec_hi.offset) if compat else si.wc_sec_hi.offset
+        return cls(compat=compat, word_bits=8 * ctypes.sizeof(types["evtchn_pending"]._type_),
+                   pending_off=si.evtchn_pending.offset, mask_off=si.evtchn_mask.offset,
+                   wc_version_off=si.wc_version.offset, wc_sec_off=si.wc_sec.offset,
+                   wc_nsec_off=si.wc_nsec.offset, wc_sec_hi_off=hi,
+                   vcpu_info_size=ctypes.sizeof(vi),
+                   upcall_pending_off=vi.evtchn_upcall_pending.offset,
+                   upcall_mask_off=vi.evtchn_upcall_mask.offset,
+                   pending_sel_off=vi.evtchn_pending_sel.offset, time_off=vi.time.offset)
+
+
+NATIVE = ShinfoLayout.of(False)
+COMPAT = ShinfoLayout.of(True)
+assert NATIVE.vcpu_info_size == COMPAT.vcpu_info_size == 64  # register_vcpu_info relies on it
+
+
+def shinfo_layout(d: Domain) -> ShinfoLayout:
+    return COMPAT if d.has_32bit_shinfo else NATIVE
+
+
+def latch_shinfo_size(d: Domain, long_mode: bool) -> None:
+    """hvm_latch_shinfo_size: the calling vCPU's mode (64-bit: long mode with CS.L) picks
+    the layout from now on. Like Xen, nothing already in the pages is converted; the
+    wallclock is rewritten where the new layout has it."""
+    d.has_32bit_shinfo = not long_mode
+    update_wallclock(d)
 
 
 def system_time_ns(d: Domain) -> int:
@@ -40,7 +94,7 @@ def vcpu_info_gpa(d: Domain, v: VCPU) -> int | None:
     if v.vcpu_info_gpa is not None:
         return v.vcpu_info_gpa
     if d.shared_info_gpa is not None and v.id < XEN_LEGACY_MAX_VCPUS:
-        return d.shared_info_gpa + v.id * VCPU_INFO_SIZE
+        return d.shared_info_gpa + v.id * shinfo_layout(d).vcpu_info_size
     return None
 
 
@@ -49,7 +103,7 @@ def update_vcpu_time(d: Domain, v: VCPU) -> None:
     if gpa is None or d.platform is None:
         return
     mul, shift = time_scale(d.platform.tsc_khz)
-    t = gpa + TIME_OFFSET
+    t = gpa + shinfo_layout(d).time_off
     ver = int.from_bytes(d.memory.read(t, 4), "little")
     ver = (ver + 1) | 1
     d.memory.write(t, ver.to_bytes(4, "little"))  # odd: update in progress
@@ -61,17 +115,20 @@ def update_vcpu_time(d: Domain, v: VCPU) -> None:
 
 
 def update_wallclock(d: Domain) -> None:
+    """update_domain_wallclock_time, in the domain's layout."""
     if d.shared_info_gpa is None:
         return
+    lay = shinfo_layout(d)
     boot = time.time_ns() - system_time_ns(d)
     sec, nsec = divmod(boot, 10**9)
-    base = d.shared_info_gpa + WC_OFFSET
-    ver = int.from_bytes(d.memory.read(base, 4), "little")
+    base = d.shared_info_gpa
+    ver = int.from_bytes(d.memory.read(base + lay.wc_version_off, 4), "little")
     ver = (ver + 1) | 1
-    d.memory.write(base, ver.to_bytes(4, "little"))
-    d.memory.write(base + 4, (sec & 0xFFFFFFFF).to_bytes(4, "little")
-                   + nsec.to_bytes(4, "little") + (sec >> 32).to_bytes(4, "little"))
-    d.memory.write(base, ((ver + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
+    d.memory.write(base + lay.wc_version_off, ver.to_bytes(4, "little"))
+    d.memory.write(base + lay.wc_sec_off, (sec & 0xFFFFFFFF).to_bytes(4, "little"))
+    d.memory.write(base + lay.wc_nsec_off, nsec.to_bytes(4, "little"))
+    d.memory.write(base + lay.wc_sec_hi_off, (sec >> 32).to_bytes(4, "little"))
+    d.memory.write(base + lay.wc_version_off, ((ver + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
 def map_shared_info(d: Domain, gpfn: int) -> None:

@@ -18,6 +18,7 @@ from ...hypervisor.domain import VCPU, Domain
 from ...hypervisor.guest_access import GuestAccess
 from ...hypervisor.hypercall_table import dispatch
 from ...hypervisor.public import errno as E
+from ...hypervisor.shared_info import latch_shinfo_size
 from . import kvm_abi as K
 from .cpuid import guest_cpuid
 from .emulate import emulate_instruction
@@ -213,7 +214,7 @@ class X86Machine:
                     mmio.data[j] = 0xFF
         elif reason == K.KVM_EXIT_X86_WRMSR:
             m = run.u.msr
-            m.error = 0 if m.index == XEN_HYPERCALL_MSR and self._hypercall_msr(m.data) else 1
+            m.error = 0 if m.index == XEN_HYPERCALL_MSR and self._hypercall_msr(m.data, kv) else 1
         elif reason == K.KVM_EXIT_X86_RDMSR:
             run.u.msr.error = 1
         elif reason == K.KVM_EXIT_HLT:
@@ -248,11 +249,12 @@ class X86Machine:
         else:
             self._crash(v, kv, f"unexpected KVM exit {K.EXIT_NAMES.get(reason, reason)}")
 
-    def _hypercall_msr(self, value: int) -> bool:
+    def _hypercall_msr(self, value: int, kv: Vcpu) -> bool:
         """Fill the hypercall page; False (-> #GP) for a bad page index or address."""
         gpa, idx = value & ~0xFFF & U64, value & 0xFFF
         if idx != 0 or not self.domain.memory.is_ram(gpa, 4096):
             return False
+        latch_shinfo_size(self.domain, bool(kv.sync_sregs.efer & EFER_LMA and kv._map[_CS_L]))
         self.domain.memory.write(gpa, hypercall_page())
         return True
 

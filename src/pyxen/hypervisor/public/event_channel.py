@@ -1,9 +1,10 @@
-"""xen/event_channel.h: EVTCHNOP_* sub-ops, EVTCHNSTAT_* and their argument structs
-(the 2-level ABI; VIRQ numbers come from xen/xen.h)."""
+"""xen/event_channel.h: EVTCHNOP_* sub-ops, EVTCHNSTAT_* and their argument structs, the
+2-level and FIFO ABIs' constants and the FIFO control block (VIRQ numbers come from
+xen/xen.h). Every struct here has the same layout for 32-bit guests (checked with -m32)."""
 
 from __future__ import annotations
 
-from . import XenStruct, XenUnion, domid_t, u32
+from . import XenStruct, XenUnion, domid_t, u8, u32, u64
 
 evtchn_port_t = u32
 
@@ -49,6 +50,21 @@ NR_VIRQS = 24
 VCPU_VIRQS = frozenset({VIRQ_TIMER, VIRQ_DEBUG, VIRQ_XENOPROF, VIRQ_XENPMU})
 
 EVTCHN_2L_NR_CHANNELS = 8 * 8 * 64  # sizeof(xen_ulong_t)^2 * 64
+EVTCHN_2L_NR_CHANNELS_COMPAT = 4 * 4 * 64  # a 32-bit shared_info: 32-bit words
+
+# FIFO ABI
+EVTCHN_FIFO_PRIORITY_MAX = 0
+EVTCHN_FIFO_PRIORITY_DEFAULT = 7
+EVTCHN_FIFO_PRIORITY_MIN = 15
+EVTCHN_FIFO_MAX_QUEUES = EVTCHN_FIFO_PRIORITY_MIN + 1
+event_word_t = u32
+EVTCHN_FIFO_PENDING = 31
+EVTCHN_FIFO_MASKED = 30
+EVTCHN_FIFO_LINKED = 29
+EVTCHN_FIFO_BUSY = 28
+EVTCHN_FIFO_LINK_BITS = 17
+EVTCHN_FIFO_LINK_MASK = (1 << EVTCHN_FIFO_LINK_BITS) - 1
+EVTCHN_FIFO_NR_CHANNELS = 1 << EVTCHN_FIFO_LINK_BITS
 
 
 class evtchn_alloc_unbound(XenStruct):
@@ -131,6 +147,31 @@ class evtchn_reset(XenStruct):
     _xen_c_type_ = "struct evtchn_reset"
     _xen_header_ = "xen/event_channel.h"
     _fields_ = [("dom", domid_t)]
+
+
+class evtchn_init_control(XenStruct):
+    _xen_c_type_ = "struct evtchn_init_control"
+    _xen_header_ = "xen/event_channel.h"
+    _fields_ = [("control_gfn", u64), ("offset", u32), ("vcpu", u32), ("link_bits", u8),
+                ("_pad", u8 * 7)]
+
+
+class evtchn_expand_array(XenStruct):
+    _xen_c_type_ = "struct evtchn_expand_array"
+    _xen_header_ = "xen/event_channel.h"
+    _fields_ = [("array_gfn", u64)]
+
+
+class evtchn_set_priority(XenStruct):
+    _xen_c_type_ = "struct evtchn_set_priority"
+    _xen_header_ = "xen/event_channel.h"
+    _fields_ = [("port", evtchn_port_t), ("priority", u32)]
+
+
+class evtchn_fifo_control_block(XenStruct):
+    _xen_c_type_ = "struct evtchn_fifo_control_block"
+    _xen_header_ = "xen/event_channel.h"
+    _fields_ = [("ready", u32), ("_rsvd", u32), ("head", u32 * EVTCHN_FIFO_MAX_QUEUES)]
 
 
 class evtchn_op_u(XenUnion):

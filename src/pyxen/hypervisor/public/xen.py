@@ -1,8 +1,26 @@
-"""xen/xen.h: hypercall numbers, shared_info, vcpu_info, vcpu_time_info."""
+"""xen/xen.h: hypercall numbers, shared_info, vcpu_info, vcpu_time_info.
+
+shared_info, vcpu_info and their arch_* parts have an x86_32 twin each (the layout of a
+domain whose `has_32bit_shinfo` is latched: hypervisor/shared_info.py): the pending/mask
+words and evtchn_pending_sel are 32 bits, and wc_sec_hi moves into arch_shared_info.
+vcpu_time_info is the same in both ABIs; both vcpu_info layouts are 64 bytes.
+"""
 
 from __future__ import annotations
 
-from . import XenStruct, i8, u8, u32, u64, xen_pfn_t, xen_ulong_t
+from . import (
+    XenStruct,
+    XenStruct32,
+    compat_of,
+    compat_pfn_t,
+    compat_ulong_t,
+    i8,
+    u8,
+    u32,
+    u64,
+    xen_pfn_t,
+    xen_ulong_t,
+)
 
 __HYPERVISOR_set_trap_table = 0
 __HYPERVISOR_mmu_update = 1
@@ -75,12 +93,26 @@ class arch_vcpu_info(XenStruct):
     _fields_ = [("cr2", xen_ulong_t), ("pad", xen_ulong_t)]
 
 
+@compat_of(arch_vcpu_info)
+class compat_arch_vcpu_info(XenStruct32):
+    _fields_ = [("cr2", compat_ulong_t), ("pad", compat_ulong_t * 5)]
+
+
 class vcpu_info(XenStruct):
     _xen_c_type_ = "struct vcpu_info"
     _xen_header_ = "xen/xen.h"
     _fields_ = [
         ("evtchn_upcall_pending", u8), ("evtchn_upcall_mask", u8),
         ("evtchn_pending_sel", xen_ulong_t), ("arch", arch_vcpu_info), ("time", vcpu_time_info),
+    ]
+
+
+@compat_of(vcpu_info)
+class compat_vcpu_info(XenStruct32):
+    _fields_ = [
+        ("evtchn_upcall_pending", u8), ("evtchn_upcall_mask", u8),
+        ("evtchn_pending_sel", compat_ulong_t), ("arch", compat_arch_vcpu_info),
+        ("time", vcpu_time_info),
     ]
 
 
@@ -94,6 +126,16 @@ class arch_shared_info(XenStruct):
     ]
 
 
+@compat_of(arch_shared_info)
+class compat_arch_shared_info(XenStruct32):
+    _fields_ = [
+        ("max_pfn", compat_ulong_t), ("pfn_to_mfn_frame_list_list", compat_pfn_t),
+        ("nmi_reason", compat_ulong_t), ("p2m_cr3", compat_ulong_t),
+        ("p2m_vaddr", compat_ulong_t), ("p2m_generation", compat_ulong_t),
+        ("wc_sec_hi", u32),  # no room for it in the generic part of the 32-bit layout
+    ]
+
+
 class shared_info(XenStruct):
     _xen_c_type_ = "struct shared_info"
     _xen_header_ = "xen/xen.h"
@@ -102,4 +144,14 @@ class shared_info(XenStruct):
         ("evtchn_pending", xen_ulong_t * 64), ("evtchn_mask", xen_ulong_t * 64),
         ("wc_version", u32), ("wc_sec", u32), ("wc_nsec", u32), ("wc_sec_hi", u32),
         ("arch", arch_shared_info),
+    ]
+
+
+@compat_of(shared_info)
+class compat_shared_info(XenStruct32):
+    _fields_ = [
+        ("vcpu_info", compat_vcpu_info * XEN_LEGACY_MAX_VCPUS),
+        ("evtchn_pending", compat_ulong_t * 32), ("evtchn_mask", compat_ulong_t * 32),
+        ("wc_version", u32), ("wc_sec", u32), ("wc_nsec", u32),
+        ("arch", compat_arch_shared_info),
     ]
