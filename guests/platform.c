@@ -12,6 +12,8 @@
  *       vCPU 1 runs `cli; hlt` (Xen takes it down), is brought back with VCPUOP_up and
  *       halts again; after one byte of console input vCPU 0 runs `cli; hlt` too, which
  *       powers the domain off
+ *   mode=idle
+ *       `sti; hlt` for ever, no event source (what an idle vCPU costs)
  *   mode=vmcall insn=vmcall|vmmcall
  *       every hypercall from C made with that instruction instead of the hypercall page,
  *       with the results; one from ring 3 (Xen: -EPERM); the cost of one
@@ -142,6 +144,17 @@ static void callback_mode(void)
     cb_handlers[timer] = on_timer;
     if ((rc = evtchn_upcall_callback(CB_VECTOR))) fail("callback vector", rc);
     printk("callback: vector 0x%x, LAPIC SVR 0x%x\n", CB_VECTOR, *LAPIC_SVR);
+    /* GSI 5, then PCI INTx (dev 3, INTB), then GSI 0 ("none"): a PVH domain has no IOAPIC
+     * or PIC to raise them on, so Xen keeps the vector (the value reads back). */
+    static const uint64_t vias[] = { 5, (1ULL << 56) | (3 << 11) | 1, 0 };
+    for (unsigned int k = 0; k < 3; k++) {
+        struct xen_hvm_param p = { .domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ,
+                                   .value = vias[k] };
+        long set = hvm_op(HVMOP_set_param, &p);
+        p.value = ~0ULL;
+        long get = hvm_op(HVMOP_get_param, &p);
+        printk("callback: via %lx set=%ld get=%ld reads %lx\n", vias[k], set, get, p.value);
+    }
 
     /* Half the events sent with interrupts on (taken as the hypercall returns), half with
      * them off (taken once `sti; hlt` opens the window). */
@@ -313,6 +326,10 @@ void kmain(uint32_t start_info_paddr)
     printk("platform test: command line \"%s\"\n", cmdline);
     if (streq(mode, "callback")) callback_mode();
     if (streq(mode, "hlt")) hlt_mode();
+    if (streq(mode, "idle")) {
+        printk("idle: sti;hlt for ever\n");
+        for (;;) sti_hlt_cli();
+    }
     printk("platform test: unknown mode \"%s\"\n", mode);
     shutdown(SHUTDOWN_crash);
 }

@@ -33,10 +33,16 @@ def test_callback_vector_without_lapic_or_eoi(boot, guests: Path) -> None:
     """HVM_PARAM_CALLBACK_IRQ (vector) reaches a guest whose LAPIC is software-disabled and
     which never EOIs: 20 events (half sent with interrupts on, half taken after
     `sti; hlt`), an upcall left pending is injected again each time interrupts come back
-    on, and single-shot timers wake the vCPU from `sti; hlt`."""
+    on, and single-shot timers wake the vCPU from `sti; hlt`. GSI and PCI INTx vias set
+    afterwards change nothing (a PVH domain has nothing to route them through)."""
     d = boot_platform(boot, guests, "mode=callback n=20 wakes=5")
     lines = run_to_poweroff(d)
     assert "callback: vector 0xe5, LAPIC SVR 0xff" in lines  # bit 8 clear: disabled
+    # GSI / PCI INTx / "none" after the vector: stored, but the vector stays (PVH: no
+    # IOAPIC or PIC to route them, as Xen's hvm_set_callback_via), as the events below show
+    assert "callback: via 5 set=0 get=0 reads 5" in lines
+    assert "callback: via 100000000001801 set=0 get=0 reads 100000000001801" in lines
+    assert "callback: via 0 set=0 get=0 reads 0" in lines
     assert "callback: ipis=20 (irq on 10, off 10) taken=20" in lines
     # left pending 3 times by the handler: taken 3 more times for the one event
     assert "callback: left pending 3 times, taken 4 times for one event" in lines
