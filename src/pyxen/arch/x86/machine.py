@@ -246,8 +246,12 @@ class X86Machine:
             probe, w.probe = w.probe, False
         if probe:
             self._probe(v, kv, w)
-        if w.armed and v.online and self.domain.may_run(v):
-            self._deliver_callback(v, kv, w)
+        if w.armed:
+            if v.online and self.domain.may_run(v):
+                self._deliver_callback(v, kv, w)
+            else:  # paused or down: look once it may run again (go() keeps the kick)
+                with w.lock:
+                    w.now = True
         if probe:
             w.done_exits, w.done_cpu, w.done_at = w.exits, thread_cpu(), time.monotonic()
 
