@@ -263,6 +263,13 @@ static uint64_t user_vmcall(uint64_t nr)
     return (uint64_t)ret;
 }
 
+static uint64_t user_spin(uint64_t n)
+{
+    uint64_t acc = 1;
+    for (uint64_t i = 0; i < n; i++) { acc = acc * 3 + i; asm volatile("" : "+r"(acc)); }
+    return acc;
+}
+
 static char user_stack[8192] __attribute__((aligned(16)));
 
 static void vmcall_mode(void)
@@ -287,7 +294,17 @@ static void vmcall_mode(void)
     vprint("vmcall: unknown hypercall = %ld\n", xhc(60, 0, 0, 0));
     vprint("vmcall: bad pointer = %ld\n",
            xhc(__HYPERVISOR_xen_version, XENVER_extraversion, 0xdead0000000UL, 0));
-    in_user_vmcall = 1;
+    unsigned long n = opt_ul("n", 20), spin = opt_ul("spin", 0);
+    uint64_t t0 = rdtsc();
+    for (unsigned long i = 0; i < n; i++) xhc(__HYPERVISOR_xen_version, XENVER_version, 0, 0);
+    uint64_t t1 = rdtsc();
+    vprint("vmcall: bench n=%lu cycles=%lu tsc_khz=%u\n", n, (t1 - t0) / n, tsc_khz);
+    if (spin) {  /* right after many VMCALLs: what computing then costs (no exits) */
+        vprint("vmcall: spinning in ring 3\n");
+        run_user(user_spin, spin, user_stack + sizeof(user_stack));
+        vprint("vmcall: spun\n");
+    }
+    in_user_vmcall = 1;  /* last: a #GP continues in vmcall_finish on the exception stack */
     uint64_t user = run_user(user_vmcall, __HYPERVISOR_xen_version,
                              user_stack + sizeof(user_stack));
     in_user_vmcall = 0;
@@ -297,11 +314,6 @@ static void vmcall_mode(void)
 
 static void vmcall_finish(void)
 {
-    unsigned long n = opt_ul("n", 20);
-    uint64_t t0 = rdtsc();
-    for (unsigned long i = 0; i < n; i++) xhc(__HYPERVISOR_xen_version, XENVER_version, 0, 0);
-    uint64_t t1 = rdtsc();
-    vprint("vmcall: bench n=%lu cycles=%lu tsc_khz=%u\n", n, (t1 - t0) / n, tsc_khz);
     vprint("vmcall: done\n");
     struct sched_shutdown s = { .reason = SHUTDOWN_poweroff };
     for (;;) xhc(__HYPERVISOR_sched_op, SCHEDOP_shutdown, (unsigned long)&s, 0);

@@ -119,3 +119,27 @@ def test_kvm_exit_xen_runs_the_hypercall(domain) -> None:
     m._exit(v, kv, K.KVM_EXIT_XEN)
     assert x.hcall.result == (1 << 64) - 1  # -EPERM
     assert m.stats["vmcalls"] == 2 and d.shutdown_reason is None
+
+
+@pytest.mark.timeout(60)
+def test_computing_right_after_vmcalls_costs_a_few_probes(domain) -> None:
+    """Right after a burst of VMCALLs (the vCPU is probed 0.5 ms into a busy KVM_RUN), a
+    stretch of ring-3 computation: the probes back off (0.5, 1, 2, ... ms), then stop."""
+    d, m, log = domain("platform_test.elf", "mode=vmcall n=20 spin=400000000")
+    marks: dict[str, int] = {}
+    emit = d.emit
+
+    def counting_emit(ev: dict) -> None:
+        for what in ("spinning in ring 3", "spun"):
+            if ev.get("line", "").endswith(f"vmcall: {what}"):
+                marks[what] = m.watchdog.probes
+        emit(ev)
+
+    d.emit = counting_emit
+    d.unpause()
+    wait_line(log, "vmcall: done")
+    assert set(marks) == {"spinning in ring 3", "spun"}, marks
+    assert m.stats["vmcalls"] >= 20
+    # each probe that finds no VMCALL doubles the wait, up to the kernel-time check (50 ms)
+    # after which a guest computing in ring 3 is not probed
+    assert marks["spun"] - marks["spinning in ring 3"] <= 10, marks

@@ -29,7 +29,7 @@ from .msr import XEN_HYPERCALL_MSR, install_msr_filter
 from .paging import EFER_LMA, PagingState, translate
 from .vcpu_state import hvm_context_state, pvh_boot_state
 from .vmcall import HYPERCALL_INSNS, enable_xen_hcall_intercept
-from .watchdog import VcpuWatch, Watchdog, thread_cpu
+from .watchdog import VMCALL_FAST, VMCALL_SLOW, VcpuWatch, Watchdog, thread_cpu
 
 XEN_DEBUG_PORT = 0xE9
 KICK_SIGNAL = signal.SIGUSR1
@@ -270,8 +270,10 @@ class X86Machine:
                 hvm_hlt(self.domain, v, False)
             return
         insn = self._insn_at_rip(kv, 3)
-        if insn in HYPERCALL_INSNS:
-            w.last_vmcall = time.monotonic()
+        if insn not in HYPERCALL_INSNS:  # busy: look later next time
+            w.fast_wait = min(2 * w.fast_wait, VMCALL_SLOW)
+        else:
+            w.last_vmcall, w.fast_wait = time.monotonic(), VMCALL_FAST
             self.stats["vmcalls"] += 1
             s = kv.sync_sregs
             long_mode = bool(s.efer & EFER_LMA) and bool(kv._map[_CS_L])

@@ -10,11 +10,13 @@ itself (`probe`: arch/x86/machine.py reads mp_state, RFLAGS and the instruction 
 - a vCPU that sleeps (its thread's CPU time does not move) for HALT_AFTER is probed once;
   again only after it has run something since (a LAPIC interrupt woke it in the kernel),
   or every IDLE_REPROBE. A busy guest is never probed for this.
-- a vCPU that keeps a CPU busy without exits may be spinning on a VMCALL. It is probed
-  after VMCALL_FAST while it has made a VMCALL within VMCALL_ACTIVE (a guest that uses
-  them makes many), else after VMCALL_SLOW and only if the busy time was host kernel time
-  (a VMCALL spin and kvm_pvm's emulated ring 0 are; guest user mode is guest time): a
-  guest computing in user mode is never probed.
+- a vCPU that keeps a CPU busy without exits may be spinning on a VMCALL. While it has made
+  a VMCALL within VMCALL_ACTIVE (a guest that uses them makes many) it is probed after
+  `fast_wait`: VMCALL_FAST after a probe that found one, doubling with each that did not.
+  Otherwise (or once `fast_wait` reaches VMCALL_SLOW) after VMCALL_SLOW, and only if the
+  busy time was host kernel time (a VMCALL spin and kvm_pvm's emulated ring 0 are; guest
+  user mode is guest time): a guest computing in user mode is never probed, and one that
+  made VMCALLs a moment ago a few times (0.5, 1, 2, ... 32 ms into its computation).
 
 It also re-kicks vCPUs with a callback vector waiting for their interrupt window
 (`retry_at`, machine.py). Costs: nothing per exit but one counter increment; a probe is
@@ -37,7 +39,7 @@ IDLE_CPU_SHARE = 0.25  # below this share of a CPU, a vCPU in KVM_RUN counts as 
 RAN_SINCE_PROBE = 0.0005  # s of CPU time: "it ran something since its last probe"
 VMCALL_FAST = 0.0005
 VMCALL_SLOW = 0.05
-VMCALL_ACTIVE = 1.0
+VMCALL_ACTIVE = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -53,6 +55,7 @@ class VcpuWatch:
     retry_at: float | None = None  # when to look at the callback again
     backoff: float = 0.0
     last_vmcall: float = -1e9  # monotonic time of the last VMCALL found by a probe
+    fast_wait: float = VMCALL_FAST  # doubles with each probe that finds no VMCALL
     ident: int | None = None  # the vCPU thread (pthread id, native id, CPU clock)
     native_id: int | None = None
     clock: int | None = None
@@ -129,7 +132,7 @@ class Watchdog:
                 w.seen_exits = -1
                 continue
             if now - w.last_vmcall < VMCALL_ACTIVE:  # see a new KVM_RUN soon after it starts
-                wake = min(wake, now + VMCALL_FAST / 2)
+                wake = min(wake, now + w.fast_wait / 2)
             try:
                 cpu = time.clock_gettime(w.clock)
             except OSError:  # the thread has just ended
@@ -146,11 +149,12 @@ class Watchdog:
                       or now - w.done_at > IDLE_REPROBE):
                     self._probe(i, w)
                 continue
-            if now - w.last_vmcall < VMCALL_ACTIVE:  # busy, and it makes VMCALLs
-                if in_run >= VMCALL_FAST:
+            if now - w.last_vmcall < VMCALL_ACTIVE and w.fast_wait < VMCALL_SLOW:
+                # busy, and it makes VMCALLs: look soon (sooner the more often it is one)
+                if in_run >= w.fast_wait:
                     self._probe(i, w)
                 else:
-                    wake = min(wake, w.seen_at + VMCALL_FAST)
+                    wake = min(wake, w.seen_at + w.fast_wait)
                 continue
             if w.native_id is None:
                 continue
