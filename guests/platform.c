@@ -222,7 +222,8 @@ static void hlt_mode(void)
     printk("hlt: vcpu 1 brought up resumed after its hlt, down again\n");
     printk("hlt: waiting for console input\n");
     char c;
-    while (console_io(CONSOLEIO_read, 1, &c) <= 0) sched_op(SCHEDOP_yield, NULL);
+    while (console_io(CONSOLEIO_read, 1, &c) <= 0 && hvc_read(&c, 1) == 0)
+        sched_op(SCHEDOP_yield, NULL);  /* console_io, or the PV ring once printk uses it */
     printk("hlt: vcpu 0 cli;hlt\n");
     asm volatile("cli; hlt" ::: "memory");
     printk("hlt: vcpu 0 still running after cli;hlt\n");
