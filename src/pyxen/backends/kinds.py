@@ -8,11 +8,8 @@ from .xenbus_backend import XenbusDevice
 
 
 def device_kinds() -> dict[str, type[XenbusDevice]]:
-    kinds: dict[str, type[XenbusDevice]] = {}
-    try:
-        from .blkback import Blkback
-    except ImportError:  # blkback lands in the next commit
-        pass
-    else:
-        kinds["vbd"] = Blkback  # xen/io/blkif.h
-    return kinds
+    from .blkback import Blkback
+
+    return {
+        "vbd": Blkback,  # xen/io/blkif.h
+    }
