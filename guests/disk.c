@@ -185,7 +185,8 @@ static void hostile(struct blkfront *bf)
         wmb();
         fr->sring->req_prod = fr->req_prod_pvt;
         pv_notify(q->port);
-        for (unsigned int spins = 0; spins < 2000 && fr->sring->rsp_prod != fr->req_prod_pvt; spins++) {
+        /* bounded, generously: a loaded host may take seconds to answer a ring's worth */
+        for (unsigned int spins = 0; spins < 200000 && fr->sring->rsp_prod != fr->req_prod_pvt; spins++) {
             pv_ack();
             if (fr->sring->rsp_prod == fr->req_prod_pvt) break;
             pv_wait();
