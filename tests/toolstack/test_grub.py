@@ -10,6 +10,7 @@ assertions.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -27,13 +28,19 @@ pytestmark = [needs_vmm,
               pytest.mark.timeout(600)]
 
 
+# GRUB's terminal moves the cursor with ANSI sequences (even between echoed characters):
+# markers are looked for in the text without them and without carriage returns.
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
 class Console:
     """The domain's console stream (console.sock), read up to markers with a deadline."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(path))
-        self.data = b""
+        self.raw = b""
+        self.data = b""  # self.raw without terminal control sequences
 
     def expect(self, marker: bytes, after: int = 0, timeout: float = BOOT_DEADLINE) -> int:
         """Wait until marker appears at or after offset `after`; return the end offset."""
@@ -52,7 +59,8 @@ class Console:
                 continue
             if not chunk:
                 raise AssertionError(f"console closed before {marker!r}: {self.data[-2000:]!r}")
-            self.data += chunk
+            self.raw += chunk
+            self.data = ANSI.sub(b"", self.raw)
 
     def type(self, text: str) -> int:
         """Type a command line, a few characters at a time as a person would."""
