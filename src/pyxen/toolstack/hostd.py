@@ -15,6 +15,9 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   console domain                -> domid, path
   info                          -> xl info's keys
   dmesg   clear                 -> lines
+  block_attach domain, disk (DiskSpec JSON)  -> devid
+  block_detach domain, device (vdev or devid), force
+  block_list   domains        -> disks: [{domid, devid, backend_id, state, evtch, ...}]
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
 the sockets.
@@ -40,7 +43,7 @@ from typing import Any
 
 import pyxen
 from pyxen import paths
-from pyxen.toolstack import xsdomain
+from pyxen.toolstack import devices, vbd, xsdomain
 from pyxen.toolstack.config import ConfigError, DomainConfig
 
 DOMID_FIRST_RESERVED = 0x7FF0
@@ -308,6 +311,9 @@ class Hostd:
         if op in ("pause", "unpause"):
             await self.pause(dom, op == "pause")
             return {}
+        if op in ("block_attach", "block_detach", "block_list"):
+            from .blockops import block_op
+            return await block_op(self, dom, op, req)
         if op == "shutdown":
             reason = req.get("reason", "poweroff")
             if reason not in ("poweroff", "reboot"):
@@ -379,6 +385,7 @@ class Hostd:
         try:
             await self._build(dom)
             self._write_xenstore(dom)
+            await self._attach_disks(dom)
             if not paused:
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
@@ -457,6 +464,19 @@ class Hostd:
                               console_port=dom.store.get("console_port"),
                               console_mfn=dom.store.get("console_mfn"))
         self._introduce(dom)
+
+    async def _attach_disks(self, dom: Domain) -> None:
+        """libxl__add_disks: each ``disk =`` entry's device, before the guest runs."""
+        if self.xs is None:
+            if dom.config.disks:
+                raise OpError("xenstored is not running: cannot add the domain's disks")
+            return
+        loop = asyncio.get_running_loop()
+        for disk in dom.config.disk_specs():
+            try:
+                await loop.run_in_executor(None, vbd.attach, self.xs, dom.domid, disk)
+            except devices.DeviceError as e:
+                raise OpError(str(e)) from None
 
     def _introduce(self, dom: Domain) -> None:
         """Tell xenstored the domain exists (as XS_INTRODUCE; fires @introduceDomain).
@@ -715,6 +735,9 @@ class Hostd:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         if self.xs is not None:
+            with contextlib.suppress(Exception):  # libxl__devices_destroy (forced)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, devices.destroy_all, self.xs, dom.domid)
             with contextlib.suppress(Exception):
                 xsdomain.remove_domain(self.xs, dom.domid, dom.config.uuid)
             self._release(dom)

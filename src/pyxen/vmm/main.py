@@ -58,6 +58,15 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
     return d, machine
 
 
+def start_device_backends(d: Domain) -> object | None:
+    """blkback, netback, ...: the xenbus backend bus of this domain (docs/devices.md)."""
+    from ..backends.kinds import device_kinds
+    from ..backends.xenbus_backend import start_backends
+    from .events import dom0_channels
+
+    return start_backends(d, dom0_channels(d), str(paths.xenstored_socket()), device_kinds())
+
+
 def announce(event: dict) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -89,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             server.cleanup()
             raise
         server.backends.append(pv)  # closed at destruction with the other backends
+        bus = start_device_backends(domain)
+        if bus is not None:
+            server.backends.append(bus)
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
