@@ -15,4 +15,7 @@ def device_kinds() -> dict[str, type[XenbusDevice]]:
         pass
     else:
         kinds["vbd"] = Blkback  # xen/io/blkif.h
+    from .netback import Netback
+
+    kinds["vif"] = Netback  # xen/io/netif.h
     return kinds

@@ -40,6 +40,7 @@ from ..hypervisor.event_channel import ECS_INTERDOMAIN, BackendPort
 from ..hypervisor.grant_table import GrantError, GrantMapping, GrantTable
 from ..hypervisor.public import netif as N
 from . import tap as T
+from .xenbus_backend import DeviceError, XenbusDevice
 
 PAGE_SIZE = 4096
 ETH_HLEN = 14
@@ -669,3 +670,121 @@ class Vif:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds = []
+
+
+# --- the xenbus device (backends/xenbus_backend.py drives the handshake) ------------------
+
+MAX_QUEUES = max(1, min(os.cpu_count() or 1, 8))  # Linux: xenvif_max_queues = online CPUs
+
+BACKEND_FEATURES = {
+    "feature-sg": 1, "feature-gso-tcpv4": 1, "feature-gso-tcpv6": 1,
+    "feature-ipv6-csum-offload": 1, "feature-rx-copy": 1, "feature-rx-flip": 0,
+    "feature-multicast-control": 1, "feature-dynamic-multicast-control": 1,
+    "feature-split-event-channels": 1, "multi-queue-max-queues": MAX_QUEUES,
+}
+
+
+class Netback(XenbusDevice):
+    """A vif as Linux's xen-netback presents it in xenstore: features and InitWait once
+    its host interface exists; the rings and channels of every queue on connect."""
+
+    kind = "vif"
+
+    def __init__(self, bus, devid: int) -> None:  # noqa: ANN001 - XenbusBackendBus
+        super().__init__(bus, devid)
+        self.vif: Vif | None = None
+
+    def probe(self) -> None:
+        ifname = self.read("vifname") or f"vif{self.domid}.{self.devid}"
+        rate = None
+        text = self.read("rate")
+        if text:
+            try:
+                nbytes, usecs = (int(x) for x in text.split(","))
+                if nbytes > 0 and usecs > 0:
+                    rate = RateLimit(nbytes, usecs)
+            except ValueError:
+                raise DeviceError(f"bad rate node {text!r}") from None
+        if self.vif is None:
+            try:
+                self.vif = Vif(self.bus.gnttab, f"{self.domid}.{self.devid}", ifname,
+                               max_queues=MAX_QUEUES, rate=rate,
+                               backend_domid=self.bus.dom0.domid, report=self.log)
+            except T.HostNetError as e:
+                raise DeviceError(str(e)) from None
+            self.log(f"host interface {ifname} created")
+        self.write_nodes(BACKEND_FEATURES)
+
+    def connect(self) -> None:
+        assert self.vif is not None
+        rf = self.read_frontend_int
+        if rf("request-rx-copy", 0) != 1:
+            raise DeviceError("frontend does not support rx-copy")
+        if rf("feature-rx-notify", 0) != 1:
+            raise DeviceError("feature-rx-notify is mandatory")
+        nq = rf("multi-queue-num-queues", 1) or 1
+        if not 1 <= nq <= MAX_QUEUES:
+            raise DeviceError(f"guest requested {nq} queues, exceeding the maximum of "
+                              f"{MAX_QUEUES}")
+        feats = Features(
+            sg=rf("feature-sg", 0) == 1, gso_tcpv4=rf("feature-gso-tcpv4", 0) == 1,
+            gso_tcpv6=rf("feature-gso-tcpv6", 0) == 1,
+            rx_csum=rf("feature-no-csum-offload", 0) != 1,
+            ipv6_csum=rf("feature-ipv6-csum-offload", 0) == 1,
+            multicast_control=rf("request-multicast-control", 0) == 1)
+        rings = []
+        try:
+            for q in range(nq):
+                rings.append(self._queue(q if nq > 1 else None))
+            self.vif.connect(feats, rings)
+        except BaseException:
+            for tx, rx, txp, rxp in rings:
+                for m in (tx, rx):
+                    self.unmap(m)
+                for p in (txp, rxp):
+                    if p is not None:
+                        p.close()
+            raise
+        self.log(f"connected: {nq} queue(s), sg {int(feats.sg)}, gso "
+                 f"{int(feats.gso_tcpv4)}/{int(feats.gso_tcpv6)}, rx csum offload "
+                 f"{int(feats.rx_csum)}")
+
+    def _queue(self, q: int | None) -> tuple[GrantMapping, GrantMapping, BackendPort,
+                                             BackendPort | None]:
+        prefix = f"queue-{q}/" if q is not None else ""
+        rf = self.read_frontend_int
+        tx_ref, rx_ref = rf(prefix + "tx-ring-ref"), rf(prefix + "rx-ring-ref")
+        if tx_ref is None or rx_ref is None:
+            raise DeviceError(f"reading {prefix}tx-ring-ref and {prefix}rx-ring-ref")
+        ev, ev_tx, ev_rx = (rf(prefix + n) for n in ("event-channel", "event-channel-tx",
+                                                     "event-channel-rx"))
+        if ev is None and (ev_tx is None or ev_rx is None):
+            raise DeviceError(f"reading {prefix}event-channel(-tx/-rx)")
+        maps: list[GrantMapping] = []
+        ports: list[BackendPort] = []
+        try:
+            for ref in (tx_ref, rx_ref):
+                maps.append(self.map(ref))
+            for p in ((ev,) if ev is not None else (ev_tx, ev_rx)):
+                ports.append(self.bind(p))
+        except (GrantError, Exception) as e:
+            for m in maps:
+                self.unmap(m)
+            for p in ports:
+                p.close()
+            raise DeviceError(f"mapping shared-frames {tx_ref}/{rx_ref} port "
+                              f"{ev if ev is not None else (ev_tx, ev_rx)}: {e}") from None
+        return maps[0], maps[1], ports[0], (ports[1] if len(ports) > 1 else None)
+
+    def disconnect(self) -> None:
+        if self.vif is not None:
+            self.vif.disconnect()
+
+    def _disconnect(self) -> None:
+        """Also called by the bus when the backend directory is gone (the device was
+        removed, after the hotplug step's offline): then the host interface goes."""
+        super()._disconnect()
+        if self.vif is not None and self.read("state") is None:
+            self.vif.close()
+            self.log(f"host interface {self.vif.ifname} removed")
+            self.vif = None

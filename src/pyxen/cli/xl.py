@@ -379,6 +379,53 @@ def debug_keys(keys: str | None) -> None:
             fail(f"cannot send debug keys: {keys}")
 
 
+# ------------------------------------------------------------------------- network
+
+@cli.command("network-attach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("vifspec", nargs=-1)
+def network_attach(domain: str, vifspec: tuple[str, ...]) -> None:
+    """Create a new virtual network device (xl-network-configuration items)."""
+    from pyxen.toolstack.vifspec import NicSpec, VifSpecError, apply_item, check
+
+    nic = NicSpec()
+    try:
+        for item in vifspec:
+            apply_item(nic, item)
+        check(nic)
+    except VifSpecError as e:
+        fail(str(e))
+    call("network_attach", domain=domain, nic=nic.to_json())
+
+
+@cli.command("network-list", context_settings=CONTEXT)
+@click.argument("domains", nargs=-1, required=True)
+def network_list(domains: tuple[str, ...]) -> None:
+    """List virtual network interfaces for a domain."""
+    click.echo("%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (
+        "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref",
+        "BE-path"))
+    for d in domains:
+        with connect() as c:
+            try:
+                rows = c.request("network_list", domain=d)["nics"]
+            except HostdError as e:
+                _one_line(str(e))
+                continue
+        for r in rows:
+            click.echo("%-3d %-2d %s%6d %5d %6d %5d/%-11d %-30s" % (
+                r["devid"], r["backend_id"], r["mac"], r["devid"], r["state"], r["evtch"],
+                r["rref_tx"], r["rref_rx"], r["backend"]))
+
+
+@cli.command("network-detach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("device")
+def network_detach(domain: str, device: str) -> None:
+    """Destroy a domain's virtual network device (by devid or MAC)."""
+    call("network_detach", domain=domain, device=device)
+
+
 # ------------------------------------------------------------------------- entry
 
 def main(argv: list[str] | None = None) -> int:
