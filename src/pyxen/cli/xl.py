@@ -402,9 +402,8 @@ def network_attach(domain: str, vifspec: tuple[str, ...]) -> None:
 @click.argument("domains", nargs=-1, required=True)
 def network_list(domains: tuple[str, ...]) -> None:
     """List virtual network interfaces for a domain."""
-    click.echo("%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (
-        "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref",
-        "BE-path"))
+    click.echo(f"{'Idx':<3} {'BE':<2} {'Mac Addr.':<17} {'handle':<6} {'state':<5} "
+               f"{'evt-ch':<6} {'tx-':>5}/{'rx-ring-ref':<5} {'BE-path':<30}")
     for d in domains:
         with connect() as c:
             try:
@@ -413,9 +412,9 @@ def network_list(domains: tuple[str, ...]) -> None:
                 _one_line(str(e))
                 continue
         for r in rows:
-            click.echo("%-3d %-2d %s%6d %5d %6d %5d/%-11d %-30s" % (
-                r["devid"], r["backend_id"], r["mac"], r["devid"], r["state"], r["evtch"],
-                r["rref_tx"], r["rref_rx"], r["backend"]))
+            click.echo(f"{r['devid']:<3d} {r['backend_id']:<2d} {r['mac']}{r['devid']:6d} "
+                       f"{r['state']:5d} {r['evtch']:6d} {r['rref_tx']:5d}/"
+                       f"{r['rref_rx']:<11d} {r['backend']:<30}")
 
 
 @cli.command("network-detach", context_settings=CONTEXT)
