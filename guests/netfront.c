@@ -21,6 +21,11 @@ void gnttab_grant_access(grant_ref_t ref, domid_t domid, uint64_t gfn, int reado
 
 static char nf_pages[NF_MAX][REFS_PER_NF][PAGE] __attribute__((aligned(PAGE)));
 
+static void copy_frame(void *d, const void *s, size_t n)
+{
+    asm volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) :: "memory");
+}
+
 int nf_gnttab_init(void) { return gnttab ? 0 : (int)gnttab_map_table(); }
 
 static long read_str(const char *dir, const char *node, char *out, size_t size)
@@ -75,13 +80,16 @@ static unsigned long backend_state(struct netfront *nf)
     return st;
 }
 
-/* Until the backend reaches one of two states (or Closing and beyond): its state. */
+/* Until the backend reaches one of two states (or Closing and beyond): its state.
+ * Every xenbus request clears the pending bits of all polled ports (xenbus.c), so a
+ * watch event can arrive and be queued while we read: wait with a bound, never forever;
+ * the events stay queued for the guest's main loop. */
 static unsigned long wait_backend(struct netfront *nf, unsigned long a, unsigned long b)
 {
     for (;;) {
         unsigned long st = backend_state(nf);
         if (st == a || st == b || st >= XenbusStateClosing) return st;
-        pv_wait();
+        pv_wait_until(pv_time_ns() + 20000000ull);
         pv_ack();
         xb_poll();
     }
@@ -154,7 +162,7 @@ int netfront_attach(struct netfront *nf, unsigned int slot, unsigned int devid)
     return 0;
 }
 
-static void reap_tx(struct netfront *nf)
+void netfront_reap(struct netfront *nf)
 {
     int more;
     do {
@@ -182,13 +190,12 @@ void netfront_flush(struct netfront *nf)
 int netfront_send(struct netfront *nf, const void *frame, unsigned int len, int flush)
 {
     if (!nf->active || len > PAGE || len < 14) return -1;
-    if (!nf->tx_nfree) reap_tx(nf);
+    if (!nf->tx_nfree) netfront_reap(nf);
     if (!nf->tx_nfree) { nf->tx_dropped++; return -1; }
     uint16_t id = nf->tx_free[--nf->tx_nfree];
     char *page = nf->pages + (2 + NF_RX_BUFS + id) * PAGE;
-    const void *src = frame;
-    size_t n = len;
-    asm volatile("rep movsb" : "+D"(page), "+S"(src), "+c"(n) :: "memory");
+    copy_frame(page, frame, len);
+    nf->tx_dirty |= 1u << id;
     netif_tx_request_t *req = RING_GET_REQUEST(&nf->tx, nf->tx.req_prod_pvt);
     req->gref = nf->ref_base + 2 + NF_RX_BUFS + id;
     req->offset = 0;
@@ -202,11 +209,40 @@ int netfront_send(struct netfront *nf, const void *frame, unsigned int len, int 
     return 0;
 }
 
+void netfront_tx_prepare(struct netfront *nf, const void *frame, unsigned int len)
+{
+    if (len > sizeof(nf->prep)) len = sizeof(nf->prep);
+    copy_frame(nf->prep, frame, len);
+    nf->prep_len = len;
+    nf->tx_dirty = ~0u;  /* pages get the frame on first use */
+}
+
+int netfront_send_prepared(struct netfront *nf, unsigned int len)
+{
+    if (!nf->active || !nf->tx_nfree) return -1;
+    if (len > nf->prep_len) return -1;
+    uint16_t id = nf->tx_free[--nf->tx_nfree];
+    if (nf->tx_dirty & (1u << id)) {
+        copy_frame(nf->pages + (2 + NF_RX_BUFS + id) * PAGE, nf->prep, nf->prep_len);
+        nf->tx_dirty &= ~(1u << id);
+    }
+    netif_tx_request_t *req = RING_GET_REQUEST(&nf->tx, nf->tx.req_prod_pvt);
+    req->gref = nf->ref_base + 2 + NF_RX_BUFS + id;
+    req->offset = 0;
+    req->flags = 0;
+    req->id = id;
+    req->size = (uint16_t)len;
+    nf->tx.req_prod_pvt++;
+    nf->tx_packets++;
+    nf->tx_bytes += len;
+    return 0;
+}
+
 int netfront_poll(struct netfront *nf, nf_rx_fn handler)
 {
     if (!nf->active) return 0;
     int handled = 0, more;
-    reap_tx(nf);
+    netfront_reap(nf);
     do {
         RING_IDX prod = nf->rx.sring->rsp_prod;
         rmb();

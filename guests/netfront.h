@@ -33,6 +33,9 @@ struct netfront {
     unsigned int tx_nfree;
     unsigned long tx_packets, tx_bytes, rx_packets, rx_bytes, tx_dropped;
     char *pages;                      /* 2 + NF_RX_BUFS + NF_TX_BUFS pages */
+    uint32_t tx_dirty;                /* TX pages not holding the prepared frame */
+    unsigned int prep_len;
+    uint8_t prep[1536];               /* the prepared frame (netfront_tx_prepare) */
 };
 
 typedef void (*nf_rx_fn)(struct netfront *nf, uint8_t *frame, unsigned int len);
@@ -41,6 +44,10 @@ int nf_gnttab_init(void);                              /* once: map the grant ta
 int netfront_attach(struct netfront *nf, unsigned int slot, unsigned int devid);
 int netfront_send(struct netfront *nf, const void *frame, unsigned int len, int flush);
 void netfront_flush(struct netfront *nf);
+/* Streaming without copies: the same frame in every TX page once, then sends of it. */
+void netfront_tx_prepare(struct netfront *nf, const void *frame, unsigned int len);
+int netfront_send_prepared(struct netfront *nf, unsigned int len);
+void netfront_reap(struct netfront *nf);
 int netfront_poll(struct netfront *nf, nf_rx_fn rx);  /* frames handled */
 int netfront_backend_closing(struct netfront *nf);     /* backend state >= Closing */
 void netfront_close(struct netfront *nf);

@@ -155,6 +155,7 @@ static struct {
     struct netfront *nf;
     unsigned long left, sent;
     unsigned int size;
+    int prepared;
     uint32_t dst;
     uint16_t dport;
     uint32_t reply_ip;
@@ -202,6 +203,7 @@ static void udp_in(struct netfront *nf, struct eth *e, struct ip4 *ip, struct ud
         blast.dst = *p ? parse_ip(p) : ip->src;
         if (blast.size > 1472) blast.size = 1472;
         blast.sent = 0;
+        blast.prepared = 0;
         blast.nf = nf;
         blast.reply_ip = ip->src;
         blast.reply_port = ntohs(u->sport);
@@ -344,12 +346,16 @@ static void run_blast(void)
         return;
     }
     unsigned int fl = udp_frame(nf, mac, blast.dst, 19, blast.dport, NULL, blast.size);
+    if (!blast.prepared) {  /* every datagram is the same frame: written once per page */
+        netfront_tx_prepare(nf, txbuf, fl);
+        blast.prepared = 1;
+    }
     unsigned int batch = 0;
-    while (blast.left && nf->tx_nfree) {
-        netfront_send(nf, txbuf, fl, 0);  /* payload: whatever the page holds */
+    netfront_reap(nf);
+    while (blast.left && !netfront_send_prepared(nf, fl)) {
         blast.left--;
         blast.sent++;
-        if (++batch == 16) { netfront_flush(nf); batch = 0; }
+        if (++batch == 16) { netfront_flush(nf); batch = 0; netfront_reap(nf); }
     }
     netfront_flush(nf);
     if (!blast.left) {
@@ -391,6 +397,7 @@ static void ping_peer(uint32_t peer, unsigned long count)
         pv_ack();
         poll_all();
         handle_xenstore();
+        poll_all();  /* xenbus requests clear the rings' pending bits too */
     }
     printk("pyxen net: ping %s: %lu/%lu replies\n", pbuf, ping_replies, count);
 }
@@ -424,14 +431,15 @@ void kmain(uint32_t start_info_paddr)
     printk("pyxen net: ready\n");
     if (opt("peer", buf, sizeof(buf))) ping_peer(parse_ip(buf), opt_ul("count", 3));
     for (;;) {
-        if (blast.left) {
-            run_blast();
-            pv_wait_until(pv_time_ns() + 1000000ull);
-        } else {
-            pv_wait();
-        }
         pv_ack();
         poll_all();
         handle_xenstore();
+        poll_all();  /* xenbus requests clear the rings' pending bits: look again */
+        if (blast.left) {
+            run_blast();
+            pv_wait_until(pv_time_ns() + 1000000ull);
+        } else if (!xb_events_queued()) {
+            pv_wait();
+        }
     }
 }

@@ -35,6 +35,7 @@ long xb_write(const char *path, const char *value);
 long xb_watch(const char *path, const char *token);
 int xb_next_event(char *path, size_t psize, char *token, size_t tsize); /* 1 if one */
 void xb_poll(void);                    /* move arrived watch events off the ring */
+int xb_events_queued(void);            /* watch events taken off the ring, not yet read */
 const char *xb_error_name(long err);
 void xb_reset_state(void);
 

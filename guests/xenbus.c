@@ -110,6 +110,7 @@ static size_t rlen;  /* bytes of the message being assembled in rbuf */
 struct xenstore_domain_interface *xb_intf(void) { return intf; }
 evtchn_port_t xb_port(void) { return store_port; }
 void xb_reset_state(void) { rlen = 0; ev_head = ev_tail = 0; }
+int xb_events_queued(void) { return ev_head != ev_tail; }
 
 int xb_init(void)
 {
