@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from typing import Any
 
 from pyxen.toolstack import devices, vif
@@ -15,7 +16,7 @@ from pyxen.toolstack.vifspec import NicSpec, VifSpecError, assign_devids, check
 async def attach_vifs(hostd: Any, dom: Any) -> None:
     """Each configured vif, before the guest runs; the MACs libxl generated are kept in
     the domain's config (libxl__update_config_nic), so a restart reuses them."""
-    from pyxen.toolstack.hostd import OpError
+    OpError = _op_error(hostd)  # noqa: N806
 
     specs = dom.config.nic_specs()
     if not specs:
@@ -32,7 +33,7 @@ async def attach_vifs(hostd: Any, dom: Any) -> None:
 
 
 async def network_op(hostd: Any, dom: Any, op: str, req: dict[str, Any]) -> dict[str, Any]:
-    from pyxen.toolstack.hostd import OpError
+    OpError = _op_error(hostd)  # noqa: N806
 
     if hostd.xs is None:
         raise OpError("xenstored is not running")
@@ -73,3 +74,9 @@ async def network_op(hostd: Any, dom: Any, op: str, req: dict[str, Any]) -> dict
                       + ("" if closed else " (forced: the backend did not close in time)"))
         return {"devid": dev.devid, "closed": closed}
     raise OpError(f"unknown request {op!r}")
+
+
+def _op_error(hostd: Any) -> type[Exception]:
+    """hostd's OpError, from the module hostd really runs as (``python -m`` makes it
+    __main__, where pyxen.toolstack.hostd.OpError would be another class)."""
+    return sys.modules[type(hostd).__module__].OpError  # type: ignore[no-any-return]
