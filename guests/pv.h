@@ -33,6 +33,8 @@ evtchn_port_t xb_port(void);
 long xb_read(const char *path, char *value, size_t size);   /* length or -errno */
 long xb_write(const char *path, const char *value);
 long xb_watch(const char *path, const char *token);
+long xb_unwatch(const char *path, const char *token);
+long xb_directory(const char *path, char *out, size_t size); /* NUL-separated names; length */
 int xb_next_event(char *path, size_t psize, char *token, size_t tsize); /* 1 if one */
 void xb_poll(void);                    /* move arrived watch events off the ring */
 int xb_events_queued(void);            /* watch events taken off the ring, not yet read */

@@ -10,7 +10,7 @@
 
 static char si_page[4096] __attribute__((aligned(4096)));
 static struct shared_info *si;
-static evtchn_port_t watched[8];
+static evtchn_port_t watched[32];
 static unsigned int nwatched;
 int pv_evtchn_usable;
 
@@ -259,6 +259,20 @@ long xb_watch(const char *path, const char *token)
 {
     long rc = xb_request(XS_WATCH, path, strlen(path) + 1, token, strlen(token) + 1, NULL, 0);
     return rc < 0 ? rc : 0;
+}
+
+long xb_unwatch(const char *path, const char *token)
+{
+    long rc = xb_request(XS_UNWATCH, path, strlen(path) + 1, token, strlen(token) + 1, NULL, 0);
+    return rc < 0 ? rc : 0;
+}
+
+/* The reply is the names, each NUL-terminated (out keeps them; its last byte is 0). */
+long xb_directory(const char *path, char *out, size_t size)
+{
+    long rc = xb_request(XS_DIRECTORY, path, strlen(path) + 1, NULL, 0, out, size);
+    if (rc >= 0 && (size_t)rc >= size) rc = (long)size - 1;
+    return rc;
 }
 
 /* ---------------------------------------------------------------- PV control */

@@ -8,14 +8,10 @@ from .xenbus_backend import XenbusDevice
 
 
 def device_kinds() -> dict[str, type[XenbusDevice]]:
-    kinds: dict[str, type[XenbusDevice]] = {}
-    try:
-        from .blkback import Blkback
-    except ImportError:  # blkback lands in the next commit
-        pass
-    else:
-        kinds["vbd"] = Blkback  # xen/io/blkif.h
+    from .blkback import Blkback
     from .netback import Netback
 
-    kinds["vif"] = Netback  # xen/io/netif.h
-    return kinds
+    return {
+        "vbd": Blkback,  # xen/io/blkif.h
+        "vif": Netback,  # xen/io/netif.h
+    }

@@ -423,6 +423,51 @@ def network_list(domains: tuple[str, ...]) -> None:
 def network_detach(domain: str, device: str) -> None:
     """Destroy a domain's virtual network device (by devid or MAC)."""
     call("network_detach", domain=domain, device=device)
+# ------------------------------------------------------------------------- block devices
+
+@cli.command("block-attach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("spec", nargs=-1, required=True)
+def block_attach(domain: str, spec: tuple[str, ...]) -> None:
+    """Create a new virtual block device: <Domain> <disk-spec-component(s)>..."""
+    from pyxen.toolstack.xldisk import DiskSpecError, parse_disk
+
+    try:
+        disk = parse_disk(",".join(spec), "command line")
+    except DiskSpecError as e:
+        fail(str(e))
+    if disk.target and not os.path.isabs(disk.target):
+        disk.target = os.path.abspath(disk.target)
+    call("block_attach", domain=domain, disk=disk.to_json())
+
+
+@cli.command("block-list", context_settings=CONTEXT)
+@click.argument("domains", nargs=-1, required=True)
+def block_list(domains: tuple[str, ...]) -> None:
+    """List virtual block devices for a domain."""
+    click.echo(f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} "
+               f"{'ring-ref':<8} {'BE-path':<30}")
+    with connect() as c:
+        for d in domains:
+            try:
+                rows = c.request("block_list", domain=d)["disks"]
+            except HostdError as e:
+                _one_line(str(e))
+                continue
+            for r in rows:
+                click.echo(f"{r['devid']:<5} {r['backend_id']:<3} {r['frontend_id']:<6} "
+                           f"{r['state']:<5} {r['evtch']:<6} {r['rref']:<8} "
+                           f"{r['backend']:<30}")
+
+
+@cli.command("block-detach", context_settings=CONTEXT)
+@click.option("-f", "force", is_flag=True, help="Force the removal (do not wait for the "
+              "guest to release the device).")
+@click.argument("domain")
+@click.argument("device")
+def block_detach(force: bool, domain: str, device: str) -> None:
+    """Destroy a domain's virtual block device: <Domain> <DevId|vdev>."""
+    call("block_detach", domain=domain, device=device, force=force)
 
 
 # ------------------------------------------------------------------------- entry

@@ -8,13 +8,16 @@ import dataclasses
 from typing import Any
 
 from pyxen.toolstack import devices, vbd
-from pyxen.toolstack.config import check_disk_target, check_disks
+from pyxen.toolstack.config import ConfigError, check_disk_target, check_disks
 from pyxen.toolstack.xldisk import DiskSpec, DiskSpecError
 
 
-async def block_op(hostd: Any, dom: Any, op: str, req: dict[str, Any]) -> dict[str, Any]:
-    from pyxen.toolstack.hostd import OpError
+class OpError(ConfigError):
+    """One line answered to xl (hostd answers ConfigError's text as its error; hostd's
+    own OpError is not importable here: hostd runs as __main__)."""
 
+
+async def block_op(hostd: Any, dom: Any, op: str, req: dict[str, Any]) -> dict[str, Any]:
     if hostd.xs is None:
         raise OpError("xenstored is not running")
     xs = hostd.xs
