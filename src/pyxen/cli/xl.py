@@ -423,6 +423,8 @@ def network_list(domains: tuple[str, ...]) -> None:
 def network_detach(domain: str, device: str) -> None:
     """Destroy a domain's virtual network device (by devid or MAC)."""
     call("network_detach", domain=domain, device=device)
+
+
 # ------------------------------------------------------------------------- block devices
 
 @cli.command("block-attach", context_settings=CONTEXT)
