@@ -13,8 +13,8 @@
 #include <xen/io/netif.h>
 #include <xen/io/xenbus.h>
 
-#define NF_MAX      4    /* vifs a guest drives at once */
-#define NF_RX_BUFS  32   /* pages posted for receive */
+#define NF_MAX      3    /* vifs a guest drives at once (their refs fit grant frame 0) */
+#define NF_RX_BUFS  128  /* pages posted for receive */
 #define NF_TX_BUFS  32   /* pages for frames in flight */
 
 struct netfront {
