@@ -27,6 +27,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -55,13 +56,22 @@ def in_ns(fn, *args):  # noqa: ANN001, ANN002, ANN201
     def child() -> None:
         from pyroute2 import netns
 
-        netns.setns(NS)
-        q.put(fn(*args))
+        try:
+            netns.setns(NS)
+            q.put((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - reported by the parent
+            q.put((False, f"{type(e).__name__}: {e}"))
 
     p = ctx.Process(target=child)
     p.start()
-    out = q.get(timeout=600)
-    p.join()
+    try:
+        ok, out = q.get(timeout=300)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    if not ok:
+        raise RuntimeError(f"in the namespace: {out}")
     return out
 
 
@@ -229,6 +239,7 @@ def main() -> None:
     ap.add_argument("-t", type=float, default=3.0, help="seconds per streaming run")
     ap.add_argument("-n", type=int, default=20000, help="datagrams per guest blast")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still tear down
     if os.geteuid() != 0 or not GUEST.exists():
         sys.exit("bench/net.py needs root and guests/build/netguest.elf (scripts/setup)")
     tmp = Path(tempfile.mkdtemp(prefix="pyxen-bench-net-"))
@@ -305,7 +316,7 @@ def main() -> None:
 def ask_blast(ip: str, msg: str) -> float:
     """Start a guest->guest blast from the namespace and time it to 'blast done'."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(120)
+    s.settimeout(60)
     t = time.monotonic()
     s.sendto(msg.encode(), (ip, 19))
     while not s.recv(200).startswith(b"blast done"):

@@ -191,7 +191,7 @@ static void udp_in(struct netfront *nf, struct eth *e, struct ip4 *ip, struct ud
         }
         udp_rx_packets++;
         udp_rx_bytes += n;
-    } else if (dport == 19 && n > 6 && !strncmp(data, "blast ", 6) && !blast.left) {
+    } else if (dport == 19 && n > 6 && !strncmp(data, "blast ", 6) && !blast.nf) {
         char cmd[64];
         copy(cmd, data, n < 63 ? n : 63);
         cmd[n < 63 ? n : 63] = 0;
@@ -335,7 +335,7 @@ static void handle_xenstore(void)
 static void run_blast(void)
 {
     struct netfront *nf = blast.nf;
-    if (!nf || !nf->active) { blast.left = 0; return; }
+    if (!nf || !nf->active) { blast.left = 0; blast.nf = NULL; return; }
     const uint8_t *mac = arp_lookup(blast.dst);
     if (!mac) {
         static uint64_t next_arp;
@@ -358,12 +358,12 @@ static void run_blast(void)
         if (++batch == 16) { netfront_flush(nf); batch = 0; netfront_reap(nf); }
     }
     netfront_flush(nf);
-    if (!blast.left) {
+    if (!blast.left) {  /* once a TX page is free again (the loop retries until then) */
         char msg[48];
         snprintf(msg, sizeof(msg), "blast done %lu", blast.sent);
         unsigned int len = udp_frame(nf, blast.reply_mac, blast.reply_ip, 19,
                                      blast.reply_port, msg, (unsigned int)strlen(msg));
-        netfront_send(nf, txbuf, len, 1);
+        if (!netfront_send(nf, txbuf, len, 1)) blast.nf = NULL;
     }
 }
 
@@ -435,7 +435,7 @@ void kmain(uint32_t start_info_paddr)
         poll_all();
         handle_xenstore();
         poll_all();  /* xenbus requests clear the rings' pending bits: look again */
-        if (blast.left) {
+        if (blast.nf) {
             run_blast();
             pv_wait_until(pv_time_ns() + 1000000ull);
         } else if (!xb_events_queued()) {

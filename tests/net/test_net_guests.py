@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import NETGUEST, Lan, needs_guest, needs_root_net
+from netlan import NETGUEST, Lan, needs_guest, needs_root_net
 from xlhost import Host
 
 from pyxen.backends import tap

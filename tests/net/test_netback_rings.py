@@ -7,7 +7,7 @@ import struct
 import time
 
 import pytest
-from conftest import needs_root_net
+from netlan import needs_root_net
 from pyfront import Front, Guest, frame
 
 from pyxen.backends import netback as NB
