@@ -222,3 +222,30 @@ def test_frontend_that_never_consumes_responses(front: Front) -> None:
     front.post_rx(2)
     assert len(front.rx_responses(2)) == 2
     assert front.vif.queues[0].broken is None
+
+
+def _tcp4(payload: bytes) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 20 + len(payload), 1, 0x4000, 64, 6, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    tcp = struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 5 << 4, 0x18, 65535, 0, 0)
+    return b"\x00\x16\x3e\x00\x00\x01\x00\x16\x3e\x00\x00\x02\x08\x00" + ip + tcp + payload
+
+
+def test_tx_gso_becomes_a_tcp_segment_for_the_host(guest: Guest) -> None:
+    f = Front(guest, "h", features=NB.Features(sg=True, gso_tcpv4=True))
+    try:
+        pkt = _tcp4(b"s" * 3000)  # two MSS-sized segments once the host splits it
+        gso = struct.pack("<BBHBBH", N.XEN_NETIF_EXTRA_TYPE_GSO, 0, 1448,
+                          N.XEN_NETIF_GSO_TYPE_TCPV4, 0, 0)
+        f.send(pkt, flags=N.NETTXF_csum_blank | N.NETTXF_data_validated, rid=1, extras=[gso])
+        assert f.tx_responses(2) == [(1, 0), (0, N.NETIF_RSP_NULL)]
+        vnet, data = f.host_recv()
+        assert data == pkt
+        # (hdr_len is the host kernel's own on this side: its linear header length)
+        assert (vnet[0], vnet[1], vnet[3]) == (T.VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                                              T.VIRTIO_NET_HDR_GSO_TCPV4, 1448)
+        # GSO without a partial checksum is refused
+        f.send(pkt, flags=0, rid=5, extras=[gso])
+        assert f.tx_responses(2) == [(5, N.NETIF_RSP_ERROR), (0, N.NETIF_RSP_NULL)]
+    finally:
+        f.close()
