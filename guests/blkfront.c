@@ -315,6 +315,13 @@ int blkfront_simple(struct blkfront *bf, uint8_t op, uint64_t sector, uint64_t n
         r->operation = op; r->id = 7; r->sector_number = sector; r->nr_sectors = nr;
         r->handle = (blkif_vdev_t)bf->devid;
         q->ring.r64.req_prod_pvt++;
+    } else if (op == BLKIF_OP_DISCARD) {
+        struct blkif32_request_discard *r = (struct blkif32_request_discard *)
+            RING_GET_REQUEST(&q->ring.r32, q->ring.r32.req_prod_pvt);
+        memset(r, 0, sizeof(*r));
+        r->operation = op; r->id = 7; r->sector_number = sector; r->nr_sectors = nr;
+        r->handle = (uint16_t)bf->devid;
+        q->ring.r32.req_prod_pvt++;
     } else {
         put_rw(bf, q, op, 7, sector, NULL, 0);
     }

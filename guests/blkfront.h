@@ -33,6 +33,11 @@ struct blkif32_request {
     uint64_t id, sector_number;
     struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
 } __attribute__((packed, aligned(4)));
+struct blkif32_request_discard {
+    uint8_t operation, flag;
+    uint16_t handle;
+    uint64_t id, sector_number, nr_sectors;
+} __attribute__((packed, aligned(4)));
 struct blkif32_response {
     uint64_t id;
     uint8_t operation, _pad;

@@ -30,6 +30,7 @@ import select
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 from ..hypervisor import atomic
@@ -175,6 +176,7 @@ class BlkifQueue:
         self.broken = False
         self.served = 0
         self.errors = 0
+        self.busy = 0.0  # seconds spent serving (bench/blk.py reports it)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.thread = threading.Thread(target=self._serve, daemon=True,
                                        name=f"blkback-d{dev.domid}-{dev.devid}-q{index}")
@@ -194,7 +196,9 @@ class BlkifQueue:
                 if self.port.state != ECS_INTERDOMAIN:
                     return  # the frontend closed its end (or the domain is dying)
                 if not self.broken:
+                    t0 = time.perf_counter()
                     self.process()
+                    self.busy += time.perf_counter() - t0
         except (ValueError, BufferError):
             return  # the grant mappings were revoked under us: the domain is being destroyed
         except Exception as e:  # noqa: BLE001 - a backend bug must not take the VMM down
@@ -396,7 +400,9 @@ class Blkback(XenbusDevice):
         if self.queues:
             served = sum(q.served for q in self.queues)
             errors = sum(q.errors for q in self.queues)
-            self.log(f"disconnected: {served} request(s) served, {errors} refused")
+            busy = sum(q.busy for q in self.queues)
+            self.log(f"disconnected: {served} request(s) served, {errors} refused, "
+                     f"backend busy {busy:.3f} s")
         self.queues = []
         if self.fd >= 0:
             with contextlib.suppress(OSError):

@@ -266,7 +266,7 @@ def destroy(xs: Any, dev: Device) -> None:
 
     with contextlib.suppress(Exception):
         xs.run_transaction(tx_body)
-    for p, stop in ((dev.backend_path, f"/local/domain/{dev.backend_domid}/backend"),
+    for p, stop in ((dev.backend_path, f"/local/domain/{dev.backend_domid}"),
                     (dev.frontend_path, f"/local/domain/{dev.domid}/device"),
                     (dev.libxl_path, f"/libxl/{dev.domid}/device")):
         cleanup_parents(xs, p, stop)
