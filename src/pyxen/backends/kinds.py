@@ -9,7 +9,9 @@ from .xenbus_backend import XenbusDevice
 
 def device_kinds() -> dict[str, type[XenbusDevice]]:
     from .blkback import Blkback
+    from .netback import Netback
 
     return {
         "vbd": Blkback,  # xen/io/blkif.h
+        "vif": Netback,  # xen/io/netif.h
     }

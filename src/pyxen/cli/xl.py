@@ -379,6 +379,52 @@ def debug_keys(keys: str | None) -> None:
             fail(f"cannot send debug keys: {keys}")
 
 
+# ------------------------------------------------------------------------- network
+
+@cli.command("network-attach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("vifspec", nargs=-1)
+def network_attach(domain: str, vifspec: tuple[str, ...]) -> None:
+    """Create a new virtual network device (xl-network-configuration items)."""
+    from pyxen.toolstack.vifspec import NicSpec, VifSpecError, apply_item, check
+
+    nic = NicSpec()
+    try:
+        for item in vifspec:
+            apply_item(nic, item)
+        check(nic)
+    except VifSpecError as e:
+        fail(str(e))
+    call("network_attach", domain=domain, nic=nic.to_json())
+
+
+@cli.command("network-list", context_settings=CONTEXT)
+@click.argument("domains", nargs=-1, required=True)
+def network_list(domains: tuple[str, ...]) -> None:
+    """List virtual network interfaces for a domain."""
+    click.echo(f"{'Idx':<3} {'BE':<2} {'Mac Addr.':<17} {'handle':<6} {'state':<5} "
+               f"{'evt-ch':<6} {'tx-':>5}/{'rx-ring-ref':<5} {'BE-path':<30}")
+    for d in domains:
+        with connect() as c:
+            try:
+                rows = c.request("network_list", domain=d)["nics"]
+            except HostdError as e:
+                _one_line(str(e))
+                continue
+        for r in rows:
+            click.echo(f"{r['devid']:<3d} {r['backend_id']:<2d} {r['mac']}{r['devid']:6d} "
+                       f"{r['state']:5d} {r['evtch']:6d} {r['rref_tx']:5d}/"
+                       f"{r['rref_rx']:<11d} {r['backend']:<30}")
+
+
+@cli.command("network-detach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("device")
+def network_detach(domain: str, device: str) -> None:
+    """Destroy a domain's virtual network device (by devid or MAC)."""
+    call("network_detach", domain=domain, device=device)
+
+
 # ------------------------------------------------------------------------- block devices
 
 @cli.command("block-attach", context_settings=CONTEXT)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyxen.toolstack.vifspec import NicSpec, VifSpecError, assign_devids, parse_vif
 from pyxen.toolstack.xlcfg import XlCfgError, XlConfig, apply_override, parse_file
 from pyxen.toolstack.xldisk import DiskSpec, DiskSpecError, parse_disk
 
@@ -60,6 +61,7 @@ class DomainConfig:
     on_crash: str = "destroy"
     on_watchdog: str = "destroy"
     disks: list[dict[str, Any]] = field(default_factory=list)  # DiskSpec.to_json() each
+    vifs: list[dict[str, Any]] = field(default_factory=list)  # NicSpec.to_json() each
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,8 +116,21 @@ class DomainConfig:
         except DiskSpecError as e:
             raise ConfigError(str(e)) from None
 
+        if not isinstance(self.vifs, list):
+            raise ConfigError("vifs must be a list")
+        try:
+            specs = self.nic_specs()
+            if len({s.devid for s in specs}) != len(specs) or \
+                    any(s.devid is None for s in specs):
+                raise VifSpecError("vifs need distinct devids")
+        except VifSpecError as e:
+            raise ConfigError(str(e)) from None
+
     def disk_specs(self) -> list[DiskSpec]:
         return [DiskSpec.from_json(d) for d in self.disks]
+
+    def nic_specs(self) -> list[NicSpec]:
+        return [NicSpec.from_json(v) for v in self.vifs]
 
     def check_files(self) -> None:
         """The kernel and ramdisk exist and are readable (libxl fails here at build)."""
@@ -326,12 +341,27 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
     except DiskSpecError as e:
         raise cfg.error("disk", str(e)) from None
 
+    vifs = []
+    for i, item in enumerate(cfg.get_list("vif") or []):
+        if not isinstance(item, str):
+            raise cfg.error("vif", f"vif[{i}] is a list but should be a string")
+        try:
+            vifs.append(parse_vif(item, cfg.source))
+        except VifSpecError as e:
+            raise XlCfgError(cfg.source, None, str(e).removeprefix(f"{cfg.source}: ")) \
+                from None
+    try:
+        assign_devids(vifs)
+    except VifSpecError as e:
+        raise cfg.error("vif", str(e)) from None
+
     return DomainConfig(
         name=name, uuid=uuid, type=dtype, memory=memory, maxmem=maxmem, vcpus=vcpus,
         maxvcpus=maxvcpus, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
         on_poweroff=_action(cfg, "on_poweroff"), on_reboot=_action(cfg, "on_reboot"),
         on_crash=_action(cfg, "on_crash"), on_watchdog=_action(cfg, "on_watchdog"),
         disks=[d.to_json() for d in disks],
+        vifs=[v.to_json() for v in vifs],
     )
 
 

@@ -18,6 +18,9 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   block_attach domain, disk (DiskSpec JSON)  -> devid
   block_detach domain, device (vdev or devid), force
   block_list   domains        -> disks: [{domid, devid, backend_id, state, evtch, ...}]
+  network_attach domain, nic (NicSpec JSON)  -> devid, mac
+  network_detach domain, device (devid or MAC), force
+  network_list   domain       -> nics: [{devid, backend_id, mac, state, evtch, ...}]
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
 the sockets.
@@ -314,6 +317,9 @@ class Hostd:
         if op in ("block_attach", "block_detach", "block_list"):
             from .blockops import block_op
             return await block_op(self, dom, op, req)
+        if op in ("network_attach", "network_detach", "network_list"):
+            from .netops import network_op
+            return await network_op(self, dom, op, req)
         if op == "shutdown":
             reason = req.get("reason", "poweroff")
             if reason not in ("poweroff", "reboot"):
@@ -386,6 +392,8 @@ class Hostd:
             await self._build(dom)
             self._write_xenstore(dom)
             await self._attach_disks(dom)
+            from .netops import attach_vifs
+            await attach_vifs(self, dom)
             if not paused:
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
