@@ -30,7 +30,9 @@ static void wait_key(char want)
     char c;
     printk("balloon: waiting for '%c'\n", want);
     for (;;) {
-        if (console_io(CONSOLEIO_read, 1, &c) == 1 && c == want) return;
+        /* CONSOLEIO_read, or the PV console ring once printk uses it */
+        if ((console_io(CONSOLEIO_read, 1, &c) == 1 || hvc_read(&c, 1) == 1) && c == want)
+            return;
         sched_op(SCHEDOP_yield, NULL);
     }
 }

@@ -184,7 +184,8 @@ static void timer_mode(void)
 
     /* A stopped single shot never fires: poll the timer port 30 ms with interrupts off. */
     ticks = 0;
-    ss.timeout_abs_ns = xen_system_time() + 2000000;
+    /* 10 s ahead: stopped long before it could fire, however slow this host is */
+    ss.timeout_abs_ns = xen_system_time() + 10000000000ULL;
     vcpu_op(VCPUOP_set_singleshot_timer, 0, &ss);
     vcpu_op(VCPUOP_stop_singleshot_timer, 0, NULL);
     evtchn_poll(port, xen_system_time() + 30000000);

@@ -18,12 +18,14 @@
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
  *   mode=balloon [out=N]     memory map, shared info moves, ballooning (balloon.c)
+ *   mode=disk                blkfront: pattern/checksum tests on every vbd, hot-plug (disk.c)
  */
 #include "guest.h"
 
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 void pv_idle(void);                                  /* pvdemo.c */
 void balloon_main(const struct hvm_start_info *si);  /* balloon.c */
+void disk_main(unsigned int domid);                  /* disk.c */
 void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int domid);
 
 #define MAX_VCPUS 32
@@ -374,6 +376,7 @@ void kmain(uint32_t start_info_paddr)
         unsigned long seed = opt_ul("seed", 1);
         fuzz_main(seed, opt_ul("n", 2000), ram_end(), domid);
     }
+    if (streq(mode, "disk")) disk_main(domid);
     if (streq(mode, "xenbus") || streq(mode, "badconsole") || streq(mode, "xsflood"))
         pv_main(mode, domid);
     printk("pyxen hello: unknown mode \"%s\"\n", mode);

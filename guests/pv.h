@@ -20,6 +20,8 @@ int pv_evtchn_init(void);                 /* maps shared_info; 0 or a negative X
 void pv_evtchn_watch(evtchn_port_t port); /* masked: we SCHEDOP_poll it, no upcall */
 void pv_notify(evtchn_port_t port);
 void pv_wait(void);                /* until a watched port is pending (or a yield) */
+void pv_wait_until(uint64_t deadline_ns); /* the same, or until that system time */
+uint64_t pv_time_ns(void);         /* Xen system time (after pv_evtchn_init) */
 void pv_ack(void);                 /* clear the watched ports' pending bits */
 extern int pv_evtchn_usable;              /* 0: no event channels, the guest polls its rings */
 long hvm_param(unsigned int index, uint64_t *value);
@@ -31,8 +33,11 @@ evtchn_port_t xb_port(void);
 long xb_read(const char *path, char *value, size_t size);   /* length or -errno */
 long xb_write(const char *path, const char *value);
 long xb_watch(const char *path, const char *token);
+long xb_unwatch(const char *path, const char *token);
+long xb_directory(const char *path, char *out, size_t size); /* NUL-separated names; length */
 int xb_next_event(char *path, size_t psize, char *token, size_t tsize); /* 1 if one */
 void xb_poll(void);                    /* move arrived watch events off the ring */
+int xb_events_queued(void);            /* watch events taken off the ring, not yet read */
 const char *xb_error_name(long err);
 void xb_reset_state(void);
 

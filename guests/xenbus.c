@@ -10,7 +10,7 @@
 
 static char si_page[4096] __attribute__((aligned(4096)));
 static struct shared_info *si;
-static evtchn_port_t watched[8];
+static evtchn_port_t watched[32];
 static unsigned int nwatched;
 int pv_evtchn_usable;
 
@@ -67,6 +67,35 @@ void pv_wait(void)
     if (sched_op(SCHEDOP_poll, &p) < 0) sched_op(SCHEDOP_yield, NULL);
 }
 
+/* Xen system time (ns) from vCPU 0's vcpu_time_info, as a guest's clocksource reads it. */
+uint64_t pv_time_ns(void)
+{
+    if (!si) return 0;
+    volatile struct vcpu_time_info *t = &si->vcpu_info[0].time;
+    uint32_t ver;
+    uint64_t ns;
+    do {
+        ver = t->version;
+        rmb();
+        uint32_t lo, hi;
+        asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        uint64_t delta = (((uint64_t)hi << 32) | lo) - t->tsc_timestamp;
+        if (t->tsc_shift < 0) delta >>= -t->tsc_shift; else delta <<= t->tsc_shift;
+        ns = t->system_time + (uint64_t)(((unsigned __int128)delta * t->tsc_to_system_mul) >> 32);
+        rmb();
+    } while ((ver & 1) || ver != t->version);
+    return ns;
+}
+
+/* pv_wait, but back by `deadline` (absolute system time, ns) at the latest. */
+void pv_wait_until(uint64_t deadline)
+{
+    if (!pv_evtchn_usable || !nwatched) { sched_op(SCHEDOP_yield, NULL); return; }
+    struct sched_poll p = { .nr_ports = nwatched, .timeout = deadline };
+    set_xen_guest_handle(p.ports, watched);
+    if (sched_op(SCHEDOP_poll, &p) < 0) sched_op(SCHEDOP_yield, NULL);
+}
+
 /* ---------------------------------------------------------------- the xenstore ring */
 
 #define MAX_EVENTS 8
@@ -81,6 +110,7 @@ static size_t rlen;  /* bytes of the message being assembled in rbuf */
 struct xenstore_domain_interface *xb_intf(void) { return intf; }
 evtchn_port_t xb_port(void) { return store_port; }
 void xb_reset_state(void) { rlen = 0; ev_head = ev_tail = 0; }
+int xb_events_queued(void) { return ev_head != ev_tail; }
 
 int xb_init(void)
 {
@@ -229,6 +259,20 @@ long xb_watch(const char *path, const char *token)
 {
     long rc = xb_request(XS_WATCH, path, strlen(path) + 1, token, strlen(token) + 1, NULL, 0);
     return rc < 0 ? rc : 0;
+}
+
+long xb_unwatch(const char *path, const char *token)
+{
+    long rc = xb_request(XS_UNWATCH, path, strlen(path) + 1, token, strlen(token) + 1, NULL, 0);
+    return rc < 0 ? rc : 0;
+}
+
+/* The reply is the names, each NUL-terminated (out keeps them; its last byte is 0). */
+long xb_directory(const char *path, char *out, size_t size)
+{
+    long rc = xb_request(XS_DIRECTORY, path, strlen(path) + 1, NULL, 0, out, size);
+    if (rc >= 0 && (size_t)rc >= size) rc = (long)size - 1;
+    return rc;
 }
 
 /* ---------------------------------------------------------------- PV control */

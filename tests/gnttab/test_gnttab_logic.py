@@ -211,3 +211,26 @@ def test_compat_setup_table_copy_and_status_frames(dom: Domain) -> None:
     assert [c.status for c in back] == [G.GNTST_okay, G.GNTST_okay]
     assert dom.memory.read((0x303 << 12) + 16, 11) == b"compat copy"
     assert gt.read_status(9) == 0
+
+
+def test_cache_flush_as_xen_x86(dom: Domain) -> None:
+    dom.unpause()
+    dom.grant_table = GrantTable(dom)
+    arg = 0x10000
+
+    def flush(bus: int, off: int, length: int, op: int, cmd_hi: int = 0) -> int:
+        f = G.gnttab_cache_flush(offset=off, length=length, op=op)
+        f.a.dev_bus_addr = bus
+        dom.memory.write(arg, bytes(f))
+        return call(dom, G.GNTTABOP_cache_flush | cmd_hi << 12, arg, compat=False)
+
+    clean, inval = G.GNTTAB_CACHE_CLEAN, G.GNTTAB_CACHE_INVAL
+    assert flush(0x200000, 0, 64, clean) == 0
+    assert flush(0x200000, 0, 64, clean | inval) == 0
+    assert flush(0x200000, 0, 64, inval) == -E.EOPNOTSUPP
+    assert flush(0x200000, 4000, 200, clean) == -E.EINVAL          # beyond the page
+    assert flush(0x200000, 0, 64, G.GNTTAB_CACHE_SOURCE_GREF | clean) == -E.EINVAL
+    assert flush(1 << 50, 0, 64, clean) == -E.EINVAL               # no such frame
+    assert flush(0x200000, 0, 0, clean) == 0                       # nothing to do
+    assert flush(0x200000, 0, 0, clean, cmd_hi=5) == -84           # -EILSEQ
+    assert call(dom, G.GNTTABOP_copy | 1 << 12, arg, compat=False) == -E.EINVAL

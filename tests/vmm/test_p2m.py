@@ -99,3 +99,46 @@ def test_slots_run_out_with_enomem_and_bad_gfns_with_einval(mem: GuestMemory) ->
     assert e.value.errno == 22
     mem.free_page(pages[0])
     assert mem.p2m.lookup(HOLE) is None and len(mem.slots) == 3
+
+
+def test_memory_op_for_a_32bit_caller() -> None:
+    """The compat layouts on real guest memory: a flat 32-bit caller's reservation (4-byte
+    xen_pfn_t extents), memory map and add_to_physmap, through the real dispatcher."""
+    import struct
+
+    from pyxen.arch.x86.paging import PagingState, translate
+    from pyxen.hypervisor import hypercall as HC
+    from pyxen.hypervisor.domain import Domain
+    from pyxen.hypervisor.guest_access import GuestAccess
+    from pyxen.hypervisor.hypercall_table import dispatch
+    from pyxen.hypervisor.public import memory as M
+
+    mem = GuestMemory(4 << 20, name="pyxen-test-compat", max_size=4 << 20)
+    d = Domain(domid=3, name="c", memory=mem, max_vcpus=1, max_memory=4 << 20)
+    d.pause_count = 0
+    st = PagingState(cr0=0x11, cr3=0, cr4=0, efer=0)
+
+    def memory_op(cmd: int, arg: int) -> int:
+        def guest() -> GuestAccess:
+            return GuestAccess(mem, lambda va, w: translate(mem.read, st, va, w), compat=True)
+        ctx = HC.HypercallContext(d, d.vcpus[0], (cmd, arg, 0, 0, 0), guest, long_mode=False)
+        return dispatch(ctx, 12)
+
+    mem.write(0x100000, struct.pack("<III", 0x200, 0x201, 0x202))
+    mem.write(0x101000, bytes(M.compat_memory_reservation(
+        extent_start=0x100000, nr_extents=3, domid=0x7FF0)))
+    assert memory_op(M.XENMEM_decrease_reservation, 0x101000) == 3
+    assert mem.tot_pages == 1021 and not mem.is_ram(0x201000)
+    assert memory_op(M.XENMEM_decrease_reservation | (2 << 6), 0x101000) == 2  # all holes
+    assert memory_op(M.XENMEM_populate_physmap | (1 << 6), 0x101000) == 3  # from extent 1
+    assert mem.tot_pages == 1023 and mem.is_ram(0x201000) and not mem.is_ram(0x200000)
+    mem.write(0x102000, bytes(M.compat_memory_map(nr_entries=4, buffer=0x103000)))
+    assert memory_op(M.XENMEM_memory_map, 0x102000) == 0
+    assert M.compat_memory_map.from_buffer_copy(mem.read(0x102000, 8)).nr_entries == 2
+    assert struct.unpack("<QQI", mem.read(0x103000, 20)) == (0, 4 << 20, 1)
+    mem.write(0x104000, bytes(M.compat_add_to_physmap(
+        domid=0x7FF0, space=M.XENMAPSPACE_gmfn, idx=0x100, gpfn=0xFEFF0)))
+    mem.write(0x100000, b"moved")
+    assert memory_op(M.XENMEM_add_to_physmap, 0x104000) == 0
+    assert mem.read(0xFEFF0000, 5) == b"moved" and not mem.is_ram(0x100000)
+    mem.close()

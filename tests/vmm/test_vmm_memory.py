@@ -32,11 +32,11 @@ def test_balloon_memory_map_shared_info_and_reservations(boot) -> None:
     d = boot("mode=balloon", memory=32, maxmem=36)
     d.request("unpause")
     con = d.console()
-    # The e820 the toolstack set: RAM, libxl's reserved special pages; the same table as
-    # hvm_start_info's memmap (the builder writes it from the same place).
-    assert line(d, "memory_map rc") == "memory_map rc 0, 2 entries"
+    # The e820 the toolstack set: RAM, libxl's reserved special pages, the ACPI tables; the
+    # same table as hvm_start_info's memmap (the builder writes it from the same place).
+    assert line(d, "memory_map rc") == "memory_map rc 0, 3 entries"
     assert line(d, "memory_map with") == "memory_map with room for 1: rc 0, 1 entries"
-    e820 = ["0 2000000 1", "feff8000 8000 2"]
+    e820 = ["0 2000000 1", "fc000000 3000 3", "feff8000 8000 2"]
     assert [ln for ln in d.guest_lines() if "e820" in ln] == [f"balloon: e820 {e}" for e in e820]
     assert [ln for ln in d.guest_lines() if "start_info memmap" in ln] == [
         f"balloon: start_info memmap {e}" for e in e820]

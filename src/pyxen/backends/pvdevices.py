@@ -47,10 +47,8 @@ def _event_channels(d: Any, machine: Any) -> tuple[Any, Any] | None:
         return None
     ev = getattr(d, "evtchn", None)
     if ev is None:
-        try:  # the builder did not create them: do it as it would
-            from ..arch.x86.irq import MsiInjector
-
-            ev = GuestEventChannels(EvtchnHost(), d, MsiInjector(machine.vm.fd))
+        try:  # the builder did not create them: do it as it would (vmm/events.py)
+            ev = GuestEventChannels(EvtchnHost(), d, machine.upcall_injector())
         except Exception:  # noqa: BLE001 - run without event channels (guests poll)
             return None
         d.evtchn = ev

@@ -379,6 +379,99 @@ def debug_keys(keys: str | None) -> None:
             fail(f"cannot send debug keys: {keys}")
 
 
+# ------------------------------------------------------------------------- network
+
+@cli.command("network-attach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("vifspec", nargs=-1)
+def network_attach(domain: str, vifspec: tuple[str, ...]) -> None:
+    """Create a new virtual network device (xl-network-configuration items)."""
+    from pyxen.toolstack.vifspec import NicSpec, VifSpecError, apply_item, check
+
+    nic = NicSpec()
+    try:
+        for item in vifspec:
+            apply_item(nic, item)
+        check(nic)
+    except VifSpecError as e:
+        fail(str(e))
+    call("network_attach", domain=domain, nic=nic.to_json())
+
+
+@cli.command("network-list", context_settings=CONTEXT)
+@click.argument("domains", nargs=-1, required=True)
+def network_list(domains: tuple[str, ...]) -> None:
+    """List virtual network interfaces for a domain."""
+    click.echo(f"{'Idx':<3} {'BE':<2} {'Mac Addr.':<17} {'handle':<6} {'state':<5} "
+               f"{'evt-ch':<6} {'tx-':>5}/{'rx-ring-ref':<5} {'BE-path':<30}")
+    for d in domains:
+        with connect() as c:
+            try:
+                rows = c.request("network_list", domain=d)["nics"]
+            except HostdError as e:
+                _one_line(str(e))
+                continue
+        for r in rows:
+            click.echo(f"{r['devid']:<3d} {r['backend_id']:<2d} {r['mac']}{r['devid']:6d} "
+                       f"{r['state']:5d} {r['evtch']:6d} {r['rref_tx']:5d}/"
+                       f"{r['rref_rx']:<11d} {r['backend']:<30}")
+
+
+@cli.command("network-detach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("device")
+def network_detach(domain: str, device: str) -> None:
+    """Destroy a domain's virtual network device (by devid or MAC)."""
+    call("network_detach", domain=domain, device=device)
+
+
+# ------------------------------------------------------------------------- block devices
+
+@cli.command("block-attach", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("spec", nargs=-1, required=True)
+def block_attach(domain: str, spec: tuple[str, ...]) -> None:
+    """Create a new virtual block device: <Domain> <disk-spec-component(s)>..."""
+    from pyxen.toolstack.xldisk import DiskSpecError, parse_disk
+
+    try:
+        disk = parse_disk(",".join(spec), "command line")
+    except DiskSpecError as e:
+        fail(str(e))
+    if disk.target and not os.path.isabs(disk.target):
+        disk.target = os.path.abspath(disk.target)
+    call("block_attach", domain=domain, disk=disk.to_json())
+
+
+@cli.command("block-list", context_settings=CONTEXT)
+@click.argument("domains", nargs=-1, required=True)
+def block_list(domains: tuple[str, ...]) -> None:
+    """List virtual block devices for a domain."""
+    click.echo(f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} "
+               f"{'ring-ref':<8} {'BE-path':<30}")
+    with connect() as c:
+        for d in domains:
+            try:
+                rows = c.request("block_list", domain=d)["disks"]
+            except HostdError as e:
+                _one_line(str(e))
+                continue
+            for r in rows:
+                click.echo(f"{r['devid']:<5} {r['backend_id']:<3} {r['frontend_id']:<6} "
+                           f"{r['state']:<5} {r['evtch']:<6} {r['rref']:<8} "
+                           f"{r['backend']:<30}")
+
+
+@cli.command("block-detach", context_settings=CONTEXT)
+@click.option("-f", "force", is_flag=True, help="Force the removal (do not wait for the "
+              "guest to release the device).")
+@click.argument("domain")
+@click.argument("device")
+def block_detach(force: bool, domain: str, device: str) -> None:
+    """Destroy a domain's virtual block device: <Domain> <DevId|vdev>."""
+    call("block_detach", domain=domain, device=device, force=force)
+
+
 # ------------------------------------------------------------------------- entry
 
 def main(argv: list[str] | None = None) -> int:

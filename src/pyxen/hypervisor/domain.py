@@ -77,6 +77,8 @@ class Domain:
         self.evtchn: Any = None
         self.grant_table: Any = None
         self.timers: Any = None
+        # arch/x86/emulate.py: what the host's KVM could not emulate ('q' shows it)
+        self.emulation: Any = None
 
     # --- logging -------------------------------------------------------------------------
 

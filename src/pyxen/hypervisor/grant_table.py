@@ -49,7 +49,7 @@ INVALID_GFN = (1 << 64) - 1
 SET_RETRIES = 4
 PIN_LIMIT = 0x80  # Xen's 8-bit pin counters: a pin with the top bit set is refused
 GNTTABOP_CMD_MASK = (1 << 12) - 1  # the rest of cmd is continuation state (cache_flush)
-EILSEQ = 84  # xen/errno.h
+
 STATUS_BITS = G.GTF_reading | G.GTF_writing
 CACHE_FLAGS = G.GTF_PAT | G.GTF_PWT | G.GTF_PCD
 GRANT_MAP_KIND = "grant_map"  # p2m pages that are grant mappings (p2m_grant_map_rw/ro)
@@ -818,7 +818,7 @@ def _cache_flush(ctx: HypercallContext, op: G.gnttab_cache_flush, cur_ref: int) 
             or op.op & ~(G.GNTTAB_CACHE_INVAL | G.GNTTAB_CACHE_CLEAN)):
         return -E.EINVAL
     if op.length == 0 or op.op == 0:
-        return 0 if not cur_ref else -EILSEQ
+        return 0 if not cur_ref else -E.EILSEQ
     mfn = op.a.dev_bus_addr >> 12
     if mfn >= ctx.domain.memory.store.size // PAGE_SIZE:
         return -E.EINVAL

@@ -109,6 +109,8 @@ def dump_domain(d: Domain) -> list[str]:
                          f"(period {period // 1_000_000} ms)")
         else:
             lines.append("No periodic timer")
+    if d.emulation is not None:  # pyxen's addition: instructions the host's KVM lacks
+        lines += d.emulation.dump_lines()
     return lines
 
 

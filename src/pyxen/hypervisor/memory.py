@@ -157,6 +157,16 @@ class GuestMemory:
         """(addr, size, type): the domain's memory map (XENMEM_memory_map, hvm_start_info)."""
         return list(self._e820)
 
+    def add_firmware(self, gpa: int, size: int, e820_type: int) -> None:
+        """Firmware pages in the MMIO hole (libxl's ACPI tables): pool pages the p2m places
+        at gpa, and their e820 entry. They are not RAM (tot_pages does not count them)."""
+        if gpa < LOWMEM_TOP or gpa + size > HIGHMEM_BASE or gpa % PAGE_SIZE or size % PAGE_SIZE:
+            raise ValueError(f"firmware range {gpa:#x}+{size:#x} is not whole pages in the "
+                             "MMIO hole")
+        for i in range(size // PAGE_SIZE):
+            self.p2m.map_page((gpa >> PAGE_SHIFT) + i, self.alloc_page("firmware"))
+        self._e820 = sorted(self._e820 + [(gpa, size, e820_type)])
+
     def set_e820(self, entries: list[tuple[int, int, int]]) -> None:
         self._e820 = list(entries)
 

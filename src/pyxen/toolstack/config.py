@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import uuid as uuidlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyxen.toolstack.vifspec import NicSpec, VifSpecError, assign_devids, parse_vif
 from pyxen.toolstack.xlcfg import XlCfgError, XlConfig, apply_override, parse_file
+from pyxen.toolstack.xldisk import DiskSpec, DiskSpecError, parse_disk
 
 SUPPORTED_TYPES = ("pvh",)
 KNOWN_TYPES = ("pv", "pvh", "hvm")
@@ -58,6 +60,8 @@ class DomainConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     on_watchdog: str = "destroy"
+    disks: list[dict[str, Any]] = field(default_factory=list)  # DiskSpec.to_json() each
+    vifs: list[dict[str, Any]] = field(default_factory=list)  # NicSpec.to_json() each
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +109,28 @@ class DomainConfig:
             path = getattr(self, key)
             if path is not None and not os.path.isabs(path):
                 raise ConfigError(f"{key} path must be absolute: {path}")
+        if not isinstance(self.disks, list):
+            raise ConfigError("disks must be a list")
+        try:
+            check_disks([DiskSpec.from_json(d) for d in self.disks])
+        except DiskSpecError as e:
+            raise ConfigError(str(e)) from None
+
+        if not isinstance(self.vifs, list):
+            raise ConfigError("vifs must be a list")
+        try:
+            specs = self.nic_specs()
+            if len({s.devid for s in specs}) != len(specs) or \
+                    any(s.devid is None for s in specs):
+                raise VifSpecError("vifs need distinct devids")
+        except VifSpecError as e:
+            raise ConfigError(str(e)) from None
+
+    def disk_specs(self) -> list[DiskSpec]:
+        return [DiskSpec.from_json(d) for d in self.disks]
+
+    def nic_specs(self) -> list[NicSpec]:
+        return [NicSpec.from_json(v) for v in self.vifs]
 
     def check_files(self) -> None:
         """The kernel and ramdisk exist and are readable (libxl fails here at build)."""
@@ -119,6 +145,60 @@ class DomainConfig:
                 raise ConfigError(f"failed to open {key} '{path}': {e.strerror}") from e
             if not os.path.isfile(path):
                 raise ConfigError(f"failed to open {key} '{path}': not a regular file")
+        for disk in self.disk_specs():
+            try:
+                check_disk_target(disk)
+            except DiskSpecError as e:
+                raise ConfigError(str(e)) from None
+
+
+def check_disks(disks: list[DiskSpec], existing: list[DiskSpec] = ()) -> None:  # type: ignore[assignment]
+    """What libxl refuses before creating any device: a vdev without a Xen device
+    number, the same device twice, a backend pyxen does not have."""
+    seen = {d.devid: d.vdev for d in existing}
+    for d in disks:
+        check_disk_backend(d)
+        devid = d.devid
+        if devid in seen:
+            raise DiskSpecError(f"Duplicate vdev {d.vdev} (device {devid}) for the domain"
+                                if seen[devid] == d.vdev else
+                                f"vdev {d.vdev} is the same device ({devid}) as {seen[devid]}")
+        seen[devid] = d.vdev
+
+
+def check_disk_backend(d: DiskSpec) -> None:
+    """pyxen's blkback (in the domain's VMM) serves raw images and block devices in dom0."""
+    if d.backend not in (None, "", "0", "Domain-0"):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: backend domain {d.backend} is not supported "
+                            "by pyxen (driver domains): only dom0 serves disks")
+    if d.backendtype not in (None, "phy", "qdisk"):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: backendtype={d.backendtype} is not "
+                            "supported by pyxen: use phy or qdisk (both are pyxen's blkback)")
+    if d.format not in ("raw", "empty"):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: format={d.format} is not supported by "
+                            "pyxen's blkback: use format=raw (convert with qemu-img convert "
+                            "-O raw)")
+    if d.specification not in (None, "xen"):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: specification={d.specification} is not "
+                            "supported by pyxen: only Xen PV disks")
+
+
+def check_disk_target(d: DiskSpec) -> None:
+    """libxl__device_disk_set_backend: the target must exist (stat), and be usable."""
+    if not d.target:
+        return  # an empty cdrom drive
+    try:
+        st = os.stat(d.target)
+    except OSError as e:
+        raise DiskSpecError(f"Disk vdev={d.vdev} failed to stat: {d.target}: "
+                            f"{e.strerror}") from None
+    import stat as statmod
+    if not (statmod.S_ISREG(st.st_mode) or statmod.S_ISBLK(st.st_mode)):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: {d.target} is neither a regular file nor a "
+                            "block device")
+    if not os.access(d.target, os.R_OK | (os.W_OK if d.readwrite else 0)):
+        raise DiskSpecError(f"Disk vdev={d.vdev}: {d.target}: permission denied "
+                            f"({'read-write' if d.readwrite else 'read-only'} access)")
 
 
 def valid_name(name: str) -> bool:
@@ -244,11 +324,44 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
         else:
             cmdline = extra or ""
 
+    disks = []
+    for i, item in enumerate(cfg.get_list("disk") or []):
+        if not isinstance(item, str):
+            raise cfg.error("disk", f"disk[{i}] is a list but should be a string")
+        try:
+            disk = parse_disk(item, cfg.source)
+            if disk.target and not os.path.isabs(os.path.expanduser(disk.target)):
+                disk.target = str(cwd / disk.target)
+        except DiskSpecError as e:
+            raise XlCfgError(cfg.source, None, str(e).removeprefix(f"{cfg.source}: ")) \
+                from None
+        disks.append(disk)
+    try:
+        check_disks(disks)
+    except DiskSpecError as e:
+        raise cfg.error("disk", str(e)) from None
+
+    vifs = []
+    for i, item in enumerate(cfg.get_list("vif") or []):
+        if not isinstance(item, str):
+            raise cfg.error("vif", f"vif[{i}] is a list but should be a string")
+        try:
+            vifs.append(parse_vif(item, cfg.source))
+        except VifSpecError as e:
+            raise XlCfgError(cfg.source, None, str(e).removeprefix(f"{cfg.source}: ")) \
+                from None
+    try:
+        assign_devids(vifs)
+    except VifSpecError as e:
+        raise cfg.error("vif", str(e)) from None
+
     return DomainConfig(
         name=name, uuid=uuid, type=dtype, memory=memory, maxmem=maxmem, vcpus=vcpus,
         maxvcpus=maxvcpus, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
         on_poweroff=_action(cfg, "on_poweroff"), on_reboot=_action(cfg, "on_reboot"),
         on_crash=_action(cfg, "on_crash"), on_watchdog=_action(cfg, "on_watchdog"),
+        disks=[d.to_json() for d in disks],
+        vifs=[v.to_json() for v in vifs],
     )
 
 

@@ -15,6 +15,12 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   console domain                -> domid, path
   info                          -> xl info's keys
   dmesg   clear                 -> lines
+  block_attach domain, disk (DiskSpec JSON)  -> devid
+  block_detach domain, device (vdev or devid), force
+  block_list   domains        -> disks: [{domid, devid, backend_id, state, evtch, ...}]
+  network_attach domain, nic (NicSpec JSON)  -> devid, mac
+  network_detach domain, device (devid or MAC), force
+  network_list   domain       -> nics: [{devid, backend_id, mac, state, evtch, ...}]
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
 the sockets.
@@ -40,7 +46,7 @@ from typing import Any
 
 import pyxen
 from pyxen import paths
-from pyxen.toolstack import xsdomain
+from pyxen.toolstack import devices, vbd, xsdomain
 from pyxen.toolstack.config import ConfigError, DomainConfig
 
 DOMID_FIRST_RESERVED = 0x7FF0
@@ -308,6 +314,12 @@ class Hostd:
         if op in ("pause", "unpause"):
             await self.pause(dom, op == "pause")
             return {}
+        if op in ("block_attach", "block_detach", "block_list"):
+            from .blockops import block_op
+            return await block_op(self, dom, op, req)
+        if op in ("network_attach", "network_detach", "network_list"):
+            from .netops import network_op
+            return await network_op(self, dom, op, req)
         if op == "shutdown":
             reason = req.get("reason", "poweroff")
             if reason not in ("poweroff", "reboot"):
@@ -379,6 +391,9 @@ class Hostd:
         try:
             await self._build(dom)
             self._write_xenstore(dom)
+            await self._attach_disks(dom)
+            from .netops import attach_vifs
+            await attach_vifs(self, dom)
             if not paused:
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
@@ -457,6 +472,19 @@ class Hostd:
                               console_port=dom.store.get("console_port"),
                               console_mfn=dom.store.get("console_mfn"))
         self._introduce(dom)
+
+    async def _attach_disks(self, dom: Domain) -> None:
+        """libxl__add_disks: each ``disk =`` entry's device, before the guest runs."""
+        if self.xs is None:
+            if dom.config.disks:
+                raise OpError("xenstored is not running: cannot add the domain's disks")
+            return
+        loop = asyncio.get_running_loop()
+        for disk in dom.config.disk_specs():
+            try:
+                await loop.run_in_executor(None, vbd.attach, self.xs, dom.domid, disk)
+            except devices.DeviceError as e:
+                raise OpError(str(e)) from None
 
     def _introduce(self, dom: Domain) -> None:
         """Tell xenstored the domain exists (as XS_INTRODUCE; fires @introduceDomain).
@@ -715,6 +743,9 @@ class Hostd:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         if self.xs is not None:
+            with contextlib.suppress(Exception):  # libxl__devices_destroy (forced)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, devices.destroy_all, self.xs, dom.domid)
             with contextlib.suppress(Exception):
                 xsdomain.remove_domain(self.xs, dom.domid, dom.config.uuid)
             self._release(dom)

@@ -23,7 +23,12 @@ DOM0 = 0
 
 def init_event_services(d: Domain, vm_fd: int) -> None:
     host = EvtchnHost()
-    d.evtchn = GuestEventChannels(host, d, inject=MsiInjector(vm_fd))
+    # The per-vCPU vector through the LAPIC, the callback vector injected directly
+    # (arch/x86/irq.py); a bare MSI injector where no X86Machine runs the domain.
+    platform = d.platform
+    inject = (platform.upcall_injector() if hasattr(platform, "upcall_injector")
+              else MsiInjector(vm_fd))
+    d.evtchn = GuestEventChannels(host, d, inject=inject)
     BackendEventChannels(host, DOM0)
     d.grant_table = GrantTable(d)
     d.timers = DomainTimers(d, fire=lambda vid: timer_event(d, vid))

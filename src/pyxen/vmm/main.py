@@ -10,6 +10,7 @@ import sys
 import uuid as uuidlib
 
 from .. import paths
+from ..arch.x86 import acpi
 from ..arch.x86.kvm import HostError, Kvm
 from ..arch.x86.machine import X86Machine, install_kick_handler
 from ..arch.x86.pvh import BuildError, build_pvh
@@ -42,19 +43,30 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
                              f"lower '{key}' in the domain config")
     mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
                       max_size=cfg.maxmem_mib << 20)
+    mem.add_firmware(acpi.ACPI_INFO_PHYSICAL_ADDRESS, acpi.region_size(cfg.max_vcpus),
+                     acpi.E820_ACPI)
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
     d.console = Console()
     machine = X86Machine(d, kvm)
     init_event_services(d, machine.vm.fd)
-    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline)
+    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline, cfg.vcpus, cfg.max_vcpus)
     d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
           f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
     for line in boot.log:
         d.log(line)
     machine.boot(boot.entry, boot.start_info)
     return d, machine
+
+
+def start_device_backends(d: Domain) -> object | None:
+    """blkback, netback, ...: the xenbus backend bus of this domain (docs/devices.md)."""
+    from ..backends.kinds import device_kinds
+    from ..backends.xenbus_backend import start_backends
+    from .events import dom0_channels
+
+    return start_backends(d, dom0_channels(d), str(paths.xenstored_socket()), device_kinds())
 
 
 def announce(event: dict) -> None:
@@ -88,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             server.cleanup()
             raise
         server.backends.append(pv)  # closed at destruction with the other backends
+        bus = start_device_backends(domain)
+        if bus is not None:
+            server.backends.append(bus)
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)

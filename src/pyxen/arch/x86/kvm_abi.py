@@ -63,8 +63,39 @@ class kvm_sregs(C.Structure):
     ]
 
 
+class kvm_vcpu_events_exception(C.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8),
+                ("error_code", u32)]
+
+
+class kvm_vcpu_events_interrupt(C.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("soft", u8), ("shadow", u8)]
+
+
+class kvm_vcpu_events_nmi(C.Structure):
+    _fields_ = [("injected", u8), ("pending", u8), ("masked", u8), ("pad", u8)]
+
+
 class kvm_vcpu_events(C.Structure):
-    _fields_ = [("raw", u8 * 64)]
+    _fields_ = [("exception", kvm_vcpu_events_exception),
+                ("interrupt", kvm_vcpu_events_interrupt), ("nmi", kvm_vcpu_events_nmi),
+                ("sipi_vector", u32), ("flags", u32), ("smi", u8 * 4),
+                ("triple_fault", u8), ("reserved", u8 * 26), ("exception_has_payload", u8),
+                ("exception_payload", u64)]
+
+
+class kvm_xsave(C.Structure):
+    """The vCPU's XSAVE image (legacy area: MXCSR at 24, MXCSR_MASK at 28, XMM0 at 160;
+    header: XSTATE_BV at 512)."""
+    _fields_ = [("region", u32 * 1024)]
+
+
+class kvm_xcr(C.Structure):
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(C.Structure):
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
 
 
 class kvm_sync_regs(C.Structure):
@@ -97,11 +128,20 @@ class kvm_run_system_event(C.Structure):
     _fields_ = [("type", u32), ("ndata", u32), ("data", u64 * 16)]
 
 
+class kvm_xen_exit_hcall(C.Structure):
+    _fields_ = [("longmode", u32), ("cpl", u32), ("input", u64), ("result", u64),
+                ("params", u64 * 6)]
+
+
+class kvm_xen_exit(C.Structure):
+    _fields_ = [("type", u32), ("hcall", kvm_xen_exit_hcall)]
+
+
 class kvm_run_exit(C.Union):
     _fields_ = [
         ("hardware_exit_reason", u64), ("fail_entry", kvm_run_fail_entry),
         ("io", kvm_run_io), ("mmio", kvm_run_mmio), ("internal", kvm_run_internal),
-        ("msr", kvm_run_msr), ("system_event", kvm_run_system_event), ("padding", C.c_char * 256),
+        ("msr", kvm_run_msr), ("system_event", kvm_run_system_event), ("xen", kvm_xen_exit), ("padding", C.c_char * 256),
     ]
 
 
@@ -174,6 +214,11 @@ class kvm_mp_state(C.Structure):
     _fields_ = [("mp_state", u32)]
 
 
+class kvm_xen_hvm_config(C.Structure):
+    _fields_ = [("flags", u32), ("msr", u32), ("blob_addr_32", u64), ("blob_addr_64", u64),
+                ("blob_size_32", u8), ("blob_size_64", u8), ("pad2", u8 * 30)]
+
+
 # ioctls
 KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
@@ -192,9 +237,16 @@ KVM_SET_SREGS = _iow(0x84, kvm_sregs)
 KVM_GET_MSRS = _iowr(0x88, kvm_msrs_header)
 KVM_SET_MSRS = _iow(0x89, kvm_msrs_header)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2_header)
+KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2_header)
 KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+KVM_XEN_HVM_CONFIG = _iow(0x7A, kvm_xen_hvm_config)
 KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
+KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
+KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
+KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 KVM_GET_TSC_KHZ = _io(0xA3)
 KVM_X86_SET_MSR_FILTER = _iow(0xC6, kvm_msr_filter)
 
@@ -223,6 +275,11 @@ KVM_SYNC_X86_EVENTS = 1 << 2
 
 KVM_MP_STATE_RUNNABLE = 0
 KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_HALTED = 3
+
+KVM_XEN_HVM_CONFIG_HYPERCALL_MSR = 1 << 0
+KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
+KVM_EXIT_XEN_HCALL = 1
 
 # exit reasons
 KVM_EXIT_UNKNOWN = 0
@@ -243,6 +300,7 @@ KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
 KVM_EXIT_X86_RDMSR = 29
 KVM_EXIT_X86_WRMSR = 30
+KVM_EXIT_XEN = 34
 
 EXIT_NAMES = {v: k for k, v in globals().items() if k.startswith("KVM_EXIT_")}
 

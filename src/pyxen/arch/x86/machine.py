@@ -1,6 +1,9 @@
 """A domain realised on KVM: the VM, guest RAM slots, one thread per vCPU running KVM_RUN,
 and the exit dispatch that turns exits into Xen events (hypercalls, debug port, MSRs,
-crashes)."""
+crashes). Also what Xen sees as exits and KVM keeps to itself (arch/x86/watchdog.py): the
+vCPU looks at itself when asked (`_work`): HLT with interrupts off takes it down
+(hvm_hlt), a VMCALL/VMMCALL at RIP is a hypercall, and the domain-wide callback vector is
+injected when its interrupt window is open (arch/x86/irq.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ from ...hypervisor.public import errno as E
 from ...hypervisor.shared_info import latch_shinfo_size
 from . import kvm_abi as K
 from .cpuid import guest_cpuid
+from .emulate import emulate_instruction
 from .hypercall_page import HYPERCALL_PORT, hypercall_page
+from .irq import UpcallInjector, get_events, get_mp_state, inject_direct, interrupt_window_open
 from .kvm import Kvm, KvmError, Vcpu, Vm, _ioctl
 from .msr import XEN_HYPERCALL_MSR, install_msr_filter
 from .paging import EFER_LMA, PagingState, translate
 from .vcpu_state import hvm_context_state, pvh_boot_state
+from .vmcall import HYPERCALL_INSNS, enable_xen_hcall_intercept
+from .watchdog import VMCALL_FAST, VMCALL_SLOW, VcpuWatch, Watchdog, thread_cpu
 
 XEN_DEBUG_PORT = 0xE9
 KICK_SIGNAL = signal.SIGUSR1
@@ -46,6 +53,13 @@ _U32 = struct.Struct("<I")
 _SYNC_SREGS = _RUN.s.offset + K.kvm_sync_regs.sregs.offset
 _CS_L = _SYNC_SREGS + K.kvm_sregs.cs.offset + K.kvm_segment.l.offset
 _SS_DPL = _SYNC_SREGS + K.kvm_sregs.ss.offset + K.kvm_segment.dpl.offset
+
+# A callback vector that cannot be injected yet (interrupts off) is looked at again after
+# these delays (doubling), and once more after an injection (Xen re-injects while
+# evtchn_upcall_pending stays set).
+CALLBACK_RETRY_MIN = 0.0005
+CALLBACK_RETRY_MAX = 0.016
+CALLBACK_RECHECK = 0.002
 
 
 def install_kick_handler() -> None:
@@ -77,6 +91,14 @@ class X86Machine:
         # extrapolates from it, so no ioctl is ever issued on another thread's vCPU.
         self._tsc_ref = [(v.get_msr(MSR_IA32_TSC), time.monotonic_ns()) for v in self.vcpus]
         self.threads: list[threading.Thread] = []
+        self.watches = [VcpuWatch() for _ in self.vcpus]
+        self.watchdog = Watchdog(f"d{domain.domid}-watchdog", self.watches,
+                                 running=lambda i: domain.vcpus[i].running,
+                                 kick_work=self.kick_work,
+                                 alive=lambda: not domain.dying)
+        # KVM_EXIT_XEN for VMCALL/VMMCALL where the host's KVM can (KVM_CAP_XEN_HVM).
+        self.xen_hcall_intercept = enable_xen_hcall_intercept(kvm, self.vm)
+        self.stats = {"vmcalls": 0, "callback_injections": 0, "hlt_down": 0}
         domain.platform = self
 
     # --- memory slots ----------------------------------------------------------------------
@@ -98,6 +120,10 @@ class X86Machine:
         """KVM_SET_USER_MEMORY_REGION; size 0 deletes the slot."""
         self.vm.set_memory_region(slot, gpa, size, hva if size else 0)
 
+    def upcall_injector(self) -> UpcallInjector:
+        """The Injector for the domain's event channels (hypervisor/event_channel.py)."""
+        return UpcallInjector(self.vm.fd, self.domain, self.callback_pending)
+
     # --- Platform --------------------------------------------------------------------------
 
     def kick(self, vcpu_id: int) -> None:
@@ -109,6 +135,26 @@ class X86Machine:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
                 pass
+
+    def kick_work(self, vcpu_id: int) -> None:
+        """Have vCPU vcpu_id look at itself (`_work`) at its next return from KVM_RUN, and
+        make that return happen now. Any thread."""
+        w = self.watches[vcpu_id]
+        with w.lock:
+            w.now = True
+            self.vcpus[vcpu_id].run_struct.immediate_exit = 1
+            ident = w.ident
+        if ident is not None:
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def callback_pending(self, vcpu_id: int) -> None:
+        """hvm_assert_evtchn_irq for the domain-wide callback vector: Xen kicks the vCPU,
+        which injects the vector at its next entry while upcall_pending is set."""
+        self.watches[vcpu_id].armed = True
+        self.kick_work(vcpu_id)
 
     def guest_tsc(self, vcpu_id: int) -> int:
         tsc0, t0 = self._tsc_ref[vcpu_id]
@@ -128,6 +174,7 @@ class X86Machine:
             self.threads.append(t)
         for t in self.threads:
             t.start()
+        self.watchdog.start()
 
     def join(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -140,18 +187,24 @@ class X86Machine:
         d = self.domain
         v = d.vcpus[i]
         kv = self.vcpus[i]
+        w = self.watches[i]
         v.thread_ident = threading.get_ident()
+        with w.lock:
+            w.ident, w.native_id = v.thread_ident, threading.get_native_id()
+            w.clock = time.pthread_getcpuclockid(v.thread_ident)
         # The hot loop: everything it touches per exit is a local.
         m = kv._map
         fd = kv.fd
         ioctl, get_errno, exit_hdr, u32 = _ioctl, ctypes.get_errno, _EXIT_HDR.unpack_from, \
             _U32.unpack_from
-        may_run, hypercall, handle_exit = d.may_run, self._hypercall, self._exit
+        may_run, hypercall, handle_exit, work = d.may_run, self._hypercall, self._exit, \
+            self._work
         KVM_RUN, EXIT_IO, IO_OUT, EXIT_INTR = (K.KVM_RUN, K.KVM_EXIT_IO, K.KVM_EXIT_IO_OUT,
                                                K.KVM_EXIT_INTR)
 
         def go() -> None:
-            m[_IMMEDIATE_EXIT] = 0
+            with w.lock:  # kick_work sets `now` then immediate_exit under it: none is lost
+                m[_IMMEDIATE_EXIT] = 1 if w.now else 0
 
         try:
             while True:
@@ -168,24 +221,35 @@ class X86Machine:
                         kv.set_regs(regs)
                         kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
                     if ioctl(fd, KVM_RUN, 0) < 0:  # Vcpu.run, inlined
+                        w.exits += 1
                         e = get_errno()
                         if e in (errno.EINTR, errno.EAGAIN):
-                            continue  # kicked
+                            # kicked: the vCPU's state is complete here (pending I/O
+                            # finished, registers in the sync area), so it can be looked at
+                            if w.now:
+                                work(v, kv, w)
+                            continue
                         raise KvmError(e, f"KVM_RUN: {os.strerror(e)}")
+                    w.exits += 1
                     reason, direction, size, port, count, data = exit_hdr(m, 8)
-                    if reason == EXIT_IO and direction == IO_OUT:
-                        if port == HYPERCALL_PORT:
-                            if size == 4 and count == 1:
-                                hypercall(v, kv, u32(m, data)[0])
-                                continue
-                        elif port != XEN_DEBUG_PORT:
-                            continue  # a port nobody emulates: writes are ignored
-                    if reason != EXIT_INTR:
+                    if reason == EXIT_IO and direction == IO_OUT and port != XEN_DEBUG_PORT:
+                        if port == HYPERCALL_PORT and size == 4 and count == 1:
+                            hypercall(v, kv, u32(m, data)[0])
+                        # else: a port nobody emulates: writes are ignored
+                    elif reason != EXIT_INTR:
                         handle_exit(v, kv, reason)
+                    if w.armed and kv.sync_regs.rflags & RFLAGS_IF:
+                        # a callback vector waits and may be taken now: finish this exit
+                        # (KVM_RUN returns at once), then look
+                        with w.lock:
+                            w.now = True
+                            m[_IMMEDIATE_EXIT] = 1
                 except Exception as e:  # a bug or a hostile guest: this domain only
                     self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
                                 traceback.format_exc())
         finally:
+            with w.lock:
+                w.ident = w.clock = None
             with d.cond:
                 try:
                     v.cpu_time += time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
@@ -193,6 +257,87 @@ class X86Machine:
                     v.thread_ident = None
                     v.running = False
                     d.cond.notify_all()
+
+    # --- what KVM keeps to itself: HLT, VMCALL, the callback vector ----------------------
+
+    def _work(self, v: VCPU, kv: Vcpu, w: VcpuWatch) -> None:
+        """After a kick (kick_work), in the vCPU's thread, outside KVM_RUN."""
+        with w.lock:
+            w.now = False
+            probe, w.probe = w.probe, False
+        if probe:
+            self._probe(v, kv, w)
+        if w.armed:
+            if v.online and self.domain.may_run(v):
+                self._deliver_callback(v, kv, w)
+            else:  # paused or down: look once it may run again (go() keeps the kick)
+                with w.lock:
+                    w.now = True
+        if probe:
+            w.done_exits, w.done_cpu, w.done_at = w.exits, thread_cpu(), time.monotonic()
+
+    def _probe(self, v: VCPU, kv: Vcpu, w: VcpuWatch) -> None:
+        """The watchdog saw this vCPU sit in KVM_RUN: halted (HLT), or spinning on a
+        VMCALL/VMMCALL (kvm_pvm), or just busy."""
+        from ...hypervisor.hvm import hvm_hlt
+
+        r = kv.sync_regs
+        if get_mp_state(kv) == K.KVM_MP_STATE_HALTED:
+            if not r.rflags & RFLAGS_IF:
+                # Nothing but an NMI can wake it. Make it runnable again (after its HLT)
+                # for a later VCPUOP_up, as Xen resumes a vCPU brought back up.
+                kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+                self.stats["hlt_down"] += 1
+                hvm_hlt(self.domain, v, False)
+            return
+        insn = self._insn_at_rip(kv, 3)
+        if insn not in HYPERCALL_INSNS:  # busy: look later next time
+            w.fast_wait = min(2 * w.fast_wait, VMCALL_SLOW)
+        else:
+            w.last_vmcall, w.fast_wait = time.monotonic(), VMCALL_FAST
+            self.stats["vmcalls"] += 1
+            s = kv.sync_sregs
+            long_mode = bool(s.efer & EFER_LMA) and bool(kv._map[_CS_L])
+            nr = r.rax if long_mode else r.rax & 0xFFFFFFFF
+            rip = r.rip
+            self._hypercall(v, kv, nr)
+            r.rip = (rip + len(insn)) & (U64 if long_mode else 0xFFFFFFFF)
+            kv.run_struct.kvm_dirty_regs = K.KVM_SYNC_X86_REGS
+
+    def _insn_at_rip(self, kv: Vcpu, n: int) -> bytes | None:
+        """n bytes at CS:RIP through the guest's page tables, or None if unreadable."""
+        r, s = kv.sync_regs, kv.sync_sregs
+        long_mode = bool(s.efer & EFER_LMA) and bool(kv._map[_CS_L])
+        va = r.rip if long_mode else (s.cs.base + r.rip) & 0xFFFFFFFF
+        mem = self.domain.memory
+        st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+        g = GuestAccess(mem, lambda a, wr: translate(mem.read, st, a, wr), compat=not long_mode)
+        try:
+            return g.read(va, n)
+        except Exception:  # noqa: BLE001 - not mapped, not RAM: not a hypercall
+            return None
+
+    def _deliver_callback(self, v: VCPU, kv: Vcpu, w: VcpuWatch) -> None:
+        """hvm_vcpu_has_pending_irq for the callback vector: offered while upcall_pending
+        is set, injected if the vCPU can take an interrupt now, else looked at again."""
+        ev = self.domain.evtchn
+        vector = ev.callback_vector if ev is not None else 0
+        w.armed = False  # first: an event raised from here on arms it again
+        if not vector or not ev.upcall_pending(v.id):
+            w.retry_at, w.backoff = None, 0.0
+            return
+        w.armed = True
+        events = get_events(kv)
+        if interrupt_window_open(kv.sync_regs.rflags, events):
+            inject_direct(kv, events, vector)
+            self.stats["callback_injections"] += 1
+            w.backoff = 0.0
+            delay = CALLBACK_RECHECK
+        else:
+            w.backoff = min(CALLBACK_RETRY_MAX, max(CALLBACK_RETRY_MIN, w.backoff * 2))
+            delay = w.backoff
+        w.retry_at = time.monotonic() + delay
+        self.watchdog.poke()
 
     def _exit(self, v: VCPU, kv: Vcpu, reason: int) -> None:
         run = kv.run_struct
@@ -216,18 +361,26 @@ class X86Machine:
             m.error = 0 if m.index == XEN_HYPERCALL_MSR and self._hypercall_msr(m.data, kv) else 1
         elif reason == K.KVM_EXIT_X86_RDMSR:
             run.u.msr.error = 1
+        elif reason == K.KVM_EXIT_XEN:
+            self._xen_exit(v, kv)
         elif reason == K.KVM_EXIT_HLT:
             self.domain.block(v, 10_000_000)
         elif reason == K.KVM_EXIT_SHUTDOWN:
             self._crash(v, kv, "triple fault")
         elif reason == K.KVM_EXIT_INTERNAL_ERROR:
             ie = run.u.internal
+            why: str | None = ""
+            if ie.suberror == K.KVM_INTERNAL_ERROR_EMULATION:  # arch/x86/emulate.py
+                why = emulate_instruction(self.domain, v.id, kv)
+                if why is None:
+                    return
             what = {K.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
                     K.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
                     K.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failure"}.get(
                         ie.suberror, f"internal error {ie.suberror}")
             data = " ".join(f"{ie.data[j]:#x}" for j in range(min(ie.ndata, 16)))
-            self._crash(v, kv, f"KVM {what} (data: {data or 'none'})")
+            self._crash(v, kv, f"KVM {what} (data: {data or 'none'})"
+                        + (f"; pyxen cannot emulate it: {why}" if why else ""))
         elif reason == K.KVM_EXIT_FAIL_ENTRY:
             self._crash(v, kv, "VM entry failed (hardware reason "
                         f"{run.u.fail_entry.hardware_entry_failure_reason:#x})")
@@ -241,6 +394,22 @@ class X86Machine:
                 self._crash(v, kv, f"system event {kind}")
         else:
             self._crash(v, kv, f"unexpected KVM exit {K.EXIT_NAMES.get(reason, reason)}")
+
+    def _xen_exit(self, v: VCPU, kv: Vcpu) -> None:
+        """KVM_EXIT_XEN (KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL): a VMCALL/VMMCALL that KVM
+        decoded; KVM writes `result` to rax and skips the instruction on the next entry."""
+        xen = kv.run_struct.u.xen
+        if xen.type != K.KVM_EXIT_XEN_HCALL:
+            self._crash(v, kv, f"unexpected KVM_EXIT_XEN type {xen.type}")
+            return
+        self.stats["vmcalls"] += 1
+        h = xen.hcall
+        if h.cpl:  # hvm_hypercall: not from guest user mode
+            h.result = -E.EPERM & U64
+            return
+        self._hypercall(v, kv, h.input if h.longmode else h.input & 0xFFFFFFFF)
+        kv.run_struct.kvm_dirty_regs = 0  # the result goes through `result` alone
+        h.result = kv.sync_regs.rax
 
     def _hypercall_msr(self, value: int, kv: Vcpu) -> bool:
         """Fill the hypercall page; False (-> #GP) for a bad page index or address."""

@@ -20,6 +20,7 @@ from ...hypervisor.public.hvm_start_info import (
     hvm_modlist_entry,
     hvm_start_info,
 )
+from . import acpi
 
 PAGE = 4096
 MAX_CMDLINE = 1024
@@ -116,12 +117,26 @@ class BootInfo:
     log: list[str]
 
 
+def _load_acpi(mem: GuestMemory, vcpus: int, max_vcpus: int, log: list[str]) -> int:
+    """libxl__dom_load_acpi: the tables into the ACPI range the domain's memory was given
+    (acpi.region_size); the RSDP's address, 0 when the domain has no such range."""
+    tables = acpi.build(vcpus, max_vcpus)
+    if not any(gpa == tables.base and size >= tables.size and kind == acpi.E820_ACPI
+               for gpa, size, kind in mem.e820()):
+        return 0
+    for gpa, data in tables.blobs:
+        mem.write(gpa, data)
+    log.append(f"PVH: ACPI tables at {tables.base:#x}-{tables.end:#x}, RSDP at "
+               f"{tables.rsdp_addr:#x}, {vcpus} of {max_vcpus} vCPU(s) online")
+    return tables.rsdp_addr
+
+
 def _align(x: int) -> int:
     return (x + PAGE - 1) & ~(PAGE - 1)
 
 
 def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Path | None,
-              cmdline: str) -> BootInfo:
+              cmdline: str, vcpus: int = 1, max_vcpus: int | None = None) -> BootInfo:
     kernel = load_kernel(kernel_path)
     mib = mem.size >> 20
     log = []
@@ -157,6 +172,8 @@ def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Pat
         log.append(f"PVH: module 0 (ramdisk) at {cursor:#x}, {len(data)} bytes")
         cursor = _align(cursor + len(data))
 
+    rsdp_paddr = _load_acpi(mem, vcpus, max_vcpus or vcpus, log)
+
     cmd = cmdline.encode()[: MAX_CMDLINE - 1] + b"\0"
     e820 = mem.e820()
     si_size = ctypes.sizeof(hvm_start_info)
@@ -170,7 +187,7 @@ def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Pat
     base = cursor
     si = hvm_start_info(magic=XEN_HVM_START_MAGIC_VALUE, version=1, nr_modules=len(modules),
                         modlist_paddr=base + mod_off if modules else 0,
-                        cmdline_paddr=base + cmd_off, rsdp_paddr=0,
+                        cmdline_paddr=base + cmd_off, rsdp_paddr=rsdp_paddr,
                         memmap_paddr=base + map_off, memmap_entries=len(e820))
     blob = bytes(si) + b"".join(bytes(m) for m in modules)
     blob += b"".join(bytes(hvm_memmap_table_entry(addr=a, size=s, type=XEN_HVM_MEMMAP_TYPE_RAM

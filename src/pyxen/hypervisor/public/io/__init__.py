@@ -1,0 +1,1 @@
+"""ctypes mirrors of xen/io/*.h: the shared-ring protocols of the split drivers."""
