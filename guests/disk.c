@@ -185,11 +185,14 @@ static void hostile(struct blkfront *bf)
         wmb();
         fr->sring->req_prod = fr->req_prod_pvt;
         pv_notify(q->port);
-        /* bounded, generously: a loaded host may take seconds to answer a ring's worth */
-        for (unsigned int spins = 0; spins < 200000 && fr->sring->rsp_prod != fr->req_prod_pvt; spins++) {
+        /* The backend notifies only when rsp_prod passes rsp_event, which a frontend that
+         * never consumes never moves: wait in short bounded polls, up to 60 s of system
+         * time in all (a loaded host may take seconds to answer a ring's worth). */
+        uint64_t give_up = pv_time_ns() + 60000000000ULL;
+        while (fr->sring->rsp_prod != fr->req_prod_pvt && pv_time_ns() < give_up) {
             pv_ack();
             if (fr->sring->rsp_prod == fr->req_prod_pvt) break;
-            pv_wait();
+            pv_wait_until(pv_time_ns() + 10000000ULL);
         }
     }
     printk("pyxen disk: hostile never-consumed answered %u of %u\n",

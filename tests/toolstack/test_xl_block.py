@@ -48,8 +48,12 @@ def image(path: Path, size: int, random: bool = False) -> Path:
 
 def guest_line(host: Host, domid: int, pattern: str, timeout: float = 90) -> re.Match[str]:
     rx = re.compile(rf"^\(d{domid}\) pyxen disk: {pattern}$", re.M)
-    return host.wait_for(lambda: rx.search(host.xl("dmesg", check=True).stdout),
-                         f"d{domid}: {pattern}", timeout)
+    try:
+        return host.wait_for(lambda: rx.search(host.xl("dmesg", check=True).stdout),
+                             f"d{domid}: {pattern}", timeout)
+    except AssertionError as e:  # say what the guest did say
+        said = [ln for ln in host.xl("dmesg").stdout.splitlines() if f"(d{domid})" in ln]
+        raise AssertionError(f"{e}; d{domid} said last: {said[-8:]}") from None
 
 
 def ls(host: Host, path: str) -> str:
