@@ -474,6 +474,9 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 
 # ------------------------------------------------------------------------- entry
 
+from pyxen.cli import xl_sched as _xl_sched  # noqa: E402,F401 - sched-*, vcpu-*, cpupool-*
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run xl; every failure is one line on stderr and a non-zero status."""
     try:
