@@ -474,7 +474,9 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 
 # ------------------------------------------------------------------------- entry
 
-from pyxen.cli import xl_sched as _xl_sched  # noqa: E402,F401 - sched-*, vcpu-*, cpupool-*
+from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
+
+_xl_sched.register(sys.modules[__name__])
 
 
 def main(argv: list[str] | None = None) -> int:

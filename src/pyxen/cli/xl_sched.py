@@ -9,7 +9,26 @@ from typing import Any
 
 import click
 
-from pyxen.cli.xl import CONTEXT, call, cli, fail
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+_xl: Any = None  # the xl module these commands belong to (it may be __main__)
+
+
+def call(op: str, **args: Any) -> dict[str, Any]:
+    return _xl.call(op, **args)  # type: ignore[no-any-return]
+
+
+def fail(msg: str) -> Any:
+    _xl.fail(msg)
+
+
+cli = click.Group()  # collects the commands; register() moves them onto xl's group
+
+
+def register(xl_module: Any) -> None:
+    global _xl
+    _xl = xl_module
+    for name, cmd in cli.commands.items():
+        xl_module.cli.add_command(cmd, name)
 
 
 def _credit_domain_header() -> None:
