@@ -180,19 +180,34 @@ def test_cap_25_is_a_ceiling(host: Host, tmp_path: Path) -> None:
     assert 0.05 < share <= 0.27, share
 
 
-def test_vcpu_set_writes_availability(host: Host, tmp_path: Path) -> None:
-    host.xl("create", cfg(tmp_path, "v", mode="idle", vcpus=1, maxvcpus=2), check=True)
+def test_vcpu_set_hotplugs_a_vcpu_the_guest_sees(host: Host, tmp_path: Path) -> None:
+    """hello mode=hotplug watches cpu/N/availability and brings vCPUs up and down."""
+    host.xl("create", cfg(tmp_path, "v", mode="hotplug", vcpus=1, maxvcpus=2), check=True)
     domid = host.list()["v"]["id"]
+
+    def log() -> str:
+        return host.xl("dmesg", check=True).stdout
 
     def avail(i: int) -> str:
         return host.xenstore("xenstore-read",
                              f"/local/domain/{domid}/cpu/{i}/availability").stdout.strip()
 
+    host.wait_for(lambda: "pyxen hello: hotplug ready" in log(), "the guest's watch")
     assert (avail(0), avail(1)) == ("online", "offline")
+    assert vcpu_rows(host, "v")[1][3:5] == ["-", "--p"]
     host.xl("vcpu-set", "v", "2", check=True)
     assert (avail(0), avail(1)) == ("online", "online")
+    host.wait_for(lambda: f"(d{domid}) pyxen hello: vcpu 1 is up (cpuid vcpu id 1)" in log(),
+                  "vCPU 1 running guest code")
+    assert "pyxen hello: vcpu 1 online" in log()
+    assert vcpu_rows(host, "v")[1][4] in ("-b-", "r--")
+    assert host.list()["v"]["vcpus"] == "2"
     r = host.xl("vcpu-set", "-i", "v", "3")
-    assert r.returncode != 0 and "maxcpus is 2" in r.stderr
-    assert avail(1) == "online"
+    assert r.returncode != 0 and "maxcpus is 2" in r.stderr and avail(1) == "online"
     host.xl("vcpu-set", "v", "1", check=True)
-    assert avail(1) == "offline"
+    host.wait_for(lambda: "pyxen hello: vcpu 1 offline" in log(), "vCPU 1 taken down")
+    host.wait_for(lambda: host.list()["v"]["vcpus"] == "1", "xl list showing 1 vCPU")
+    assert vcpu_rows(host, "v")[1][4] == "--p"
+    host.xl("vcpu-set", "v", "2", check=True)  # up again: no second VCPUOP_initialise
+    host.wait_for(lambda: log().count("pyxen hello: vcpu 1 online") == 2, "vCPU 1 back")
+    host.wait_for(lambda: host.list()["v"]["vcpus"] == "2", "xl list showing 2 vCPUs")
