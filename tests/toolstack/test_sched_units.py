@@ -68,6 +68,11 @@ def test_cgroup_v1_fake_tree(tmp_path: Path) -> None:
     cg.remove(3)
     assert not d.exists() and not s.exists()
     cg.create(4, 1, {0})
+    cg.create(5, 2, {0})
+    (root / "cpu" / cg.base / "d5" / "cgroup.procs").write_text("")
+    (root / "cpuset" / cg.base / "d5" / "cgroup.procs").write_text("")
+    assert cg.prune() == [5]  # a dead hostd's empty group goes, a live one stays
+    assert (root / "cpu" / cg.base / "d4").exists()
     cg.teardown()
     assert not (root / "cpu" / cg.base).exists() and not (root / "cpuset" / cg.base).exists()
 

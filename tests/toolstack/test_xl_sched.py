@@ -4,13 +4,14 @@ which runs natively."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 from xlhost import HELLO, Host, needs_vmm, needs_xenstored
 
-from pyxen.toolstack import cgroups
+from pyxen.toolstack import cgroups, cpulist
 from pyxen.toolstack.client import HostdClient
 
 pytestmark = [needs_vmm, needs_xenstored]
@@ -211,3 +212,26 @@ def test_vcpu_set_hotplugs_a_vcpu_the_guest_sees(host: Host, tmp_path: Path) -> 
     host.xl("vcpu-set", "v", "2", check=True)  # up again: no second VCPUOP_initialise
     host.wait_for(lambda: log().count("pyxen hello: vcpu 1 online") == 2, "vCPU 1 back")
     host.wait_for(lambda: host.list()["v"]["vcpus"] == "2", "xl list showing 2 vCPUs")
+
+
+def test_cgroup_v2_backend_through_hostd(host: Host, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """hostd on a (fake) cgroup v2 tree: cpu.weight, cpu.max, cpuset.cpus per domain."""
+    root = tmp_path / "cg2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    monkeypatch.setenv("PYXEN_CGROUP_ROOT", str(root))
+    host.xl("create", cfg(tmp_path, "v2", mode="idle", cpu_weight=512, cap=50), check=True)
+    domid = host.list()["v2"]["id"]
+    g = root / cgroups.base_name(host.root) / f"d{domid}"
+    assert (g / "cpu.weight").read_text() == "200"
+    assert (g / "cpu.max").read_text() == "50000 100000"
+    assert (g / "cpuset.cpus").read_text() == cpulist.fmt(set(range(os.cpu_count() or 1)))
+    assert (g / "cgroup.procs").read_text().isdigit()
+    host.xl("sched-credit", "-d", "v2", "-c", "0", "-w", "128", check=True)
+    assert (g / "cpu.max").read_text() == "max 100000"
+    assert (g / "cpu.weight").read_text() == "50"
+    host.xl("destroy", "v2", check=True)
+    assert not g.exists()
+    host.stop()
+    assert not g.parent.exists()

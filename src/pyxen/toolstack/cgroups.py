@@ -119,6 +119,20 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 _rmdir(g)
 
+    def prune(self) -> list[int]:
+        """Domain groups a hostd that died left behind with no task in them go."""
+        gone = []
+        for _, base in self.hierarchies():
+            if not base.exists():
+                continue
+            for d in base.iterdir():
+                if d.is_dir() and d.name[:1] == "d" and d.name[1:].isdigit() and \
+                        not _read(d / "cgroup.procs"):
+                    with contextlib.suppress(OSError):
+                        _rmdir(d)
+                        gone.append(int(d.name[1:]))
+        return sorted(set(gone))
+
     def teardown(self) -> None:
         """hostd exits: every domain group and the base group go."""
         for _, base in self.hierarchies():

@@ -50,6 +50,7 @@ class SchedState:
             self.cg = cgmod.from_env(hostd.root)
             if self.cg is not None:
                 self.cg.setup()
+                self.cg.prune()
                 hostd.xen_log(f"cgroup v{self.cg.version} scheduling: group {self.cg.base}")
         except cgmod.CgroupError as e:
             hostd.xen_log(f"cgroups unusable ({e}): weights, caps and cpupools not enforced")
