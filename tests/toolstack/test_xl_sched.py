@@ -110,7 +110,7 @@ def test_vcpu_pin_shows_in_list_and_thread_affinity(host: Host, tmp_path: Path) 
             check=True)
     rows = vcpu_rows(host, "p1")
     assert [(r[2], r[-3], r[-1]) for r in rows] == [("0", "1", "0"), ("1", "1", "0")]
-    assert rows[1][3:5] == ["-", "--p"]  # vCPU 1 never brought up
+    assert rows[1][3:6] == ["-", "--p", "0.0"]  # vCPU 1 never brought up: costs nothing
     assert thread_affinity(host, "p1") == {0: "1", 1: "1"}
     host.xl("vcpu-pin", "p1", "0", "0", check=True)
     host.xl("vcpu-pin", "p1", "1", "all", "1", check=True)
@@ -143,6 +143,11 @@ def test_cpupool_confines_its_domains(host: Host, tmp_path: Path) -> None:
         seen |= {r[3] for r in vcpu_rows(host, "c1") if r[2] == "0"}
         time.sleep(0.05)
     assert seen == {"1"}, seen
+    assert thread_affinity(host, "c1") == {0: "1"}
+    host.xl("vcpu-pin", "c1", "0", "all", check=True)  # hard "all" still within the pool
+    assert thread_affinity(host, "c1") == {0: "1"}
+    r = host.xl("vcpu-pin", "c1", "0", "0")
+    assert r.returncode != 0 and "not in cpupool cp" in r.stderr
     for args, msg in ((("cpupool-destroy", "cp"), "still in it"),
                       (("cpupool-migrate", "c1", "nope"), "unknown cpupool 'nope'"),
                       (("cpupool-cpu-remove", "cp", "1"), "last cpu"),
