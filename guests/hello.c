@@ -18,9 +18,11 @@
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
  *   mode=balloon [out=N]     memory map, shared info moves, ballooning (balloon.c)
+ *   mode=hotplug             vCPU hot-plug: watches cpu/N/availability, VCPUOP_up/down
  *   mode=disk                blkfront: pattern/checksum tests on every vbd, hot-plug (disk.c)
  */
 #include "guest.h"
+#include "pv.h"
 
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 void pv_idle(void);                                  /* pvdemo.c */
@@ -89,10 +91,14 @@ static uint64_t user_spin(uint64_t x)
     return x;
 }
 
+static int hotplug_mode;  /* mode=hotplug: APs stay up, blocked, until taken down */
+
 void ap_main(unsigned int id)
 {
     printk("pyxen hello: vcpu %u is up (cpuid vcpu id %u)\n", id, cpuid_vcpu_id());
     ap_ready[id] = 1;
+    if (hotplug_mode)
+        for (;;) sched_op(SCHEDOP_block, NULL);  /* VCPUOP_down from vCPU 0 parks us */
     vcpu_op(VCPUOP_down, id, NULL);
     for (;;) sched_op(SCHEDOP_block, NULL);
 }
@@ -120,6 +126,72 @@ static unsigned int bring_up_vcpus(void)
         n++;
     }
     return n;
+}
+
+static int start_vcpu(unsigned int v)
+{
+    struct vcpu_hvm_context ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.mode = VCPU_HVM_MODE_64B;
+    ctx.cpu_regs.x86_64.rip = (uint64_t)ap_start64;
+    ctx.cpu_regs.x86_64.rsp = (uint64_t)(ap_stacks[v] + sizeof(ap_stacks[v]));
+    ctx.cpu_regs.x86_64.rdi = v;
+    ctx.cpu_regs.x86_64.rflags = 0x2;
+    ctx.cpu_regs.x86_64.cr0 = 0x80000011;
+    ctx.cpu_regs.x86_64.cr3 = (uint64_t)pml4;
+    ctx.cpu_regs.x86_64.cr4 = 0x20;
+    ctx.cpu_regs.x86_64.efer = 0x500;
+    long rc = vcpu_op(VCPUOP_initialise, v, &ctx);
+    return (int)(rc ? rc : vcpu_op(VCPUOP_up, v, NULL));
+}
+
+/* Linux's xen-hotplug (drivers/xen/cpu_hotplug.c) in miniature: on every change under
+ * cpu/, read cpu/N/availability for each possible vCPU and bring it up ("online": first
+ * time VCPUOP_initialise + up, then up) or down ("offline": VCPUOP_down). */
+static void hotplug_scan(int *initialised)
+{
+    char path[32], value[16];
+    for (unsigned int v = 1; v < MAX_VCPUS; v++) {
+        if (vcpu_op(VCPUOP_is_up, v, NULL) == -XEN_ENOENT) break;
+        snprintf(path, sizeof(path), "cpu/%u/availability", v);
+        if (xb_read(path, value, sizeof(value)) < 0) continue;
+        int want = !strncmp(value, "online", 7), up = vcpu_op(VCPUOP_is_up, v, NULL) == 1;
+        if (want && !up) {
+            long rc = initialised[v] ? vcpu_op(VCPUOP_up, v, NULL) : start_vcpu(v);
+            initialised[v] = 1;
+            if (rc) printk("pyxen hello: vcpu %u failed to come up: %ld\n", v, rc);
+            else printk("pyxen hello: vcpu %u online\n", v);
+        } else if (!want && up) {
+            vcpu_op(VCPUOP_down, v, NULL);
+            printk("pyxen hello: vcpu %u offline\n", v);
+        }
+    }
+}
+
+static void hotplug_main(void)
+{
+    static int initialised[MAX_VCPUS];
+    char path[128], token[32];
+    hotplug_mode = 1;
+    long rc = xb_init();
+    if (!rc) rc = pv_control_init();
+    if (!rc) rc = xb_watch("cpu", "cpu");
+    if (rc) {
+        printk("pyxen hello: hotplug: no xenbus (%s)\n", xb_error_name(rc));
+        shutdown(SHUTDOWN_crash);
+    }
+    printk("pyxen hello: hotplug ready\n");
+    for (;;) {
+        pv_ack();
+        int scan = 0;
+        while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+            int reason = pv_control_event(token);
+            if (reason >= 0) shutdown(reason);
+            if (!strncmp(token, "cpu", 4)) scan = 1;
+        }
+        if (scan) hotplug_scan(initialised);
+        pv_wait();
+    }
 }
 
 static const char *check_shared_info(void)
@@ -359,6 +431,7 @@ void kmain(uint32_t start_info_paddr)
         printk("pyxen hello: idle\n");
         pv_idle();
     }
+    if (streq(mode, "hotplug")) hotplug_main();
     if (streq(mode, "block")) {
         printk("pyxen hello: blocked, no PV drivers\n");
         for (;;) sched_op(SCHEDOP_block, NULL);

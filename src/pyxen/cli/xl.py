@@ -474,6 +474,11 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 
 # ------------------------------------------------------------------------- entry
 
+from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
+
+_xl_sched.register(sys.modules[__name__])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run xl; every failure is one line on stderr and a non-zero status."""
     try:

@@ -62,6 +62,12 @@ class DomainConfig:
     on_watchdog: str = "destroy"
     disks: list[dict[str, Any]] = field(default_factory=list)  # DiskSpec.to_json() each
     vifs: list[dict[str, Any]] = field(default_factory=list)  # NicSpec.to_json() each
+    # scheduling (toolstack/sched.py): credit weight and cap, affinities, cpupool
+    cpu_weight: int = 256
+    cap: int = 0
+    cpus: str | list[str] | None = None
+    cpus_soft: str | list[str] | None = None
+    pool: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +122,9 @@ class DomainConfig:
         except DiskSpecError as e:
             raise ConfigError(str(e)) from None
 
+        from .sched import validate as sched_validate
+        if (err := sched_validate(self)) is not None:
+            raise ConfigError(err)
         if not isinstance(self.vifs, list):
             raise ConfigError("vifs must be a list")
         try:
@@ -355,6 +364,9 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
     except VifSpecError as e:
         raise cfg.error("vif", str(e)) from None
 
+    from .sched import from_xlconfig as sched_keys
+    sched = sched_keys(cfg, maxvcpus)
+
     return DomainConfig(
         name=name, uuid=uuid, type=dtype, memory=memory, maxmem=maxmem, vcpus=vcpus,
         maxvcpus=maxvcpus, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
@@ -362,6 +374,7 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
         on_crash=_action(cfg, "on_crash"), on_watchdog=_action(cfg, "on_watchdog"),
         disks=[d.to_json() for d in disks],
         vifs=[v.to_json() for v in vifs],
+        **sched,
     )
 
 

@@ -173,6 +173,8 @@ class Hostd:
         (self.root / "domains").mkdir(exist_ok=True)
         self._cleanup_stale()
         self._start_xenstored()
+        from .schedops import host_start
+        host_start(self)  # cgroups, cpupools (toolstack/schedops.py)
         sock_path = paths.hostd_socket(self.root)
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
@@ -235,6 +237,8 @@ class Hostd:
                   self.root / "hostd.pid"):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        from .schedops import host_stop
+        host_stop(self)
 
     # ------------------------------------------------------------------ clients
     async def client_connected(self, reader: asyncio.StreamReader,
@@ -304,6 +308,10 @@ class Hostd:
             return await debug_keys(self, req.get("keys"))
         if op == "wait":
             return {"reason": await self.wait(int(req.get("domid", -1)))}
+        from .schedops import OPS as SCHED_OPS
+        if op in SCHED_OPS:  # credit scheduler, vCPUs, cpupools: toolstack/schedops.py
+            from .schedops import sched_op
+            return await sched_op(self, op, req)
         dom = self.find(req.get("domain"))
         if op == "console":
             return {"domid": dom.domid, "path": str(dom.dir / "console.sock")}
@@ -390,6 +398,8 @@ class Hostd:
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom)
+            from .schedops import domain_built
+            await domain_built(self, dom)
             self._write_xenstore(dom)
             await self._attach_disks(dom)
             from .netops import attach_vifs
@@ -749,6 +759,8 @@ class Hostd:
             with contextlib.suppress(Exception):
                 xsdomain.remove_domain(self.xs, dom.domid, dom.config.uuid)
             self._release(dom)
+        from .schedops import domain_gone
+        domain_gone(self, dom)
         _rmtree(dom.dir)
 
     # ------------------------------------------------------------------ list / info

@@ -178,6 +178,12 @@ class VmmServer:
                 self.backends.append(await self.loop.run_in_executor(
                     None, lambda: LoopbackBackend(dom0_channels(d), d.grant_table, d.domid,
                                                   port, gref, report=d.log)))
+            elif op == "vcpu_info":  # xl vcpu-list (vmm/vcpuctl.py)
+                from .vcpuctl import vcpu_info
+                return {"id": rid, "ok": True, "vcpus": vcpu_info(d)}
+            elif op == "vcpu_affinity":  # xl vcpu-pin, cpupools (vmm/vcpuctl.py)
+                from .vcpuctl import set_affinity
+                set_affinity(d, req.get("vcpu"), req.get("cpus"))
             elif op == "debug_key":  # xl debug-keys (hypervisor/keyhandler.py)
                 from ..hypervisor.keyhandler import debug_key
                 key = req.get("key")
