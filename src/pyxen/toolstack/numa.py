@@ -1,0 +1,182 @@
+"""NUMA for the toolstack: the host's topology from sysfs (what Xen's physinfo /
+numainfo / cputopology sysctls report), `xl info -n`'s sections, and libxl's automatic
+placement of a new domain (libxl_numa.c, libxl_dom.c:numa_place_domain).
+
+The sysfs root is a parameter so tests describe 2- and 4-node hosts with a fake tree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NumaError(Exception):
+    """A topology or placement problem, one line for the administrator."""
+
+
+@dataclass
+class Node:
+    id: int
+    cpus: list[int]
+    mem_total_kib: int
+    mem_free_kib: int
+    distances: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Cpu:
+    id: int
+    core: int
+    socket: int
+    node: int
+
+
+@dataclass
+class Topology:
+    nodes: list[Node]
+    cpus: list[Cpu]
+
+    def node(self, nid: int) -> Node:
+        for n in self.nodes:
+            if n.id == nid:
+                return n
+        raise NumaError(f"no NUMA node {nid} on this host")
+
+    def cpus_of(self, nodes: list[int]) -> list[int]:
+        return sorted(c for nid in nodes for c in self.node(nid).cpus)
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """sysfs' cpulist format: "0-3,8,10-11" (empty for a CPU-less node)."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise NumaError(f"bad cpulist {text.strip()!r}")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _read(path: Path, default: str = "") -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _node_meminfo(path: Path) -> tuple[int, int]:
+    """(MemTotal, MemFree) in KiB from a node's meminfo ("Node 0 MemTotal:  123 kB")."""
+    total = free = 0
+    for line in _read(path).splitlines():
+        m = re.match(r"Node\s+\d+\s+(\w+):\s+(\d+)", line)
+        if m and m.group(1) == "MemTotal":
+            total = int(m.group(2))
+        elif m and m.group(1) == "MemFree":
+            free = int(m.group(2))
+    return total, free
+
+
+def read_topology(sysfs: str | os.PathLike[str] = "/sys") -> Topology:
+    """The host's nodes and CPUs; a host without NUMA in sysfs is one node holding all."""
+    root = Path(sysfs)
+    ndir = root / "devices/system/node"
+    nodes: list[Node] = []
+    try:
+        names = sorted((p for p in os.listdir(ndir) if re.fullmatch(r"node\d+", p)),
+                       key=lambda p: int(p[4:]))
+    except OSError:
+        names = []
+    for name in names:
+        d = ndir / name
+        total, free = _node_meminfo(d / "meminfo")
+        dist = [int(x) for x in _read(d / "distance").split() if x.isdigit()]
+        nodes.append(Node(int(name[4:]), parse_cpulist(_read(d / "cpulist")), total, free,
+                          dist))
+    if not nodes:
+        ncpu = os.cpu_count() or 1
+        mi = _meminfo(root.parent / "proc/meminfo" if str(root) != "/sys"
+                      else Path("/proc/meminfo"))
+        nodes = [Node(0, list(range(ncpu)), mi.get("MemTotal", 0), mi.get("MemFree", 0),
+                      [10])]
+    for n in nodes:
+        if len(n.distances) != len(nodes):
+            n.distances = [10 if m.id == n.id else 20 for m in nodes]
+    node_of = {c: n.id for n in nodes for c in n.cpus}
+    cpus = []
+    for c in sorted(node_of):
+        t = root / f"devices/system/cpu/cpu{c}/topology"
+        core = _read(t / "core_id", str(c)).strip()
+        sock = _read(t / "physical_package_id", "0").strip()
+        cpus.append(Cpu(c, int(core) if core.lstrip("-").isdigit() else c,
+                        int(sock) if sock.lstrip("-").isdigit() else 0, node_of[c]))
+    return Topology(nodes, cpus)
+
+
+def _meminfo(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in _read(path).splitlines():
+        k, _, rest = line.partition(":")
+        if rest.split() and rest.split()[0].isdigit():
+            out[k] = int(rest.split()[0])
+    return out
+
+
+# --- xl info -n -------------------------------------------------------------------------
+
+
+def info_sections(topo: Topology) -> list[str]:
+    """xl_info.c's output_topologyinfo and output_numainfo, line by line."""
+    out = ["cpu_topology           :", "cpu:    core    socket     node"]
+    out += [f"{c.id:3d}:    {c.core:4d}     {c.socket:4d}     {c.node:4d}" for c in topo.cpus]
+    out += ["device topology        :", "device           node",
+            "No device topology data available"]
+    out += ["numa_info              :", "node:    memsize    memfree    distances"]
+    for n in topo.nodes:
+        out.append(f"{n.id:4d}:    {n.mem_total_kib >> 10:6d}     {n.mem_free_kib >> 10:6d}"
+                   f"      {','.join(str(d) for d in n.distances)}")
+    return out
+
+
+# --- automatic placement (libxl__get_numa_candidate + numa_cmpf) ------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    nodes: tuple[int, ...]
+    free_kib: int
+    nr_cpus: int
+    nr_vcpus: int  # vCPUs of existing domains that may run on these nodes' CPUs
+
+
+def place(topo: Topology, mem_kib: int, vcpus: int,
+          placed: list[tuple[list[int], int]] = ()) -> Candidate:  # type: ignore[assignment]
+    """The node set for a new domain needing mem_kib and vcpus, as libxl picks it: the
+    smallest number of nodes whose free memory holds the domain and whose CPUs are at
+    least its vCPUs; among those, fewest vCPUs already placed there, then most free
+    memory. `placed` is (cpus the domain may run on, its vCPUs) for each existing domain.
+    A host of one node needs no choosing: that node."""
+    usable = [n for n in topo.nodes if n.cpus]
+    if not usable:
+        raise NumaError("no NUMA node with CPUs")
+    for size in range(1, len(usable) + 1):
+        best: Candidate | None = None
+        for combo in itertools.combinations(usable, size):
+            cpus = {c for n in combo for c in n.cpus}
+            cand = Candidate(tuple(n.id for n in combo),
+                             sum(n.mem_free_kib for n in combo), len(cpus),
+                             sum(v for dcpus, v in placed if cpus & set(dcpus)))
+            if cand.free_kib < mem_kib or cand.nr_cpus < vcpus:
+                continue
+            if best is None or (cand.nr_vcpus, -cand.free_kib) < (best.nr_vcpus,
+                                                                  -best.free_kib):
+                best = cand
+        if best is not None:
+            return best
+    raise NumaError(f"NUMA placement failed: no set of nodes has {mem_kib >> 10} MiB free "
+                    f"and {vcpus} CPUs")
