@@ -62,6 +62,7 @@ class DomainConfig:
     on_watchdog: str = "destroy"
     disks: list[dict[str, Any]] = field(default_factory=list)  # DiskSpec.to_json() each
     vifs: list[dict[str, Any]] = field(default_factory=list)  # NicSpec.to_json() each
+    numa_nodes: list[int] = field(default_factory=list)  # hostd's NUMA placement (numa.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

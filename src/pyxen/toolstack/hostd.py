@@ -293,6 +293,10 @@ class Hostd:
         if op == "list":
             return {"domains": await self.list_domains(req.get("domains"))}
         if op == "info":
+            if req.get("numa"):  # xl info -n: toolstack/numa.py
+                from .numa import info_sections, read_topology, sysfs_root
+                return {"info": self.host_info(),
+                        "numa": info_sections(read_topology(sysfs_root()))}
             return {"info": self.host_info()}
         if op == "dmesg":
             lines = list(self.log)
@@ -383,6 +387,8 @@ class Hostd:
         if cfg.memory > free:
             raise OpError(f"failed to free memory for the domain: {cfg.name} needs "
                           f"{cfg.memory} MiB, the host has {free} MiB free")
+        from .numa import auto_place
+        self.xen_log(auto_place(cfg, [d.config for d in self.domains.values()]))
         if domid is None:
             domid = self._alloc_domid()
         ddir = paths.domain_dir(domid, self.root)

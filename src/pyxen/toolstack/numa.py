@@ -180,3 +180,54 @@ def place(topo: Topology, mem_kib: int, vcpus: int,
             return best
     raise NumaError(f"NUMA placement failed: no set of nodes has {mem_kib >> 10} MiB free "
                     f"and {vcpus} CPUs")
+
+
+# --- hostd's side ------------------------------------------------------------------------
+
+
+def sysfs_root() -> str:
+    """The sysfs hostd reads (PYXEN_SYSFS: a described topology, for tests)."""
+    return os.environ.get("PYXEN_SYSFS", "/sys")
+
+
+def has_affinity(cfg) -> bool:
+    """An explicit cpus= / cpus_soft= (the scheduler part's keys) turns placement off, as
+    libxl skips numa_place_domain when the domain has hard or soft affinity."""
+    return any(getattr(cfg, key, None) for key in ("cpus", "cpus_soft"))
+
+
+def auto_place(cfg, others: list) -> str:
+    """Choose cfg.numa_nodes for a new domain (the others: configs of running domains);
+    returns hostd's log line. A failed placement only warns, as libxl's does."""
+    cfg.numa_nodes = []
+    if has_affinity(cfg):
+        return f"{cfg.name}: explicit CPU affinity: no automatic NUMA placement"
+    try:
+        topo = read_topology(sysfs_root())
+        placed = [(topo.cpus_of(o.numa_nodes), o.vcpus) for o in others if o.numa_nodes]
+        cand = place(topo, cfg.memory * 1024, cfg.vcpus, placed)
+    except NumaError as e:
+        return f"{cfg.name}: {e}, performance might be affected"
+    cfg.numa_nodes = list(cand.nodes)
+    return (f"{cfg.name}: NUMA placement candidate with {len(cand.nodes)} node(s) "
+            f"({','.join(map(str, cand.nodes))}), {cand.nr_cpus} CPUs and "
+            f"{cand.free_kib >> 10} MiB free selected; soft affinity "
+            f"{format_cpulist(topo.cpus_of(list(cand.nodes)))}")
+
+
+def soft_affinity(cfg) -> list[int]:
+    """The placed domain's soft affinity: its nodes' CPUs (libxl sets them so)."""
+    if not getattr(cfg, "numa_nodes", None):
+        return []
+    try:
+        return read_topology(sysfs_root()).cpus_of(cfg.numa_nodes)
+    except NumaError:
+        return []
+
+
+def format_cpulist(cpus: list[int]) -> str:
+    out: list[str] = []
+    for _, grp in itertools.groupby(enumerate(sorted(cpus)), lambda t: t[1] - t[0]):
+        run = [c for _, c in grp]
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)

@@ -24,6 +24,7 @@ class VmmConfig:
     kernel: str
     ramdisk: str | None
     cmdline: str
+    numa_nodes: tuple[int, ...] = ()  # hostd's placement: bind guest RAM there
 
 
 def _int(cfg: dict, key: str, default: int | None = None) -> int:
@@ -65,8 +66,13 @@ def load_config(path: str | Path) -> VmmConfig:
     if not kernel or not isinstance(kernel, str):
         raise ConfigError("domain config has no 'kernel': name the PVH kernel to boot")
     ramdisk = cfg.get("ramdisk") or None
+    nodes = cfg.get("numa_nodes") or []
+    if not isinstance(nodes, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1024 for n in nodes):
+        raise ConfigError(f"'numa_nodes' must be a list of node numbers, not {nodes!r}")
     return VmmConfig(
         name=str(cfg.get("name") or "domain"), uuid=cfg.get("uuid"), type=dtype,
         memory_mib=memory, maxmem_mib=maxmem, vcpus=vcpus, max_vcpus=max_vcpus,
         kernel=kernel, ramdisk=ramdisk, cmdline=str(cfg.get("cmdline") or ""),
+        numa_nodes=tuple(nodes),
     )

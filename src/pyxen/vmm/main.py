@@ -43,6 +43,10 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
                              f"lower '{key}' in the domain config")
     mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
                       max_size=cfg.maxmem_mib << 20)
+    policy_log = None
+    if cfg.numa_nodes:
+        from .mempolicy import bind_guest_memory
+        policy_log = bind_guest_memory(mem, list(cfg.numa_nodes))
     mem.add_firmware(acpi.ACPI_INFO_PHYSICAL_ADDRESS, acpi.region_size(cfg.max_vcpus),
                      acpi.E820_ACPI)
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
@@ -56,6 +60,8 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
           f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
     for line in boot.log:
         d.log(line)
+    if policy_log:
+        d.log(f"d{domid}: {policy_log}")
     machine.boot(boot.entry, boot.start_info)
     return d, machine
 
