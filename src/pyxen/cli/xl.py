@@ -359,6 +359,22 @@ def info(numa: bool, name: str | None) -> None:
                 click.echo(text)
 
 
+@cli.command("mem-set", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("size")
+def mem_set(domain: str, size: str) -> None:
+    """Set the current memory usage for a domain (the balloon target)."""
+    call("mem_set", domain=domain, size=size)
+
+
+@cli.command("mem-max", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("size")
+def mem_max(domain: str, size: str) -> None:
+    """Set the maximum amount reservation for a domain."""
+    call("mem_max", domain=domain, size=size)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("-c", "--clear", is_flag=True, help="Clear the hypervisor log after reading.")
 def dmesg(clear: bool) -> None:

@@ -324,6 +324,12 @@ class Hostd:
         if op in ("network_attach", "network_detach", "network_list"):
             from .netops import network_op
             return await network_op(self, dom, op, req)
+        if op in ("mem_set", "mem_max"):  # xl mem-set / mem-max: toolstack/memctl.py
+            from .memctl import MemError, mem_op
+            try:
+                return await mem_op(self, dom, op, req)
+            except MemError as e:
+                raise OpError(str(e)) from None
         if op == "shutdown":
             reason = req.get("reason", "poweroff")
             if reason not in ("poweroff", "reboot"):
@@ -368,8 +374,13 @@ class Hostd:
     def free_memory_mib(self) -> int:
         mi = self.meminfo()
         avail = mi.get("MemAvailable", mi.get("MemFree", 0)) // 1024
-        used = sum(d.config.memory for d in self.domains.values())
+        used = self.domains_memory_mib()
         return max(0, avail - used)
+
+    def domains_memory_mib(self) -> int:
+        """What the domains are given: each one's current target (xl mem-set moves it)."""
+        from .memctl import target_kib
+        return sum(target_kib(self, d) for d in self.domains.values()) // 1024
 
     # ------------------------------------------------------------------ create
     async def create(self, cfg: DomainConfig, paused: bool = False,
@@ -819,7 +830,7 @@ class Hostd:
 
     def dom0_entry(self) -> dict[str, Any]:
         mi = self.meminfo()
-        used = sum(d.config.memory for d in self.domains.values())
+        used = self.domains_memory_mib()
         ticks = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             cpu = [int(x) for x in f.readline().split()[1:]]

@@ -178,6 +178,13 @@ class VmmServer:
                 self.backends.append(await self.loop.run_in_executor(
                     None, lambda: LoopbackBackend(dom0_channels(d), d.grant_table, d.domid,
                                                   port, gref, report=d.log)))
+            elif op == "set_max_mem":  # xl mem-set / mem-max (Xen's XEN_DOMCTL_max_mem)
+                kib = req.get("max_kib")
+                if isinstance(kib, bool) or not isinstance(kib, int) or kib < 0:
+                    return {"id": rid, "ok": False,
+                            "error": "set_max_mem needs a non-negative integer 'max_kib'"}
+                from ..hypervisor.memory import set_max_pages
+                set_max_pages(d, kib)
             elif op == "debug_key":  # xl debug-keys (hypervisor/keyhandler.py)
                 from ..hypervisor.keyhandler import debug_key
                 key = req.get("key")
