@@ -202,6 +202,8 @@ def auto_place(cfg, others: list) -> str:
     cfg.numa_nodes = []
     if has_affinity(cfg):
         return f"{cfg.name}: explicit CPU affinity: no automatic NUMA placement"
+    if getattr(cfg, "vnuma", None):
+        return f"{cfg.name}: vNUMA with pnodes: no automatic NUMA placement"
     try:
         topo = read_topology(sysfs_root())
         placed = [(topo.cpus_of(o.numa_nodes), o.vcpus) for o in others if o.numa_nodes]
@@ -231,3 +233,67 @@ def format_cpulist(cpus: list[int]) -> str:
         run = [c for _, c in grp]
         out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
     return ",".join(out)
+
+
+# --- vnuma= in xl.cfg (xl_parse.c parse_vnuma_config, libxl__vnuma_config_check) ------------
+
+
+def vnuma_from_xlconfig(cfg, memory: int, maxmem: int, vcpus: int,
+                        maxvcpus: int) -> tuple[list[dict], int, int]:
+    """[["pnode=0", "size=512", "vcpus=0-1", "vdistances=10,20"], ...] -> config.json's
+    vnodes, and maxmem / maxvcpus as the vnodes define them (sizes in MiB add up to
+    maxmem, every vCPU in exactly one vnode). Errors are cfg.error("vnuma", ...)."""
+    spec = cfg.get_list("vnuma")
+    if not spec:
+        return [], maxmem, maxvcpus
+    n = len(spec)
+    nr_host = len(read_topology(sysfs_root()).nodes)
+    nodes: list[dict] = []
+    for i, item in enumerate(spec):
+        if not isinstance(item, list):
+            raise cfg.error("vnuma", "xl: cannot get vnode config option list")
+        node: dict = {"pnode": 0, "size": 0, "vcpus": [],
+                      "vdistances": [10 if j == i else 20 for j in range(n)]}
+        for opt in item:
+            if not isinstance(opt, str):
+                continue
+            key, sep, value = opt.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep:
+                raise cfg.error("vnuma", f'xl: failed to split "{opt}" into pair')
+            try:
+                if key == "pnode":
+                    node["pnode"] = int(value, 0)
+                    if not 0 <= node["pnode"] < nr_host:
+                        raise cfg.error("vnuma", f"xl: invalid pnode number: {value}")
+                elif key == "size":
+                    node["size"] = int(value, 0)
+                elif key == "vcpus":
+                    node["vcpus"] += parse_cpulist(value)
+                elif key == "vdistances":
+                    node["vdistances"] = [int(x, 0) for x in value.split(",")]
+            except (ValueError, NumaError):
+                raise cfg.error("vnuma", f"xl: vnode {i}: invalid {key}: {value}") from None
+        if node["size"] <= 0:
+            raise cfg.error("vnuma", f"xl: vnode {i} has no memory (size=)")
+        if len(node["vdistances"]) != n:
+            raise cfg.error("vnuma", f"xl: vnode {i} has {len(node['vdistances'])} "
+                            f"vdistances, {n} vnodes need {n}")
+        nodes.append(node)
+    cpus = [c for node in nodes for c in node["vcpus"]]
+    if "maxvcpus" in cfg and maxvcpus != len(cpus):
+        raise cfg.error("vnuma", "xl: vnuma vcpus and maxvcpus= mismatch")
+    maxvcpus = len(cpus)
+    if sorted(cpus) != list(range(maxvcpus)):
+        dup = sorted({c for c in cpus if cpus.count(c) > 1})
+        raise cfg.error("vnuma", f"xl: vcpu {dup[0]} is in more than one vnode" if dup
+                        else "xl: vnuma vcpus must be 0..N-1, each in one vnode")
+    total = sum(node["size"] for node in nodes)
+    if "maxmem" in cfg and maxmem != total:
+        raise cfg.error("vnuma", "xl: maxmem and vnuma memory size mismatch")
+    if memory > total:
+        raise cfg.error("vnuma", f"xl: memory={memory} is more than the vnodes' "
+                        f"{total} MiB")
+    if vcpus > maxvcpus:
+        raise cfg.error("vnuma", f"xl: vcpus={vcpus} is more than the vnodes' {maxvcpus}")
+    return nodes, total, maxvcpus

@@ -42,3 +42,21 @@ def bind_guest_memory(mem, nodes: list[int]) -> str:
         return f"NUMA: cannot bind guest memory to nodes {nodes}: {e}"
     return (f"NUMA: guest memory ({size >> 20} MiB mapping at {mem.hva:#x}) bound to "
             f"node(s) {','.join(map(str, nodes))}")
+
+
+def bind_vnodes(mem, vnuma) -> str:
+    """vnuma=: each vnode's memory ranges on that vnode's pnode (libxl's vNUMA with
+    pnode=); the log line."""
+    done = []
+    for start, end, nid in vnuma.ranges:
+        pnode = vnuma.pnodes[nid] if nid < len(vnuma.pnodes) else 0
+        for r in mem.regions:
+            lo, hi = max(start, r.gpa), min(end, r.gpa + r.size)
+            if lo >= hi:
+                continue
+            try:
+                mbind(mem.hva + r.offset + (lo - r.gpa), hi - lo, [pnode])
+            except OSError as e:
+                return f"NUMA: cannot bind vnode {nid} to node {pnode}: {e}"
+            done.append(f"{lo:#x}-{hi:#x}:vnode{nid}->node{pnode}")
+    return f"vNUMA: {vnuma.nr_vnodes} vnodes, guest memory bound {' '.join(done)}"
