@@ -95,3 +95,25 @@ def test_maxmem_boots_ballooned_and_max_is_enforced(host: Host, tmp_path: Path) 
     host.wait_for(lambda: _mem(host, "mx") == 28, "xl list to show 28 MiB")
     host.xl("destroy", "mx", check=True)
     host.assert_clean()
+
+
+def test_max_below_what_a_guest_without_balloon_driver_holds(host: Host,
+                                                              tmp_path: Path) -> None:
+    """No balloon driver (mode=idle): mem-set only asks; the maximum reservation drops to
+    the target anyway (libxl's enforce), below what the guest holds: Xen keeps the
+    domain's pages and refuses it any more (the "ratchet"), and mem-max may then be set
+    anywhere from the target up, even under the current reservation."""
+    f = tmp_path / "idle.cfg"
+    f.write_text("\n".join(['name = "idle"', 'type = "pvh"', f'kernel = "{HELLO}"',
+                            "memory = 32", 'cmdline = "mode=idle"']) + "\n")
+    host.xl("create", str(f), check=True)
+    host.xl("mem-set", "idle", "16m", check=True)
+    assert _xs(host, "/local/domain/1/memory/target") == "16384"
+    host.xl("mem-max", "idle", "20m", check=True)  # below the 32 MiB it holds
+    assert _mem(host, "idle") > 20  # 32 MiB less the RAM page the shared info replaced
+    host.xl("debug-keys", "q", check=True)
+    assert "max_pages=5120" in host.xl("dmesg", check=True).stdout
+    r = host.xl("mem-max", "idle", "12m")
+    assert r.returncode != 0 and "memory_static_max must be greater than or equal" in r.stderr
+    host.xl("destroy", "idle", check=True)
+    host.assert_clean()
