@@ -19,6 +19,8 @@
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
  *   mode=balloon [out=N]     memory map, shared info moves, ballooning (balloon.c)
  *   mode=hotplug             vCPU hot-plug: watches cpu/N/availability, VCPUOP_up/down
+ *   mode=balloond            balloons to xenstore memory/target (xl mem-set; balloond.c)
+ *   mode=vnuma               its vNUMA topology: XENMEM_get_vnumainfo, SRAT, SLIT (vnuma.c)
  *   mode=disk                blkfront: pattern/checksum tests on every vbd, hot-plug (disk.c)
  */
 #include "guest.h"
@@ -27,6 +29,8 @@
 void pv_main(const char *mode, unsigned int domid);  /* pvdemo.c */
 void pv_idle(void);                                  /* pvdemo.c */
 void balloon_main(const struct hvm_start_info *si);  /* balloon.c */
+void balloond_main(const struct hvm_start_info *si); /* balloond.c */
+void vnuma_main(const struct hvm_start_info *si);    /* vnuma.c */
 void disk_main(unsigned int domid);                  /* disk.c */
 void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int domid);
 
@@ -444,6 +448,8 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "probe")) probe();
     if (streq(mode, "echo")) echo();
     if (streq(mode, "balloon")) balloon_main(start_info);
+    if (streq(mode, "balloond")) balloond_main(start_info);
+    if (streq(mode, "vnuma")) vnuma_main(start_info);
     if (streq(mode, "bench")) bench(opt_ul("n", 100000));
     if (streq(mode, "fuzz")) {
         unsigned long seed = opt_ul("seed", 1);

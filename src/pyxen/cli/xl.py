@@ -343,17 +343,36 @@ def _drain(sock: socket.socket, out: Any) -> None:
 # ------------------------------------------------------------------------- info, dmesg
 
 @cli.command(context_settings=CONTEXT)
-@click.option("-n", "--numa", is_flag=True, help="Also NUMA information (ignored).")
+@click.option("-n", "--numa", is_flag=True, help="Numa topology information.")
 @click.argument("name", required=False)
 def info(numa: bool, name: str | None) -> None:
     """Get information about Xen host."""
-    rows = call("info")["info"]
-    for key, value in rows:
+    reply = call("info", numa=True) if numa else call("info")
+    for key, value in reply["info"]:
         line = f"{key:<23}:{value}" if key == "virt_caps" else f"{key:<23}: {value}"
         if name is None:
             click.echo(line)
         elif key.startswith(name):
             click.echo(value.lstrip())
+        if key == "free_cpus" and name is None:  # xl prints the topology here
+            for text in reply.get("numa", []):
+                click.echo(text)
+
+
+@cli.command("mem-set", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("size")
+def mem_set(domain: str, size: str) -> None:
+    """Set the current memory usage for a domain (the balloon target)."""
+    call("mem_set", domain=domain, size=size)
+
+
+@cli.command("mem-max", context_settings=CONTEXT)
+@click.argument("domain")
+@click.argument("size")
+def mem_max(domain: str, size: str) -> None:
+    """Set the maximum amount reservation for a domain."""
+    call("mem_max", domain=domain, size=size)
 
 
 @cli.command(context_settings=CONTEXT)

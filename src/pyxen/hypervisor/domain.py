@@ -59,6 +59,7 @@ class Domain:
         self.vcpus = [VCPU(i) for i in range(self.max_vcpus)]
         self.vcpus[0].online = self.vcpus[0].initialised = True
         self.pause_count = 1  # built paused
+        self.vnuma = None  # its virtual NUMA topology (hypervisor/vnuma.py), if any
         self.shutdown_reason: int | None = None
         self.shutdown_code: int | None = None
         self.preset_shutdown_code: int | None = None

@@ -176,3 +176,13 @@ class GuestMemory:
     def close(self) -> None:
         self.view.release()
         self.store.close()
+
+
+def set_max_pages(d, max_kib: int) -> None:
+    """XEN_DOMCTL_max_mem: the domain's maximum reservation. It may go below tot_pages
+    (Xen 4.17 dropped that check): the domain keeps what it has and gets nothing more
+    until it is back under. RAM can never be placed outside the windows made at boot, so
+    a maximum above them only means the windows are the limit."""
+    with d.memory.p2m.lock:
+        d.memory.max_pages = max_kib >> 2
+        d.max_memory = max_kib << 10

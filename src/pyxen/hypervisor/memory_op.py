@@ -282,6 +282,9 @@ def do_memory_op(ctx: HypercallContext) -> int:
         return _set_memory_map(ctx, arg)
     if op == M.XENMEM_remove_from_physmap:
         return _remove_from_physmap(ctx, arg)
+    if op == M.XENMEM_get_vnumainfo:
+        from .vnuma import get_vnumainfo
+        return get_vnumainfo(ctx, arg)
     if op == M.XENMEM_maximum_ram_page:
         return _host_max_page()
     if op in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation,

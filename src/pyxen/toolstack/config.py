@@ -68,6 +68,8 @@ class DomainConfig:
     cpus: str | list[str] | None = None
     cpus_soft: str | list[str] | None = None
     pool: str | None = None
+    numa_nodes: list[int] = field(default_factory=list)  # hostd's NUMA placement (numa.py)
+    vnuma: list[dict[str, Any]] = field(default_factory=list)  # vnodes (numa.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +127,9 @@ class DomainConfig:
         from .sched import validate as sched_validate
         if (err := sched_validate(self)) is not None:
             raise ConfigError(err)
+        if not isinstance(self.vnuma, list) or not all(isinstance(v, dict)
+                                                       for v in self.vnuma):
+            raise ConfigError("vnuma must be a list of vnodes")  # the VMM checks the rest
         if not isinstance(self.vifs, list):
             raise ConfigError("vifs must be a list")
         try:
@@ -319,6 +324,11 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
         raise cfg.error("maxvcpus" if "maxvcpus" in cfg else "vcpus",
                         f"{maxvcpus} vCPUs is more than pyxen supports ({MAX_VCPUS})")
 
+    from .numa import vnuma_from_xlconfig
+    vnuma, maxmem, maxvcpus = vnuma_from_xlconfig(cfg, memory, maxmem, vcpus, maxvcpus)
+    if maxvcpus > MAX_VCPUS:
+        raise cfg.error("vnuma", f"{maxvcpus} vCPUs is more than pyxen supports ({MAX_VCPUS})")
+
     kernel = _path(cfg.get_string("kernel"), cwd)
     if kernel is None:
         raise XlCfgError(cfg.source, None, 'no kernel specified: a PVH domain needs '
@@ -373,7 +383,7 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
         on_poweroff=_action(cfg, "on_poweroff"), on_reboot=_action(cfg, "on_reboot"),
         on_crash=_action(cfg, "on_crash"), on_watchdog=_action(cfg, "on_watchdog"),
         disks=[d.to_json() for d in disks],
-        vifs=[v.to_json() for v in vifs],
+        vifs=[v.to_json() for v in vifs], vnuma=vnuma,
         **sched,
     )
 

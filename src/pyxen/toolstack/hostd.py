@@ -297,6 +297,10 @@ class Hostd:
         if op == "list":
             return {"domains": await self.list_domains(req.get("domains"))}
         if op == "info":
+            if req.get("numa"):  # xl info -n: toolstack/numa.py
+                from .numa import info_sections, read_topology, sysfs_root
+                return {"info": self.host_info(),
+                        "numa": info_sections(read_topology(sysfs_root()))}
             return {"info": self.host_info()}
         if op == "dmesg":
             lines = list(self.log)
@@ -328,6 +332,12 @@ class Hostd:
         if op in ("network_attach", "network_detach", "network_list"):
             from .netops import network_op
             return await network_op(self, dom, op, req)
+        if op in ("mem_set", "mem_max"):  # xl mem-set / mem-max: toolstack/memctl.py
+            from .memctl import MemError, mem_op
+            try:
+                return await mem_op(self, dom, op, req)
+            except MemError as e:
+                raise OpError(str(e)) from None
         if op == "shutdown":
             reason = req.get("reason", "poweroff")
             if reason not in ("poweroff", "reboot"):
@@ -372,8 +382,13 @@ class Hostd:
     def free_memory_mib(self) -> int:
         mi = self.meminfo()
         avail = mi.get("MemAvailable", mi.get("MemFree", 0)) // 1024
-        used = sum(d.config.memory for d in self.domains.values())
+        used = self.domains_memory_mib()
         return max(0, avail - used)
+
+    def domains_memory_mib(self) -> int:
+        """What the domains are given: each one's current target (xl mem-set moves it)."""
+        from .memctl import target_kib
+        return sum(target_kib(self, d) for d in self.domains.values()) // 1024
 
     # ------------------------------------------------------------------ create
     async def create(self, cfg: DomainConfig, paused: bool = False,
@@ -391,6 +406,8 @@ class Hostd:
         if cfg.memory > free:
             raise OpError(f"failed to free memory for the domain: {cfg.name} needs "
                           f"{cfg.memory} MiB, the host has {free} MiB free")
+        from .numa import auto_place
+        self.xen_log(auto_place(cfg, [d.config for d in self.domains.values()]))
         if domid is None:
             domid = self._alloc_domid()
         ddir = paths.domain_dir(domid, self.root)
@@ -825,7 +842,7 @@ class Hostd:
 
     def dom0_entry(self) -> dict[str, Any]:
         mi = self.meminfo()
-        used = sum(d.config.memory for d in self.domains.values())
+        used = self.domains_memory_mib()
         ticks = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             cpu = [int(x) for x in f.readline().split()[1:]]

@@ -24,6 +24,8 @@ class VmmConfig:
     kernel: str
     ramdisk: str | None
     cmdline: str
+    numa_nodes: tuple[int, ...] = ()  # hostd's placement: bind guest RAM there
+    vnuma: object = None  # hypervisor.vnuma.VNuma (xl.cfg vnuma=)
 
 
 def _int(cfg: dict, key: str, default: int | None = None) -> int:
@@ -65,8 +67,50 @@ def load_config(path: str | Path) -> VmmConfig:
     if not kernel or not isinstance(kernel, str):
         raise ConfigError("domain config has no 'kernel': name the PVH kernel to boot")
     ramdisk = cfg.get("ramdisk") or None
+    nodes = cfg.get("numa_nodes") or []
+    if not isinstance(nodes, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1024 for n in nodes):
+        raise ConfigError(f"'numa_nodes' must be a list of node numbers, not {nodes!r}")
+    vnuma = _vnuma(cfg.get("vnuma"), maxmem, max_vcpus)
     return VmmConfig(
         name=str(cfg.get("name") or "domain"), uuid=cfg.get("uuid"), type=dtype,
         memory_mib=memory, maxmem_mib=maxmem, vcpus=vcpus, max_vcpus=max_vcpus,
         kernel=kernel, ramdisk=ramdisk, cmdline=str(cfg.get("cmdline") or ""),
+        numa_nodes=tuple(nodes), vnuma=vnuma,
     )
+
+
+def _vnuma(spec, maxmem: int, max_vcpus: int):
+    """config.json's vnuma: [{"pnode", "size" (MiB), "vcpus": [...], "vdistances": [...]}]
+    as toolstack/numa.py wrote it; checked again (the file is an input like any other)."""
+    if not spec:
+        return None
+    from ..hypervisor.vnuma import build_vnuma
+
+    def ints(v, what: str) -> list[int]:
+        if not isinstance(v, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 16
+                for x in v):
+            raise ConfigError(f"vnuma: {what} must be a list of small integers, not {v!r}")
+        return v
+
+    if not isinstance(spec, list) or not all(isinstance(n, dict) for n in spec):
+        raise ConfigError("'vnuma' must be a list of vnodes")
+    n = len(spec)
+    sizes = [ints([node.get("size")], "size")[0] for node in spec]
+    if sum(sizes) != maxmem or 0 in sizes:
+        raise ConfigError(f"vnuma: the vnodes' sizes ({sum(sizes)} MiB) must add up to "
+                          f"maxmem ({maxmem} MiB), none of them 0")
+    dist = [ints(node.get("vdistances"), "vdistances") for node in spec]
+    if any(len(row) != n for row in dist):
+        raise ConfigError(f"vnuma: each vnode needs {n} vdistances")
+    owner = [-1] * max_vcpus
+    for i, node in enumerate(spec):
+        for c in ints(node.get("vcpus"), "vcpus"):
+            if c >= max_vcpus or owner[c] != -1:
+                raise ConfigError(f"vnuma: vcpu {c} is out of range or in two vnodes")
+            owner[c] = i
+    if -1 in owner:
+        raise ConfigError(f"vnuma: vcpu {owner.index(-1)} is in no vnode")
+    pnodes = ints([node.get("pnode", 0) for node in spec], "pnode")
+    return build_vnuma([s << 20 for s in sizes], dist, owner, pnodes)

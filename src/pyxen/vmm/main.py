@@ -43,19 +43,30 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
                              f"lower '{key}' in the domain config")
     mem = GuestMemory(cfg.memory_mib << 20, name=f"pyxen-d{domid}-ram",
                       max_size=cfg.maxmem_mib << 20)
-    mem.add_firmware(acpi.ACPI_INFO_PHYSICAL_ADDRESS, acpi.region_size(cfg.max_vcpus),
-                     acpi.E820_ACPI)
+    policy_log = None
+    if cfg.vnuma is not None:
+        from .mempolicy import bind_vnodes
+        policy_log = bind_vnodes(mem, cfg.vnuma)
+    elif cfg.numa_nodes:
+        from .mempolicy import bind_guest_memory
+        policy_log = bind_guest_memory(mem, list(cfg.numa_nodes))
+    mem.add_firmware(acpi.ACPI_INFO_PHYSICAL_ADDRESS,
+                     acpi.region_size(cfg.max_vcpus, cfg.vnuma), acpi.E820_ACPI)
     uid = uuidlib.UUID(cfg.uuid) if cfg.uuid else uuidlib.uuid4()
     d = Domain(domid=domid, name=cfg.name, memory=mem, max_vcpus=cfg.max_vcpus,
                max_memory=cfg.maxmem_mib << 20, uuid=uid, emit=log.append)
+    d.vnuma = cfg.vnuma
     d.console = Console()
     machine = X86Machine(d, kvm)
     init_event_services(d, machine.vm.fd)
-    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline, cfg.vcpus, cfg.max_vcpus)
+    boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline, cfg.vcpus, cfg.max_vcpus,
+                     vnuma=cfg.vnuma)
     d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
           f"{cfg.max_vcpus} vCPU(s), kernel {cfg.kernel}")
     for line in boot.log:
         d.log(line)
+    if policy_log:
+        d.log(f"d{domid}: {policy_log}")
     machine.boot(boot.entry, boot.start_info)
     return d, machine
 

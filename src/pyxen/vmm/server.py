@@ -184,6 +184,13 @@ class VmmServer:
             elif op == "vcpu_affinity":  # xl vcpu-pin, cpupools (vmm/vcpuctl.py)
                 from .vcpuctl import set_affinity
                 set_affinity(d, req.get("vcpu"), req.get("cpus"))
+            elif op == "set_max_mem":  # xl mem-set / mem-max (Xen's XEN_DOMCTL_max_mem)
+                kib = req.get("max_kib")
+                if isinstance(kib, bool) or not isinstance(kib, int) or kib < 0:
+                    return {"id": rid, "ok": False,
+                            "error": "set_max_mem needs a non-negative integer 'max_kib'"}
+                from ..hypervisor.memory import set_max_pages
+                set_max_pages(d, kib)
             elif op == "debug_key":  # xl debug-keys (hypervisor/keyhandler.py)
                 from ..hypervisor.keyhandler import debug_key
                 key = req.get("key")

@@ -10,6 +10,9 @@ aligned), then the RSDP on the page after the tables; the whole range is E820 "A
 - FADT (revision 6): HW_REDUCED_ACPI (no PM timer, no SCI, no fixed power button), no VGA,
   no CMOS RTC, no 8042 (a PVH domain has none of them); its DSDT:
 - DSDT: one processor device (ACPI0007) per possible vCPU, _UID = the vCPU id;
+- SRAT and SLIT, for a domain with a virtual NUMA topology (xl.cfg `vnuma=`, libacpi's
+  construct_srat/construct_slit): each vCPU's and each memory range's vnode, and the
+  distance table; the same layout XENMEM_get_vnumainfo reports (hypervisor/vnuma.py).
 - MADT: one Local APIC entry per possible vCPU: enabled for the vCPUs online at boot
   (`vcpus`), present but disabled for the rest up to `maxvcpus` (Xen's flags); x2APIC
   entries for APIC ids above 254. No I/O APIC entry: a PVH domain has no I/O APIC.
@@ -135,6 +138,31 @@ def madt(apic_ids: list[int], online: int) -> bytes:
     return _table(b"APIC", MADT_REVISION, body)
 
 
+SRAT_REVISION, SLIT_REVISION = 3, 1
+SRAT_CPU, SRAT_MEMORY = 0, 1
+SRAT_ENABLED = 1
+
+
+def srat(vcpu_to_vnode: list[int] | tuple[int, ...],
+         ranges: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]) -> bytes:
+    """Processor Local APIC affinity per vCPU (APIC id = vCPU id, as the MADT says) and
+    Memory affinity per range."""
+    body = struct.pack("<IQ", 1, 0)  # reserved: 1 for backward compatibility
+    for cpu, node in enumerate(vcpu_to_vnode):
+        body += struct.pack("<BBBBIB3sI", SRAT_CPU, 16, node & 0xFF, cpu, SRAT_ENABLED, 0,
+                            (node >> 8).to_bytes(3, "little"), 0)
+    for start, end, node in ranges:
+        body += struct.pack("<BBIHQQIIQ", SRAT_MEMORY, 40, node, 0, start, end - start, 0,
+                            SRAT_ENABLED, 0)
+    return _table(b"SRAT", SRAT_REVISION, body)
+
+
+def slit(distances: list[list[int]] | tuple[tuple[int, ...], ...]) -> bytes:
+    n = len(distances)
+    return _table(b"SLIT", SLIT_REVISION,
+                  struct.pack("<Q", n) + bytes(min(d, 255) for row in distances for d in row))
+
+
 def xsdt(entries: list[int]) -> bytes:
     return _table(b"XSDT", 1, b"".join(struct.pack("<Q", e) for e in entries))
 
@@ -160,8 +188,10 @@ class AcpiTables:
         return self.base + self.size
 
 
-def build(vcpus: int, max_vcpus: int, base: int = ACPI_INFO_PHYSICAL_ADDRESS) -> AcpiTables:
-    """libxl__dom_load_acpi's layout: info page, tables, RSDP page."""
+def build(vcpus: int, max_vcpus: int, base: int = ACPI_INFO_PHYSICAL_ADDRESS,
+          vnuma=None) -> AcpiTables:
+    """libxl__dom_load_acpi's layout: info page, tables, RSDP page. `vnuma`: the domain's
+    hypervisor.vnuma.VNuma, which adds the SRAT and SLIT."""
     if not 1 <= vcpus <= max_vcpus:
         raise ValueError(f"vcpus={vcpus} must be 1..maxvcpus={max_vcpus}")
     cursor = base + PAGE_SIZE
@@ -177,7 +207,11 @@ def build(vcpus: int, max_vcpus: int, base: int = ACPI_INFO_PHYSICAL_ADDRESS) ->
     dsdt_addr = place(dsdt(max_vcpus))
     fadt_addr = place(fadt(dsdt_addr))
     madt_addr = place(madt(list(range(max_vcpus)), vcpus))
-    xsdt_addr = place(xsdt([fadt_addr, madt_addr]))
+    entries = [fadt_addr, madt_addr]
+    if vnuma is not None:
+        entries.append(place(srat(vnuma.vcpu_to_vnode, vnuma.ranges)))
+        entries.append(place(slit(vnuma.distances)))
+    xsdt_addr = place(xsdt(entries))
     table_pages = (cursor - base - PAGE_SIZE + PAGE_SIZE - 1) // PAGE_SIZE
     rsdp_addr = base + (1 + table_pages) * PAGE_SIZE
     blobs.append((rsdp_addr, rsdp(xsdt_addr)))
@@ -187,6 +221,6 @@ def build(vcpus: int, max_vcpus: int, base: int = ACPI_INFO_PHYSICAL_ADDRESS) ->
     return AcpiTables(base, blobs, rsdp_addr, (2 + table_pages) * PAGE_SIZE)
 
 
-def region_size(max_vcpus: int) -> int:
+def region_size(max_vcpus: int, vnuma=None) -> int:
     """Bytes to reserve at ACPI_INFO_PHYSICAL_ADDRESS for a domain of max_vcpus."""
-    return build(1, max_vcpus).size
+    return build(1, max_vcpus, vnuma=vnuma).size

@@ -117,10 +117,11 @@ class BootInfo:
     log: list[str]
 
 
-def _load_acpi(mem: GuestMemory, vcpus: int, max_vcpus: int, log: list[str]) -> int:
+def _load_acpi(mem: GuestMemory, vcpus: int, max_vcpus: int, log: list[str],
+               vnuma=None) -> int:
     """libxl__dom_load_acpi: the tables into the ACPI range the domain's memory was given
     (acpi.region_size); the RSDP's address, 0 when the domain has no such range."""
-    tables = acpi.build(vcpus, max_vcpus)
+    tables = acpi.build(vcpus, max_vcpus, vnuma=vnuma)
     if not any(gpa == tables.base and size >= tables.size and kind == acpi.E820_ACPI
                for gpa, size, kind in mem.e820()):
         return 0
@@ -136,7 +137,8 @@ def _align(x: int) -> int:
 
 
 def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Path | None,
-              cmdline: str, vcpus: int = 1, max_vcpus: int | None = None) -> BootInfo:
+              cmdline: str, vcpus: int = 1, max_vcpus: int | None = None,
+              vnuma=None) -> BootInfo:
     kernel = load_kernel(kernel_path)
     mib = mem.size >> 20
     log = []
@@ -172,7 +174,7 @@ def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Pat
         log.append(f"PVH: module 0 (ramdisk) at {cursor:#x}, {len(data)} bytes")
         cursor = _align(cursor + len(data))
 
-    rsdp_paddr = _load_acpi(mem, vcpus, max_vcpus or vcpus, log)
+    rsdp_paddr = _load_acpi(mem, vcpus, max_vcpus or vcpus, log, vnuma)
 
     cmd = cmdline.encode()[: MAX_CMDLINE - 1] + b"\0"
     e820 = mem.e820()

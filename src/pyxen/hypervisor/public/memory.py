@@ -36,6 +36,7 @@ XENMEM_machphys_mapping = 12
 XENMEM_remove_from_physmap = 15
 XENMEM_claim_pages = 24
 XENMEM_add_to_physmap_batch = 23
+XENMEM_get_vnumainfo = 26
 
 MEMOP_EXTENT_SHIFT = 6  # cmd's upper bits: where a continued operation resumes
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
@@ -144,3 +145,22 @@ class xen_remove_from_physmap(XenStruct):
 @compat_of(xen_remove_from_physmap)
 class compat_remove_from_physmap(XenStruct32):
     _fields_ = [("domid", domid_t), ("gpfn", compat_pfn_t)]
+
+
+class xen_vmemrange(XenStruct):
+    _xen_c_type_ = "struct xen_vmemrange"
+    _xen_header_ = "xen/memory.h"
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
+                ("flags", ctypes.c_uint), ("nid", ctypes.c_uint)]
+
+
+class xen_vnuma_topology_info(XenStruct):
+    """The three handles sit in unions with a uint64_t pad, so the layout is the same
+    for 32-bit guests (no compat twin); a 32-bit caller's handle is the low half."""
+
+    _xen_c_type_ = "struct xen_vnuma_topology_info"
+    _xen_header_ = "xen/memory.h"
+    _fields_ = [("domid", domid_t), ("pad", u16), ("nr_vnodes", ctypes.c_uint),
+                ("nr_vcpus", ctypes.c_uint), ("nr_vmemranges", ctypes.c_uint),
+                ("vdistance", ctypes.c_uint64), ("vcpu_to_vnode", ctypes.c_uint64),
+                ("vmemrange", ctypes.c_uint64)]
