@@ -11,19 +11,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-for extra in (HERE, HERE.parent / "toolstack"):
-    if str(extra) not in sys.path:
-        sys.path.append(str(extra))
+if str(HERE) not in sys.path:  # netlan, pyfront; `host` comes from tests/conftest.py
+    sys.path.append(str(HERE))
 
 from netlan import make_lan  # noqa: E402
-from xlhost import REPO, Host  # noqa: E402
-
-
-@pytest.fixture
-def host(tmp_path: Path):
-    h = Host(root=tmp_path / "run", workdir=REPO)
-    yield h
-    h.stop()
 
 
 @pytest.fixture

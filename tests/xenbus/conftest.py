@@ -1,10 +1,9 @@
-"""Fixtures of the PV console / xenbus suite. Real-guest tests use the toolstack suite's
-test host (tests/toolstack: xlhost.Host, the `host` fixture), imported, not copied, and
-the ring "guest" of the xenstore suite (tests/xenstore/xs_guest.py)."""
+"""Fixtures of the PV console / xenbus suite: `host` comes from tests/conftest.py (the
+toolstack suite's test host); the ring "guest" of the xenstore suite is
+tests/xenstore/xs_guest.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-for sub in ("toolstack", "xenstore"):
-    p = str(TESTS / sub)
-    if p not in sys.path:
-        sys.path.append(p)
-
-_spec = importlib.util.spec_from_file_location("_pyxen_toolstack_conftest",
-                                               TESTS / "toolstack" / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_toolstack_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_toolstack_conftest)
-
-host = _toolstack_conftest.host  # its own $PYXEN_RUNDIR; nothing left behind at teardown
+if str(TESTS / "xenstore") not in sys.path:
+    sys.path.append(str(TESTS / "xenstore"))
 
 
 @pytest.fixture(scope="session")
