@@ -54,6 +54,22 @@ def call(op: str, **args: Any) -> dict[str, Any]:
             fail(str(e))
 
 
+def wait_for_domain(c: HostdClient, domid: int) -> str:
+    """`wait` for one domain; if hostd goes away meanwhile (killed, restarted), ask the
+    next one, which adopts the domain and finishes the job (toolstack/recovery.py)."""
+    for _ in range(5):
+        try:
+            return str(c.request("wait", domid=domid).get("reason"))
+        except HostdError as e:
+            if "closed the connection" not in str(e):
+                fail(str(e))
+        except OSError:
+            pass
+        c.close()
+        c = connect()
+    fail("hostd kept going away while waiting for the domain")
+
+
 class XlGroup(click.Group):
     """Keep commands in xl's help order."""
 
@@ -200,7 +216,7 @@ def _shutdown(reason: str, domains: tuple[str, ...], all_: bool, wait: bool,
         if wait and domids:  # xl's wait_for_domain_deaths(): shut down, or destroyed
             click.echo(f"Waiting for {len(domids)} domains", err=True)
             for domid in domids:
-                got = str(c.request("wait", domid=domid).get("reason"))
+                got = wait_for_domain(c, domid)
                 if got in REASON_CODES:
                     click.echo(f"Domain {domid} has been shut down, reason code "
                                f"{REASON_CODES[got]}", err=True)

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import sys
 import time
 import uuid as uuidlib
@@ -79,6 +78,7 @@ class Domain:
     dir: Path
     state: str = "building"  # building/running/blocked/paused/shutdown/crashed/dying
     proc: asyncio.subprocess.Process | None = None
+    adopted_pid: int | None = None  # a VMM a previous hostd spawned (toolstack/recovery.py)
     ctl: VmmControl | None = None
     shutdown_reason: str | None = None
     shutdown_code: int | None = None
@@ -89,6 +89,10 @@ class Domain:
     info: dict[str, Any] = field(default_factory=dict)
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
     store: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else self.adopted_pid
 
 
 class VmmControl:
@@ -157,6 +161,7 @@ class Hostd:
         self.graveyard: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._ack_seq = 0  # tokens of the control/shutdown acknowledgement watches
         self.xs_server: Any = None
+        self.xs_pid: int | None = None
         self.xs: Any = None
         self.server: asyncio.base_events.Server | None = None
         self.stopping = asyncio.Event()
@@ -171,10 +176,11 @@ class Hostd:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "domains").mkdir(exist_ok=True)
-        self._cleanup_stale()
         self._start_xenstored()
         from .schedops import host_start
         host_start(self)  # cgroups, cpupools (toolstack/schedops.py)
+        from .recovery import adopt_all
+        await adopt_all(self)  # the VMMs a previous hostd left running
         sock_path = paths.hostd_socket(self.root)
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
@@ -185,39 +191,21 @@ class Hostd:
         self.xen_log(f"pyxen {pyxen.__version__} (Xen {pyxen.XEN_MAJOR}.{pyxen.XEN_MINOR}"
                      f"{pyxen.XEN_EXTRAVERSION} ABI) hostd started, pid {os.getpid()}")
 
-    def _cleanup_stale(self) -> None:
-        """Leftovers of a hostd that died: domain dirs whose VMM is gone."""
-        for d in (self.root / "domains").iterdir():
-            ctl = d / "control.sock"
-            if ctl.exists():
-                s = socket.socket(socket.AF_UNIX)
-                try:
-                    s.connect(str(ctl))
-                    s.close()
-                    if d.name.isdigit():  # a live VMM we cannot adopt: keep its domid
-                        self.next_domid = max(self.next_domid, int(d.name) + 1)
-                    continue
-                except OSError:
-                    s.close()
-            _rmtree(d)
-
     def _start_xenstored(self) -> None:
+        """xenstored runs as its own process (toolstack/xenstored.py) so that it and the
+        guests' xenstore rings outlive hostd; a restarted hostd finds it still serving."""
+        from pyxen.xenstore.client import XenstoreClient
+
+        from . import xenstored
         try:
-            from pyxen.xenstore.server import XenstoreServer  # type: ignore[import-not-found]
-        except ImportError as e:
+            self.xs_pid, adopted = xenstored.start_or_adopt(self.root)
+        except OSError as e:
             self.xen_log(f"xenstored not available ({e}): running without xenstore")
             return
-        state_dir = self.root / "xenstored"
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.xs_server = XenstoreServer(state_dir)
-        self.xs_server.start()
-        # INTRODUCE maps a guest's xenstore ring through its VMM (pyxen.backends.xenbus).
-        from pyxen.backends.xenbus import ring_mapper
-
-        self.xs_server.set_ring_mapper(ring_mapper(self.root))
-        from pyxen.xenstore.client import XenstoreClient  # type: ignore[import-not-found]
         self.xs = XenstoreClient(str(paths.xenstored_socket(self.root)))
-        self.xen_log(f"xenstored listening on {paths.xenstored_socket(self.root)}")
+        self.xs_server = xenstored.XsDomains(self.xs)
+        self.xen_log(f"xenstored {'found' if adopted else 'started'} (pid {self.xs_pid}), "
+                     f"listening on {paths.xenstored_socket(self.root)}")
 
     async def stop(self) -> None:
         """SIGTERM: destroy every domain, stop serving, remove the sockets."""
@@ -231,8 +219,8 @@ class Hostd:
             with contextlib.suppress(Exception):
                 self.xs.close()
         if self.xs_server is not None:
-            with contextlib.suppress(Exception):
-                self.xs_server.stop()
+            from . import xenstored
+            xenstored.stop(self.root, self.xs_pid)
         for p in (paths.xenstored_socket(self.root), paths.xenstored_ro_socket(self.root),
                   self.root / "hostd.pid"):
             with contextlib.suppress(FileNotFoundError):
@@ -764,11 +752,14 @@ class Hostd:
                     os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(proc.wait(), DESTROY_TIMEOUT_S)
+        if proc is None and dom.adopted_pid is not None:  # not our child: poll it
+            from .recovery import wait_gone
+            await wait_gone(dom.adopted_pid, DESTROY_TIMEOUT_S)
         if dom.ctl is not None:
             dom.ctl.close()
-        if proc is not None:  # anything the VMM left in its session goes too
+        if dom.pid is not None:  # anything the VMM left in its session goes too
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(dom.pid, signal.SIGKILL)
         if self.xs is not None:
             with contextlib.suppress(Exception):  # libxl__devices_destroy (forced)
                 await asyncio.get_running_loop().run_in_executor(
