@@ -296,9 +296,11 @@ def console_session(domid: int, path: Path) -> int:
     out = sys.stdout.buffer
     reason: str | None = None
     read_stdin = stdin_fd >= 0
+    waiting = True  # hostd may die (and restart) under us: the console is the VMM's
     try:
         while True:
-            rlist = [sock, waiter.sock] + ([stdin_fd] if read_stdin else [])
+            rlist = [sock] + ([waiter.sock] if waiting else []) \
+                + ([stdin_fd] if read_stdin else [])
             ready, _, _ = select.select(rlist, [], [])
             if sock in ready:
                 data = sock.recv(65536)
@@ -319,11 +321,12 @@ def console_session(domid: int, path: Path) -> int:
                 else:
                     with contextlib.suppress(OSError):
                         sock.sendall(data)
-            if waiter.sock in ready:
+            if waiting and waiter.sock in ready:
                 try:
                     reason = str(waiter.read_reply().get("reason"))
-                except (HostdError, ValueError):
-                    reason = "gone"
+                except (HostdError, ValueError, OSError):
+                    waiting = False  # hostd went away; the console closing says the rest
+                    continue
                 _drain(sock, out)
                 break
     finally:
