@@ -25,6 +25,7 @@ from typing import Any
 
 from . import xsdomain
 from .config import ConfigError, DomainConfig
+from .domain import Domain, VmmControl, _rmtree
 
 ADOPT_TIMEOUT_S = 10.0
 
@@ -64,14 +65,11 @@ async def adopt_all(hostd: Any) -> None:
             hostd.xen_log(f"cannot adopt {d}: {e!r}")
             adopted = False
         if not adopted and d.name.isdigit() and int(d.name) not in hostd.domains:
-            from .hostd import _rmtree
             _rmtree(d)
 
 
 async def adopt(hostd: Any, ddir: Path) -> bool:
     """One domain directory: True once its VMM is hostd's again."""
-    from .hostd import Domain, VmmControl
-
     if not ddir.name.isdigit():
         return False
     domid = int(ddir.name)
