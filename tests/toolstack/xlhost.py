@@ -112,12 +112,20 @@ class Host:
             return int((self.root / "hostd.pid").read_text())
         return None
 
+    def xenstored_pid(self) -> int | None:
+        """xenstored is its own process (it outlives hostd: toolstack/xenstored.py)."""
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.root / "xenstored" / "pid").read_text())
+        return None
+
     def assert_clean(self) -> None:
-        """No domain left: only Domain-0 listed, no domain dirs, only hostd running."""
+        """No domain left: only Domain-0 listed, no domain dirs, only hostd and xenstored
+        running."""
         assert list(self.list()) == ["Domain-0"]
         domains = self.root / "domains"
         assert not domains.exists() or not list(domains.iterdir()), list(domains.iterdir())
-        procs = [p for p in processes_of(self.root) if p[0] != self.hostd_pid()]
+        daemons = (self.hostd_pid(), self.xenstored_pid())
+        procs = [p for p in processes_of(self.root) if p[0] not in daemons]
         assert procs == [], procs
 
     def stop(self) -> None:

@@ -101,9 +101,10 @@ def dmesg(host: Host) -> str:
     return host.xl("dmesg", check=True).stdout
 
 
-def hostd_resources(host: Host, domid: int) -> tuple[int, int]:
-    """(eventfds open in hostd, hostd's mappings of domain domid's xenstore page)."""
-    pid = host.hostd_pid()
+def xenstored_resources(host: Host, domid: int) -> tuple[int, int]:
+    """(eventfds open in xenstored, its mappings of domain domid's xenstore page):
+    xenstored is its own process, apart from hostd (toolstack/xenstored.py)."""
+    pid = host.xenstored_pid()
     assert pid is not None
     fds = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pvguest import XlConsole, create, dmesg, hostd_resources, wait_until
+from pvguest import XlConsole, create, dmesg, wait_until, xenstored_resources
 from xlhost import Host, needs_vmm, needs_xenstored
 
 pytestmark = [needs_vmm, needs_xenstored, pytest.mark.timeout(180)]
@@ -66,7 +66,7 @@ def test_destroy_fires_release_domain_and_frees_channels(host: Host, guests: Pat
         con.expect(r"pyxen xenbus: watching data/test: ok")
     finally:
         con.close()
-    fds, maps = hostd_resources(host, domid)
+    fds, maps = xenstored_resources(host, domid)
     assert maps == 1  # xenstored maps the store page (its own memfd) once
     env = dict(host.env, XENSTORED_PATH=str(host.root / "xenstored" / "socket"))
     watcher = subprocess.Popen(["xenstore-watch", "-n", "2", "@releaseDomain"], env=env,
@@ -81,7 +81,7 @@ def test_destroy_fires_release_domain_and_frees_channels(host: Host, guests: Pat
             watcher.kill()
     assert out.splitlines() == ["@releaseDomain"]
     assert host.xenstore("xenstore-exists", f"/local/domain/{domid}").returncode != 0
-    after_fds, after_maps = hostd_resources(host, domid)
+    after_fds, after_maps = xenstored_resources(host, domid)
     assert after_maps == 0
     assert after_fds == fds - 2  # the store channel's kick and notify eventfds
     m = re.search(rf"d{domid}: destroyed: closed (\d+) event channel", dmesg(host))

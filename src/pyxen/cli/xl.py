@@ -54,6 +54,22 @@ def call(op: str, **args: Any) -> dict[str, Any]:
             fail(str(e))
 
 
+def wait_for_domain(c: HostdClient, domid: int) -> str:
+    """`wait` for one domain; if hostd goes away meanwhile (killed, restarted), ask the
+    next one, which adopts the domain and finishes the job (toolstack/recovery.py)."""
+    for _ in range(5):
+        try:
+            return str(c.request("wait", domid=domid).get("reason"))
+        except HostdError as e:
+            if "closed the connection" not in str(e):
+                fail(str(e))
+        except OSError:
+            pass
+        c.close()
+        c = connect()
+    fail("hostd kept going away while waiting for the domain")
+
+
 class XlGroup(click.Group):
     """Keep commands in xl's help order."""
 
@@ -200,7 +216,7 @@ def _shutdown(reason: str, domains: tuple[str, ...], all_: bool, wait: bool,
         if wait and domids:  # xl's wait_for_domain_deaths(): shut down, or destroyed
             click.echo(f"Waiting for {len(domids)} domains", err=True)
             for domid in domids:
-                got = str(c.request("wait", domid=domid).get("reason"))
+                got = wait_for_domain(c, domid)
                 if got in REASON_CODES:
                     click.echo(f"Domain {domid} has been shut down, reason code "
                                f"{REASON_CODES[got]}", err=True)
@@ -280,9 +296,11 @@ def console_session(domid: int, path: Path) -> int:
     out = sys.stdout.buffer
     reason: str | None = None
     read_stdin = stdin_fd >= 0
+    waiting = True  # hostd may die (and restart) under us: the console is the VMM's
     try:
         while True:
-            rlist = [sock, waiter.sock] + ([stdin_fd] if read_stdin else [])
+            rlist = [sock] + ([waiter.sock] if waiting else []) \
+                + ([stdin_fd] if read_stdin else [])
             ready, _, _ = select.select(rlist, [], [])
             if sock in ready:
                 data = sock.recv(65536)
@@ -303,11 +321,12 @@ def console_session(domid: int, path: Path) -> int:
                 else:
                     with contextlib.suppress(OSError):
                         sock.sendall(data)
-            if waiter.sock in ready:
+            if waiting and waiter.sock in ready:
                 try:
                     reason = str(waiter.read_reply().get("reason"))
-                except (HostdError, ValueError):
-                    reason = "gone"
+                except (HostdError, ValueError, OSError):
+                    waiting = False  # hostd went away; the console closing says the rest
+                    continue
                 _drain(sock, out)
                 break
     finally:

@@ -133,9 +133,9 @@ async def domain_built(hostd: Any, dom: Any) -> None:
     except (PoolError, cpulist.CpuListError) as e:
         raise _err(e) from None
     ds = DomSched(cfg.cpu_weight, cfg.cap, pool.poolid, hard, soft)
-    if st.cg is not None and dom.proc is not None:
+    if st.cg is not None and dom.pid is not None:
         try:
-            st.cg.create(dom.domid, dom.proc.pid, pool.cpus)
+            st.cg.create(dom.domid, dom.pid, pool.cpus)
             st.cg.set_weight(dom.domid, ds.weight)
             st.cg.set_cap(dom.domid, ds.cap)
         except cgmod.CgroupError as e:

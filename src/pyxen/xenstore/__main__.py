@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Quota
                     help="any quota by name: " + ", ".join(Quotas.names()))
     ap.add_argument("-K", "--keep-orphans", action="store_true",
                     help="give a released domain's nodes to dom0 instead of removing them")
+    ap.add_argument("--rundir", type=Path,
+                    help="pyxen's runtime directory: INTRODUCE maps guest rings through "
+                         "RUNDIR/domains/N/xenbus.sock (how hostd runs it)")
     ap.add_argument("--no-persist", action="store_true", help="keep the tree in memory only")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -57,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="xenstored: %(message)s")
     try:
         server = XenstoreServer(args.state_dir, quotas, persist=not args.no_persist,
-                                keep_orphans=args.keep_orphans).start()
+                                keep_orphans=args.keep_orphans)
+        if args.rundir is not None:
+            from pyxen.backends.xenbus import ring_mapper
+            server.set_ring_mapper(ring_mapper(args.rundir))
+        server.start()
     except OSError as e:
         print(f"xenstored: cannot serve in {args.state_dir}: {e}", file=sys.stderr)
         return 1

@@ -348,9 +348,15 @@ class Core:
         if cmd == "check":
             self._check()
             return OK
+        if cmd == "domain-exc" and len(rest) == 1 and rest[0].isdigit():
+            # the toolstack saw domain N shut down (VIRQ_DOM_EXC for C xenstored)
+            if self.is_introduced(int(rest[0])):
+                self.fire_release_domain_watch()
+            return OK
         if cmd == "help":
             return (b"Supported commands:\nhelp\nprint <string>\nlog [on|off]\n"
-                    b"quota [<domid>|<name> <value>]\ncheck\n\0")
+                    b"quota [<domid>|<name> <value>]\ncheck\n"
+                    b"domain-exc <domid>\n\0")
         raise XenstoreError("EINVAL", f"unknown control command {cmd!r}")
 
     def _control_quota(self, rest: list[str]) -> bytes:

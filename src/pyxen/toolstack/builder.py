@@ -1,0 +1,173 @@
+"""Building a domain: spawn its VMM, wait for "built", write its xenstore entries,
+introduce it to xenstored, add its disks (libxl's domain create, the Firecracker
+"builder" part of hostd). A mixin of hostd.Hostd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from typing import Any
+
+from pyxen import paths
+
+from . import devices, vbd, xsdomain
+from .config import DomainConfig
+from .domain import (
+    BUILD_TIMEOUT_S,
+    DOMID_FIRST_RESERVED,
+    Domain,
+    OpError,
+    VmmControl,
+    _last_line,
+    _rmtree,
+)
+
+
+class Builder:
+    """Methods of hostd.Hostd (self is the Hostd)."""
+
+    domains: dict[int, Domain]
+
+    async def create(self, cfg: DomainConfig, paused: bool = False,
+                     domid: int | None = None) -> Domain:
+        if self.stopping.is_set():
+            raise OpError("hostd is stopping: no new domains")
+        cfg.check_files()
+        if not os.path.exists("/dev/kvm"):
+            raise OpError("/dev/kvm not found: pyxen needs KVM (load kvm_intel or kvm_amd, "
+                          "or run on a host with virtualization)")
+        for other in self.domains.values():
+            if other.config.name == cfg.name:
+                raise OpError(f'Domain with name "{cfg.name}" already exists.')
+        free = self.free_memory_mib()
+        if cfg.memory > free:
+            raise OpError(f"failed to free memory for the domain: {cfg.name} needs "
+                          f"{cfg.memory} MiB, the host has {free} MiB free")
+        from .numa import auto_place
+        self.xen_log(auto_place(cfg, [d.config for d in self.domains.values()]))
+        if domid is None:
+            domid = self._alloc_domid()
+        ddir = paths.domain_dir(domid, self.root)
+        dom = Domain(domid=domid, config=cfg, dir=ddir)
+        self.domains[domid] = dom  # reserves the name and the domid from here on
+        try:
+            await self._build(dom)
+            from .schedops import domain_built
+            await domain_built(self, dom)
+            self._write_xenstore(dom)
+            await self._attach_disks(dom)
+            from .netops import attach_vifs
+            await attach_vifs(self, dom)
+            if not paused:
+                await self._vmm(dom, "unpause")
+            dom.state = "paused" if paused else "running"
+        except BaseException as e:
+            self._keep_vmm_log(dom, e)
+            await self._teardown(dom)
+            self.domains.pop(domid, None)
+            self.graveyard_add(domid, "destroyed")
+            if isinstance(e, OpError):
+                raise
+            if isinstance(e, Exception):
+                raise OpError(f"domain creation failed: {e}") from e
+            raise
+        self.xen_log(f"Domain {domid} ({cfg.name}) created: {cfg.vcpus} vCPU(s), "
+                     f"{cfg.memory} MiB, kernel {cfg.kernel}")
+        return dom
+
+    def _keep_vmm_log(self, dom: Domain, err: BaseException) -> None:
+        """The domain dir goes (nothing left behind); its vmm.log goes to hostd.log."""
+        self.xen_log(f"Domain {dom.domid} ({dom.config.name}) creation failed: {err}")
+        with contextlib.suppress(OSError):
+            text = (dom.dir / "vmm.log").read_text(errors="replace")
+            if text.strip():
+                print(f"--- vmm.log of domain {dom.domid} ---\n{text.rstrip()}\n---",
+                      flush=True)
+
+    async def _build(self, dom: Domain) -> None:
+        ddir = dom.dir
+        with contextlib.suppress(FileNotFoundError):
+            _rmtree(ddir)
+        ddir.mkdir(parents=True)
+        cfg_path = ddir / "config.json"
+        cfg_path.write_text(dom.config.dumps() + "\n")
+        vmm_log = open(ddir / "vmm.log", "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, PYXEN_RUNDIR=str(self.root))
+        try:
+            dom.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pyxen.vmm", "--domid", str(dom.domid),
+                "--config", str(cfg_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=vmm_log, env=env, start_new_session=True)
+        finally:
+            vmm_log.close()
+        asyncio.create_task(self._watch_process(dom))
+        assert dom.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(dom.proc.stdout.readline(), BUILD_TIMEOUT_S)
+        except TimeoutError as e:
+            raise OpError(f"domain {dom.domid}: the VMM did not report within "
+                          f"{BUILD_TIMEOUT_S:.0f} s (see {ddir / 'vmm.log'})") from e
+        msg: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line) if line.strip() else {}
+        if not isinstance(msg, dict):
+            msg = {}
+        if msg.get("event") == "error":
+            raise OpError(str(msg.get("message") or "the VMM failed to build the domain"))
+        if msg.get("event") != "built":
+            await asyncio.wait_for(dom.proc.wait(), 5)
+            tail = _last_line(ddir / "vmm.log")
+            raise OpError(f"domain {dom.domid}: the VMM exited while building the domain"
+                          + (f": {tail}" if tail else f" (status {dom.proc.returncode})"))
+        dom.store = {k: msg[k] for k in ("store_port", "store_mfn", "console_port",
+                                         "console_mfn") if isinstance(msg.get(k), int)}
+        reader, writer = await asyncio.open_unix_connection(str(ddir / "control.sock"),
+                                                            limit=1 << 24)
+        dom.ctl = VmmControl(self, dom, reader, writer)
+        dom.state = "paused"
+
+    def _write_xenstore(self, dom: Domain) -> None:
+        if self.xs is None:
+            return
+        xsdomain.write_domain(self.xs, dom.domid, dom.config,
+                              store_port=dom.store.get("store_port"),
+                              store_mfn=dom.store.get("store_mfn"),
+                              console_port=dom.store.get("console_port"),
+                              console_mfn=dom.store.get("console_mfn"))
+        self._introduce(dom)
+
+    async def _attach_disks(self, dom: Domain) -> None:
+        """libxl__add_disks: each ``disk =`` entry's device, before the guest runs."""
+        if self.xs is None:
+            if dom.config.disks:
+                raise OpError("xenstored is not running: cannot add the domain's disks")
+            return
+        loop = asyncio.get_running_loop()
+        for disk in dom.config.disk_specs():
+            try:
+                await loop.run_in_executor(None, vbd.attach, self.xs, dom.domid, disk)
+            except devices.DeviceError as e:
+                raise OpError(str(e)) from None
+
+    def _introduce(self, dom: Domain) -> None:
+        """Tell xenstored the domain exists (as XS_INTRODUCE; fires @introduceDomain).
+
+        The guest's ring (store_mfn/store_port from the VMM's "built" event, when it has
+        one) is served by xenstored through its ring mapper."""
+        try:
+            self.xs_server.introduce_domain(dom.domid, gfn=int(dom.store.get("store_mfn", 0)),
+                                            port=int(dom.store.get("store_port", 0)))
+        except Exception as e:  # noqa: BLE001 - the domain runs without xenstore then
+            self.xen_log(f"d{dom.domid}: xenstore introduce failed: {e}")
+
+    def _alloc_domid(self) -> int:
+        for _ in range(DOMID_FIRST_RESERVED):
+            domid = self.next_domid
+            self.next_domid = domid + 1 if domid + 1 < DOMID_FIRST_RESERVED else 1
+            if domid not in self.domains and not (self.root / "domains" / str(domid)).exists():
+                return domid
+        raise OpError("no free domain id")
