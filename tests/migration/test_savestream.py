@@ -476,3 +476,13 @@ def test_hvm_context_framing() -> None:
     w.begin()
     with pytest.raises(ValueError, match="no END"):
         w.hvm_context(good[:-8])
+
+
+def test_page_runs() -> None:
+    pfns, types = [4, 5, 6, 9, 10, 2, 3], [0, 0, 0xF, 0, 0, 0, 0]
+    data = b"".join(page(p) for p, t in zip(pfns, types, strict=True) if t != 0xF)
+    rec = PageData(pfns, types, data)
+    runs = [(p, bytes(v)) for p, v in rec.runs()]
+    assert runs == [(4, page(4) + page(5)), (9, page(9) + page(10)), (2, page(2) + page(3))]
+    assert [(p, bytes(v)) for p, v in rec.pages()] == \
+        [(p, page(p)) for p in (4, 5, 9, 10, 2, 3)]

@@ -47,6 +47,26 @@ class PageData:
                 i += xc.PAGE_SIZE
 
 
+    def runs(self) -> Iterator[tuple[int, memoryview]]:
+        """(first pfn, view of n pages) for each run of consecutive pfns with data: one
+        copy per run into guest memory instead of one per page."""
+        view = memoryview(self.data)
+        i = 0
+        start = prev = -2
+        begin = 0
+        for pfn, t in zip(self.pfns, self.types, strict=True):
+            if t in xc.PFINFO_NO_DATA:
+                continue
+            if pfn != prev + 1:
+                if start >= 0:
+                    yield start, view[begin:i]
+                start, begin = pfn, i
+            prev = pfn
+            i += xc.PAGE_SIZE
+        if start >= 0:
+            yield start, view[begin:i]
+
+
 @dataclass
 class TscInfo:
     mode: int

@@ -115,8 +115,9 @@ def read_record(inp: Input, layer: str, names: dict[int, str], limits: dict[int,
     if length > limit:
         raise StreamError(f"{where}: body length {length} is more than a {name} "
                           f"record can hold ({limit}): corrupt stream")
-    body = inp.read(length + padding(length), where)
-    return RawRecord(rtype, name, body[:length], index, offset, layer)
+    pad = padding(length)
+    body = inp.read(length + pad, where)
+    return RawRecord(rtype, name, body[:length] if pad else body, index, offset, layer)
 
 
 def record_header(rtype: int, length: int) -> bytes:
