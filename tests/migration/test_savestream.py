@@ -486,3 +486,19 @@ def test_page_runs() -> None:
     assert runs == [(4, page(4) + page(5)), (9, page(9) + page(10)), (2, page(2) + page(3))]
     assert [(p, bytes(v)) for p, v in rec.pages()] == \
         [(p, page(p)) for p in (4, 5, 9, 10, 2, 3)]
+
+
+def test_header_read_leaves_a_raw_fd_at_the_libxl_stream(tmp_path) -> None:
+    """hostd reads the xl header, then hands the descriptor on: nothing read ahead."""
+    from pyxen.toolstack.migration import savefile
+    from pyxen.toolstack.migration.wire import Input
+    f = tmp_path / "img"
+    data = image([[1]])
+    f.write_bytes(data)
+    with open(f, "rb", buffering=0) as raw:
+        hdr = savefile.read(Input(raw))
+        assert hdr.config == CONFIG
+        pos = raw.tell()
+        assert data[pos:pos + 8] == b"LibxlFmt"
+        _, recs = read_image(raw, xl_header=False)
+    assert isinstance(recs[-1], End)
