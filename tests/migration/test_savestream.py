@@ -502,3 +502,11 @@ def test_header_read_leaves_a_raw_fd_at_the_libxl_stream(tmp_path) -> None:
         assert data[pos:pos + 8] == b"LibxlFmt"
         _, recs = read_image(raw, xl_header=False)
     assert isinstance(recs[-1], End)
+
+
+def test_deeply_nested_config_is_a_stream_error() -> None:
+    from pyxen.toolstack.migration import savefile
+    deep = b"[" * 200000 + b"]" * 200000 + b"\0"
+    hdr = struct.pack("<32sIIII", savefile.MAGIC, 0x01020304, 3, 0, 4 + len(deep))
+    with pytest.raises(StreamError, match="not valid JSON"):
+        read_all(hdr + struct.pack("<I", len(deep)) + deep)
