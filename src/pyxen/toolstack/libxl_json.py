@@ -3,7 +3,8 @@
 This is what Xen 4.17's ``xl create -n`` and ``xl list -l`` print and what ``xl save``
 puts in the save-file header, so the schema is libxl's: ``c_info`` (create info),
 ``b_info`` (build info), ``disks``, ``nics``, ``on_*`` actions. As libxl's generator
-does, fields at their default are left out; enums are libxl's names ("restart_rename",
+(gentypes.py) does, fields at their default are left out but aggregates are always
+written (``sched_params``, ``arch_x86``, the keyed union as ``"type.pvh": {}``); enums are libxl's names ("restart_rename",
 "qdisk"), bitmaps are lists of the set bits, defbools are "True"/"False".
 
 Where xl resolves a setting at parse time, so does this: ``cpus="all"`` or
@@ -192,7 +193,9 @@ def to_libxl_json(cfg: DomainConfig, topo: cpulist.Topology | None = None) -> di
         b_info["cmdline"] = cfg.cmdline
     if cfg.ramdisk is not None:
         b_info["ramdisk"] = cfg.ramdisk
-    b_info[f"type.{cfg.type}"] = {}
+    b_info[f"type.{cfg.type}"] = {}  # the keyed union u, keyed by type (gentypes.py)
+    b_info["arch_arm"] = {}  # aggregates: libxl always generates them, defaults left out
+    b_info["arch_x86"] = {}
     out: dict[str, Any] = {"c_info": c_info, "b_info": b_info}
     if cfg.disks:
         out["disks"] = [_disk_json(d) for d in cfg.disks]
