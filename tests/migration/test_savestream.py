@@ -331,10 +331,17 @@ def test_random_corruption_never_escapes_stream_error() -> None:
     import random
     rng = random.Random(9)
     data = image([[0, 5], [9, 1]], policies=True)
-    for _ in range(600):
+    for _ in range(900):
         b = bytearray(data)
         for _ in range(rng.randint(1, 3)):
-            b[rng.randrange(len(b))] = rng.randrange(256)
+            at = rng.randrange(len(b))
+            op = rng.randrange(3)
+            if op == 0:
+                b[at] = rng.randrange(256)
+            elif op == 1:
+                del b[at:at + rng.randint(1, 16)]
+            else:
+                b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         try:
             read_all(bytes(b))
         except StreamError:
@@ -510,3 +517,17 @@ def test_deeply_nested_config_is_a_stream_error() -> None:
     hdr = struct.pack("<32sIIII", savefile.MAGIC, 0x01020304, 3, 0, 4 + len(deep))
     with pytest.raises(StreamError, match="not valid JSON"):
         read_all(hdr + struct.pack("<I", len(deep)) + deep)
+
+
+def test_a_silent_peer_is_a_stream_error_not_a_hang() -> None:
+    """Over a socket with a timeout (as migration uses), a peer that stops sending mid
+    record gives StreamError naming the record."""
+    import socket
+    data = image([[0, 1]])
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data[:700])  # inside the first PAGE_DATA
+        b.settimeout(0.5)
+        with b.makefile("rb") as f, pytest.raises(StreamError,
+                                                 match=r"PAGE_DATA\).*timed out"):
+            read_image(f)
