@@ -531,3 +531,26 @@ def test_a_silent_peer_is_a_stream_error_not_a_hang() -> None:
         with b.makefile("rb") as f, pytest.raises(StreamError,
                                                  match=r"PAGE_DATA\).*timed out"):
             read_image(f)
+
+
+def test_emulator_records_are_decoded() -> None:
+    """A stream from a Xen HVM guest with a device model carries emulator records after
+    libxc's END: handed up, the restorer decides (pyxen writes none)."""
+    from pyxen.toolstack.migration import EmulatorData
+    from pyxen.toolstack.migration import libxl_stream as xl
+    data = image([[0]])
+    end = boundaries(data)[-1][0]
+    xs = xl.emulator_record(xl.REC_TYPE_EMULATOR_XENSTORE_DATA, 2, 0,
+                            xl.xenstore_data({"physmap/1/size": "800", "state": "running"}))
+    ctx = xl.emulator_record(xl.REC_TYPE_EMULATOR_CONTEXT, 2, 0, b"QEVM" + bytes(9))
+    image_ = data[:end] + xs + ctx + data[end:]
+    recs = records_of(image_)
+    assert recs[-3] == EmulatorData(2, 0, xl.xenstore_data(
+        {"physmap/1/size": "800", "state": "running"}),
+        {"physmap/1/size": "800", "state": "running"})
+    assert recs[-2] == EmulatorData(2, 0, b"QEVM" + bytes(9))
+    assert [e["type"] for e in check_stream(io.BytesIO(image_))][-3:] == [
+        "EMULATOR_XENSTORE_DATA", "EMULATOR_CONTEXT", "END"]
+    bad = xl.emulator_record(xl.REC_TYPE_EMULATOR_XENSTORE_DATA, 2, 0, b"key\0")
+    with pytest.raises(StreamError, match=r"EMULATOR_XENSTORE_DATA\).*key without a value"):
+        read_all(data[:end] + bad + data[end:])
