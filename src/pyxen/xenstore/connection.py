@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import path as P
 from . import store as S
-from .perms import Caller, format_perms, parse_perms
+from .perms import READ, Caller, format_perms, parse_perms
 from .transaction import Transaction
 from .watch import Watch
 from .wire import (
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyxen.xenstore")
 
 OK = b"OK\0"
+PATH_CACHE = 4096  # READ paths remembered per connection
+_READ = int(Op.READ)
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 
@@ -68,6 +70,7 @@ class Connection:
         self.watches: list[Watch] = []
         self.closed = False
         self.wake_output = lambda: None  # set by the transport
+        self._paths: dict[bytes, str] = {}  # READ payload -> valid path
 
     # -- input ------------------------------------------------------------------------
     def can_process(self) -> bool:
@@ -81,27 +84,56 @@ class Connection:
         self.process()
 
     def process(self) -> None:
+        """Answer every complete request in inbuf (up to the outstanding quota).
+
+        The hot path: a plain READ of a node whose path this connection has sent
+        before is answered inline (no dispatch, no re-validation of the path);
+        everything else, and every error, goes through dispatch(). Replies are queued
+        and leave in one send per loop turn (after the journal is written)."""
         buf = self.inbuf
         pos = 0
+        nbuf = len(buf)
         limit = self.core.quotas.outstanding
+        paths = self._paths
+        nodes = self.core.store.nodes
+        caller = self.caller
+        priv = caller.privileged
+        out = self.out
+        queued = 0
         try:
-            while len(buf) - pos >= HEADER_SIZE and self.pending_replies < limit:
+            while nbuf - pos >= HEADER_SIZE and self.pending_replies < limit:
                 op, req_id, tx_id, length = _unpack_header(buf, pos)
                 if length > XENSTORE_PAYLOAD_MAX:
                     raise ProtocolViolation(f"payload length {length} over the maximum")
                 end = pos + HEADER_SIZE + length
-                if len(buf) < end:
+                if nbuf < end:
                     break
                 payload = bytes(buf[pos + HEADER_SIZE:end])
                 pos = end
+                if op == _READ and not tx_id:
+                    path = paths.get(payload)
+                    if path is not None:
+                        node = nodes.get(path)
+                        if node is not None and (priv or caller.perm_for(node.perms) & READ):
+                            value = node.value
+                            msg = _pack_header(_READ, req_id, 0, len(value)) + value
+                            out.append((msg, True))
+                            self.out_bytes += len(msg)
+                            self.pending_replies += 1
+                            queued += 1
+                            continue
                 self.request(op, req_id, tx_id, payload)
                 if self.closed:
                     break
         finally:
             if pos:
                 del buf[:pos]
+        if queued:
+            self.core.stats["requests"] += queued
+            self._check_output()
 
     def request(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        self.core.stats["requests"] += 1
         try:
             rop, reply = self.dispatch(op, tx_id, payload)
         except XenstoreError as e:
@@ -124,6 +156,9 @@ class Connection:
         self.out_bytes += len(msg)
         if reply:
             self.pending_replies += 1
+        self._check_output()
+
+    def _check_output(self) -> None:
         cap = (self.core.quotas.privileged_output if self.caller.privileged
                else self.core.quotas.memory)
         if self.out_bytes > cap:
@@ -144,9 +179,28 @@ class Connection:
 
     # -- dispatch ---------------------------------------------------------------------
     def _path(self, raw: bytes, special: bool = False) -> str:
+        """The validated absolute path; remembered by its raw bytes (per connection:
+        relative paths and the path-length quota depend on who asks)."""
+        paths = self._paths
+        if not special:
+            path = paths.get(raw)
+            if path is not None:
+                return path
         c = self.caller
-        return P.resolve(raw, c.domid, special=special,
+        path = P.resolve(raw, c.domid, special=special,
                          path_quota=None if c.privileged else self.core.quotas.path_length)
+        if not special:
+            if len(paths) >= PATH_CACHE:
+                paths.clear()
+            paths[raw] = path
+        return path
+
+    def _read_path(self, payload: bytes) -> str:
+        """READ's path, also remembered by the whole payload, which is what process()
+        looks up to answer the next READ of it inline."""
+        path = self._path(self._one(payload))
+        self._paths[payload] = path
+        return path
 
     def _one(self, payload: bytes) -> bytes:
         args = split_strings(payload)
@@ -182,7 +236,7 @@ class Connection:
         q = core.quotas
 
         if op == Op.READ:
-            return op, S.read(view, caller, self._path(self._one(payload)))
+            return op, S.read(view, caller, self._read_path(payload))
         if op == Op.WRITE:
             i = payload.find(b"\0")
             if i < 0:

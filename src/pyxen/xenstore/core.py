@@ -85,7 +85,8 @@ class Core:
         return {k: format_perms(v) for k, v in self.special_perms.items()}
 
     def journal(self) -> None:
-        """Append what the last request changed in the committed tree."""
+        """Append what changed in the committed tree since the last call, as one
+        record (the loop calls it once per turn: group commit, before any reply)."""
         dirty = self.store.dirty
         if not dirty:
             return
@@ -96,6 +97,10 @@ class Core:
         dirty.clear()
 
     def flush_journal(self) -> None:
+        """Journal and write every change made so far; transports call it before any
+        reply leaves, so nothing is acknowledged before it is in the journal."""
+        if self.store.dirty:
+            self.journal()
         if self.persistence is not None:
             self.persistence.flush()
 
@@ -112,8 +117,7 @@ class Core:
                 events: list[Event]) -> bytes:
         if tx is not None:
             tx.events.extend(events)
-        else:
-            self.journal()
+        elif events:
             self.fire(events)
         return OK
 
@@ -180,7 +184,6 @@ class Core:
                 raise XenstoreError(EQUOTA, "node quota at commit")
         tx.apply()
         self.stats["commits"] += 1
-        self.journal()
         self.fire(tx.events)
         return OK
 
@@ -379,6 +382,8 @@ class Core:
                 q.set(rest[0], int(rest[1]))
             except ValueError as e:
                 raise XenstoreError("EINVAL", str(e)) from None
+            for c in self.connections:
+                c._paths.clear()  # validated under the old path-length quota
             return OK
         raise XenstoreError("EINVAL", "quota [<domid>|<name> <value>]")
 
