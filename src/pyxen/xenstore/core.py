@@ -291,6 +291,9 @@ class Core:
                     if n.perms[0][0] == domid:
                         tx.doomed = True  # would commit a node owned by a dead domain
                     n.perms = ignore_domain(n.perms, domid)
+                for n in tx.snap.values():  # its private copies of what it read
+                    if n is not None:
+                        n.perms = ignore_domain(n.perms, domid)
         for name, perms in self.special_perms.items():
             owner = perms[0] if perms[0][0] != domid else (0, perms[0][1])
             self.special_perms[name] = (owner,) + tuple(e for e in perms[1:] if e[0] != domid)
