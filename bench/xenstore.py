@@ -9,7 +9,8 @@ write, commit; 1 and 8 client processes, each with its own connection) and
 one of the same size (plus the watch event after a WRITE once the connection sent
 WATCH): the transport floor of a Unix socket on this machine. Prints ops/s for pyxen's
 xenstored (its own process, journal on, as deployed), for the echo floor measured in
-the same run, and the ratio. ``--baseline-src`` also runs another checkout's
+the same run, and the ratio, and each server's CPU time per operation (from /proc:
+steadier than rates on a shared machine). ``--baseline-src`` also runs another checkout's
 xenstored (e.g. main's src/) in the same run, for before/after figures.
 The last line compares single-client writes/s with and without the journal.
 """
@@ -54,13 +55,24 @@ def _wait_socket(path: str) -> None:
     raise RuntimeError(f"no server on {path}")
 
 
-def measure(client: Path, sock: str, mode: str, n: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (every thread), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(client: Path, sock: str, mode: str, n: int, seconds: float,
+            pid: int | None = None) -> tuple[float, float]:
+    """(ops/s, server CPU microseconds per op)."""
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     r = subprocess.run([str(client), mode, str(n), str(seconds)], capture_output=True,
                        text=True, env=dict(os.environ, XENSTORED_PATH=sock),
                        timeout=seconds + 60)
     if r.returncode:
         raise RuntimeError(f"xs_client {mode} {n}: {r.stderr.strip()}")
-    return float(r.stdout)
+    rate = float(r.stdout)
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    return rate, cpu / max(rate * seconds, 1) * 1e6
 
 
 def xenstored(src: Path, state: str, *extra: str) -> subprocess.Popen:
@@ -82,9 +94,11 @@ def main() -> int:
                  xenstored(ROOT / "src", f"{d}/xs-nj", "--no-persist"),
                  subprocess.Popen([str(echo_bin), f"{d}/echo.sock"])]
         servers = {"xenstored": f"{d}/xs/socket"}
+        pids = {"xenstored": procs[0].pid, "echo": procs[2].pid}
         if a.baseline_src:
             procs.append(xenstored(a.baseline_src, f"{d}/base"))
             servers["baseline"] = f"{d}/base/socket"
+            pids["baseline"] = procs[-1].pid
         servers["echo"] = f"{d}/echo.sock"
         try:
             for p in (*servers.values(), f"{d}/xs-nj/socket"):
@@ -93,20 +107,24 @@ def main() -> int:
                   f"libxenstore C clients, Unix socket, {a.seconds:.1f} s per figure, "
                   f"{os.cpu_count()} CPUs")
             head = "".join(f"{k + '/s':>13}" for k in servers)
-            extra = f"{'base/xs':>8}" if a.baseline_src else ""
-            print(f"{'operation':<14}{'clients':>8}{head}{'xs/echo':>9}{extra}")
+            extra = f"{'xs/base':>8}" if a.baseline_src else ""
+            cpu_head = "".join(f"{k[:4] + ' us':>8}" for k in servers)
+            print(f"{'operation':<14}{'clients':>8}{head}{'xs/echo':>9}{extra}"
+                  f"   server CPU per op:{cpu_head}")
             for _ in range(a.rounds):
                 for mode, label in MODES:
                     for n in (1, 8):
-                        r = {k: measure(client, s, mode, n, a.seconds)
+                        m = {k: measure(client, s, mode, n, a.seconds, pids[k])
                              for k, s in servers.items()}
+                        r = {k: v[0] for k, v in m.items()}
                         cols = "".join(f"{v:>13.0f}" for v in r.values())
                         ratio = f"{r['xenstored'] / r['echo']:>9.2f}"
                         if a.baseline_src:
-                            ratio += f"{r['baseline'] / r['xenstored']:>8.2f}"
-                        print(f"{label:<14}{n:>8}{cols}{ratio}", flush=True)
-            nj = measure(client, f"{d}/xs-nj/socket", "write", 1, a.seconds)
-            wj = measure(client, servers["xenstored"], "write", 1, a.seconds)
+                            ratio += f"{r['xenstored'] / r['baseline']:>8.2f}"
+                        cpu = "".join(f"{v[1]:>8.1f}" for v in m.values())
+                        print(f"{label:<14}{n:>8}{cols}{ratio}{'':>21}{cpu}", flush=True)
+            nj = measure(client, f"{d}/xs-nj/socket", "write", 1, a.seconds)[0]
+            wj = measure(client, servers["xenstored"], "write", 1, a.seconds)[0]
             print(f"journal cost: writes/s, 1 client: {wj:.0f} with journal, "
                   f"{nj:.0f} without ({wj / nj:.2f})")
         finally:
