@@ -73,7 +73,8 @@ class Connection:
         self.watches: list[Watch] = []
         self.closed = False
         self.wake_output = lambda: None  # set by the transport
-        self._paths: dict[bytes, str] = {}  # READ payload -> valid path
+        self._paths: dict[bytes, str] = {}  # raw path -> validated absolute path
+        self._read_paths: dict[bytes, str] = {}  # whole READ payload -> the same
         self._after_reply: Callable[[Connection], None] | None = None  # WATCH's event
 
     # -- input ------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Connection:
         pos = 0
         nbuf = len(buf)
         limit = self.core.quotas.outstanding
-        paths = self._paths
+        paths = self._read_paths
         nodes = self.core.store.nodes
         caller = self.caller
         priv = caller.privileged
@@ -205,7 +206,10 @@ class Connection:
         """READ's path, also remembered by the whole payload, which is what process()
         looks up to answer the next READ of it inline."""
         path = self._path(self._one(payload))
-        self._paths[payload] = path
+        paths = self._read_paths
+        if len(paths) >= PATH_CACHE:
+            paths.clear()
+        paths[payload] = path
         return path
 
     def _one(self, payload: bytes) -> bytes:

@@ -387,6 +387,7 @@ class Core:
                 raise XenstoreError("EINVAL", str(e)) from None
             for c in self.connections:
                 c._paths.clear()  # validated under the old path-length quota
+                c._read_paths.clear()
             return OK
         raise XenstoreError("EINVAL", "quota [<domid>|<name> <value>]")
 
