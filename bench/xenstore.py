@@ -21,6 +21,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,16 @@ def measure(client: Path, sock: str, mode: str, n: int, seconds: float,
     return rate, cpu / max(rate * seconds, 1) * 1e6
 
 
+def _row(label: str, n: int, m: dict[str, tuple[float, float]], base: bool) -> str:
+    r = {k: v[0] for k, v in m.items()}
+    cols = "".join(f"{v:>13.0f}" for v in r.values())
+    ratio = f"{r['xenstored'] / r['echo']:>9.2f}"
+    if base:
+        ratio += f"{r['xenstored'] / r['baseline']:>8.2f}"
+    cpu = "".join(f"{v[1]:>8.1f}" for v in m.values())
+    return f"{label:<14}{n:>8}{cols}{ratio}{'':>21}{cpu}"
+
+
 def xenstored(src: Path, state: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(src))
     return subprocess.Popen([sys.executable, "-m", "pyxen.xenstore", "--state-dir", state,
@@ -111,18 +122,22 @@ def main() -> int:
             cpu_head = "".join(f"{k[:4] + ' us':>8}" for k in servers)
             print(f"{'operation':<14}{'clients':>8}{head}{'xs/echo':>9}{extra}"
                   f"   server CPU per op:{cpu_head}")
-            for _ in range(a.rounds):
+            runs: dict[tuple[str, int], list[dict[str, tuple[float, float]]]] = {}
+            for rnd in range(a.rounds):
+                if a.rounds > 1:
+                    print(f"round {rnd + 1}")
                 for mode, label in MODES:
                     for n in (1, 8):
                         m = {k: measure(client, s, mode, n, a.seconds, pids[k])
                              for k, s in servers.items()}
-                        r = {k: v[0] for k, v in m.items()}
-                        cols = "".join(f"{v:>13.0f}" for v in r.values())
-                        ratio = f"{r['xenstored'] / r['echo']:>9.2f}"
-                        if a.baseline_src:
-                            ratio += f"{r['xenstored'] / r['baseline']:>8.2f}"
-                        cpu = "".join(f"{v[1]:>8.1f}" for v in m.values())
-                        print(f"{label:<14}{n:>8}{cols}{ratio}{'':>21}{cpu}", flush=True)
+                        runs.setdefault((label, n), []).append(m)
+                        print(_row(label, n, m, bool(a.baseline_src)), flush=True)
+            if a.rounds > 1:
+                print(f"median of {a.rounds} rounds")
+                for (label, n), ms in runs.items():
+                    med = {k: (statistics.median(m[k][0] for m in ms),
+                               statistics.median(m[k][1] for m in ms)) for k in servers}
+                    print(_row(label, n, med, bool(a.baseline_src)))
             nj = measure(client, f"{d}/xs-nj/socket", "write", 1, a.seconds)[0]
             wj = measure(client, servers["xenstored"], "write", 1, a.seconds)[0]
             print(f"journal cost: writes/s, 1 client: {wj:.0f} with journal, "

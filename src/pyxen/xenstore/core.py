@@ -122,6 +122,8 @@ class Core:
         return OK
 
     def fire(self, events: list[Event]) -> None:
+        if not self.watches.by_path:
+            return
         for ev in events:
             for w, p in self.watches.matches(ev):
                 w.conn.watch_event(w.event_path(p), w.token)
