@@ -1,10 +1,10 @@
 """Keeping the tree across daemon restarts: a snapshot plus an append-only journal.
 
-Every committed change (a plain request or a transaction commit) is appended to
-``state_dir/journal`` as one JSON line, written before the reply leaves (records are
-batched per event-loop turn, one write() for all requests handled in it), so a daemon that is
+Committed changes are appended to ``state_dir/journal`` before any reply that
+acknowledges them leaves: group commit, one JSON line and one write() per event-loop
+turn for everything the requests handled in that turn changed, so a daemon that is
 killed loses nothing that a client saw acknowledged (process crash; the journal is not
-fsync'ed per write, a host crash may lose the last writes). ``stop()`` and journal
+fsync'ed, a host crash may lose the last writes). ``stop()`` and journal
 growth write ``state_dir/tree.json`` (atomic rename) and truncate the journal. The
 domain table (introduced domains, SET_TARGET) and the special nodes' ACLs travel
 with the tree, which is what Xen's live update hands over.
