@@ -231,7 +231,8 @@ def test_own_writes_invisible_until_commit(dom0, host):
 
 
 @pytest.mark.parametrize("change", ["write", "rm", "mkdir_child", "set_perms", "rm_child"])
-@pytest.mark.parametrize("access", ["read", "write", "directory", "exists", "get_perms"])
+@pytest.mark.parametrize("access", ["read", "write", "directory", "exists", "get_perms",
+                                    "set_perms", "mkdir_child", "rm_child"])
 def test_eagain_when_an_accessed_node_changes(dom0, host, access, change):
     root = f"/e/{access}-{change}"
     dom0.write(f"{root}/n/kid", "v")
@@ -245,8 +246,14 @@ def test_eagain_when_an_accessed_node_changes(dom0, host, access, change):
         dom0.directory(node, tx)
     elif access == "exists":
         assert dom0.exists(node, tx)
-    else:
+    elif access == "get_perms":
         dom0.get_perms(node, tx)
+    elif access == "set_perms":
+        dom0.set_perms(node, ["n0", "r2"], tx)
+    elif access == "mkdir_child":
+        dom0.mkdir(f"{node}/mine", tx)  # the parent's child list is accessed
+    else:
+        dom0.rm(f"{node}/kid", tx)
     o = host.client()
     if change == "write":
         o.write(node, "theirs")
