@@ -193,7 +193,8 @@ class SocketTransport:
         conn = self.conn
         if conn.closed:
             return
-        conn.core.flush_journal()  # nothing is acknowledged before it is journaled
+        # The loop journalled this turn's changes before flushing any transport
+        # (before_flush): nothing is acknowledged before it is in the journal.
         out = conn.out
         for _ in range(64):
             if out:
@@ -233,7 +234,7 @@ class SocketTransport:
                     conn.core.drop(conn)
                     return
                 if out:
-                    conn.core.flush_journal()
+                    conn.core.flush_journal()  # these replies' changes, first
                     continue
             break
         want = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if out else 0)
