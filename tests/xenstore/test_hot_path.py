@@ -97,3 +97,57 @@ def test_pipelined_requests_each_get_their_reply(dom0, host):
     for i in range(0, 100, 3):
         assert f"/hp/pipe/{i % 7}" in written
     assert written["/hp/pipe/1"] == "99"
+
+
+def test_sigkill_under_concurrent_writers_keeps_every_acknowledged_write(tmp_path):
+    """Group commit: with several clients writing at once, a daemon killed with
+    SIGKILL at a random moment still has, after a restart, every write it had
+    acknowledged (replies leave only after the turn's journal line is written)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from pyxen.xenstore import XenstoreClient
+
+    state = tmp_path / "xs"
+
+    def start() -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "pyxen.xenstore", "--state-dir",
+                              str(state)], stdout=subprocess.PIPE, text=True)
+        assert "serving" in p.stdout.readline()
+        return p
+
+    proc = start()
+    acked = [-1] * 6
+
+    def writer(i: int) -> None:
+        try:
+            c = XenstoreClient(state / "socket", timeout=10)
+            for n in range(100000):
+                c.write(f"/gc/t{i}/{n}", str(n))
+                acked[i] = n
+        except (OSError, XenstoreError, EOFError, ConnectionError):
+            pass  # the daemon died under us
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    for t in threads:
+        t.join(20)
+    assert min(acked) > 0
+    proc = start()
+    try:
+        c = XenstoreClient(state / "socket")
+        for i, last in enumerate(acked):
+            for n in range(last + 1):
+                assert c.read(f"/gc/t{i}/{n}") == str(n).encode()
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
