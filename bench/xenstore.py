@@ -1,21 +1,27 @@
-"""xenstored throughput over the Unix socket, against a framing-only echo server.
+"""xenstored throughput from C clients linked against Debian's libxenstore.
 
-    python bench/xenstore.py [--seconds 1.5]
+    python bench/xenstore.py [--seconds 1.5] [--rounds 1] [--baseline-src DIR]
 
-Prints reads/s, writes/s and committed transactions/s (start, read, write, commit) with
-1 and with 8 concurrent client processes, for pyxen's xenstored (journal on, as
-deployed, and writes with the journal off) and for an echo server that only frames
-messages on the same socket type, measured in the same run; the ratio is
-xenstored / echo. Both servers are separate processes; clients are separate processes.
+Builds two small C programs with gcc (bench/c/): ``xs_client`` (libxenstore: xs_read,
+xs_write, xs_directory, xs_write + xs_read_watch, and transactions of start, read,
+write, commit; 1 and 8 client processes, each with its own connection) and
+``xs_echo``, an epoll server in C that frames the same messages and answers each with
+one of the same size (plus the watch event after a WRITE once the connection sent
+WATCH): the transport floor of a Unix socket on this machine. Prints ops/s for pyxen's
+xenstored (its own process, journal on, as deployed), for the echo floor measured in
+the same run, and the ratio, and each server's CPU time per operation (from /proc:
+steadier than rates on a shared machine). ``--baseline-src`` also runs another checkout's
+xenstored (e.g. main's src/) in the same run, for before/after figures.
+The last line compares single-client writes/s with and without the journal.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import selectors
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,97 +29,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from pyxen.xenstore.client import XenstoreClient  # noqa: E402
-from pyxen.xenstore.wire import HEADER, Op, XenstoreError  # noqa: E402
-
-
-def echo_server(path: str) -> None:
-    """Frame-level echo: parse each header, send the same header and payload back."""
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(path)
-    srv.listen(64)
-    srv.setblocking(False)
-    sel = selectors.DefaultSelector()
-    bufs: dict[socket.socket, bytearray] = {}
-
-    def accept(_s: socket.socket) -> None:
-        c, _ = srv.accept()
-        c.setblocking(False)
-        bufs[c] = bytearray()
-        sel.register(c, selectors.EVENT_READ, serve)
-
-    def serve(c: socket.socket) -> None:
-        data = c.recv(65536)
-        if not data:
-            sel.unregister(c)
-            c.close()
-            del bufs[c]
-            return
-        buf = bufs[c]
-        buf += data
-        out = []
-        pos = 0
-        while len(buf) - pos >= 16:
-            op, rid, tx, ln = HEADER.unpack_from(buf, pos)
-            if len(buf) - pos < 16 + ln:
-                break
-            out.append(bytes(buf[pos:pos + 16 + ln]))
-            pos += 16 + ln
-        del buf[:pos]
-        if out:
-            c.sendall(b"".join(out))
-
-    sel.register(srv, selectors.EVENT_READ, accept)
-    while True:
-        for key, _ in sel.select():
-            key.data(key.fileobj)
+C_DIR = ROOT / "bench" / "c"
+MODES = (("read", "reads"), ("write", "writes"), ("directory", "directory"),
+         ("watch", "watch fires"), ("tx", "transactions"))
 
 
-def _client(path: str, kind: str, seconds: float, idx: int, q: mp.Queue) -> None:
-    c = XenstoreClient(path)
-    key = f"/bench/c{idx}/key".encode()
-    c.call(Op.WRITE, key + b"\0" + b"0")
-    n = conflicts = 0
-    end = time.perf_counter() + seconds
-    if kind == "read":
-        payload = key + b"\0"
-        while time.perf_counter() < end:
-            for _ in range(50):
-                c.call(Op.READ, payload)
-            n += 50
-    elif kind == "write":
-        payload = key + b"\0" + b"some-value-0123456789"
-        while time.perf_counter() < end:
-            for _ in range(50):
-                c.call(Op.WRITE, payload)
-            n += 50
-    else:
-        while time.perf_counter() < end:
-            tx = int(c.call(Op.TRANSACTION_START, b"\0").rstrip(b"\0") or b"1")
-            v = c.call(Op.READ, key + b"\0", tx)
-            c.call(Op.WRITE, key + b"\0" + v[:8] + b"1", tx)
-            try:
-                c.call(Op.TRANSACTION_END, b"T\0", tx)
-                n += 1
-            except XenstoreError:
-                conflicts += 1
-    c.close()
-    q.put((n, conflicts))
-
-
-def measure(path: str, kind: str, nclients: int, seconds: float) -> float:
-    q: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_client, args=(path, kind, seconds, i, q))
-             for i in range(nclients)]
-    for p in procs:
-        p.start()
-    results = [q.get(timeout=seconds + 60) for _ in procs]
-    for p in procs:
-        p.join()
-    total = sum(r[0] for r in results)
-    return total / seconds  # every client issues requests for exactly `seconds`
+def build(out: Path) -> tuple[Path, Path]:
+    if shutil.which("gcc") is None:
+        sys.exit("bench/xenstore.py: gcc is needed (and libxen-dev for libxenstore)")
+    client, echo = out / "xs_client", out / "xs_echo"
+    subprocess.run(["gcc", "-O2", "-o", str(client), str(C_DIR / "xs_client.c"),
+                    "-lxenstore"], check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(echo), str(C_DIR / "xs_echo.c")], check=True)
+    return client, echo
 
 
 def _wait_socket(path: str) -> None:
@@ -128,44 +56,96 @@ def _wait_socket(path: str) -> None:
     raise RuntimeError(f"no server on {path}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (every thread), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(client: Path, sock: str, mode: str, n: int, seconds: float,
+            pid: int | None = None) -> tuple[float, float]:
+    """(ops/s, server CPU microseconds per op)."""
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    r = subprocess.run([str(client), mode, str(n), str(seconds)], capture_output=True,
+                       text=True, env=dict(os.environ, XENSTORED_PATH=sock),
+                       timeout=seconds + 60)
+    if r.returncode:
+        raise RuntimeError(f"xs_client {mode} {n}: {r.stderr.strip()}")
+    rate = float(r.stdout)
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    return rate, cpu / max(rate * seconds, 1) * 1e6
+
+
+def _row(label: str, n: int, m: dict[str, tuple[float, float]], base: bool) -> str:
+    r = {k: v[0] for k, v in m.items()}
+    cols = "".join(f"{v:>13.0f}" for v in r.values())
+    ratio = f"{r['xenstored'] / r['echo']:>9.2f}"
+    if base:
+        ratio += f"{r['xenstored'] / r['baseline']:>8.2f}"
+    cpu = "".join(f"{v[1]:>8.1f}" for v in m.values())
+    return f"{label:<14}{n:>8}{cols}{ratio}{'':>21}{cpu}"
+
+
+def xenstored(src: Path, state: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    return subprocess.Popen([sys.executable, "-m", "pyxen.xenstore", "--state-dir", state,
+                             *extra], env=env, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the table")
+    ap.add_argument("--baseline-src", type=Path,
+                    help="another checkout's src/ to measure in the same run")
     a = ap.parse_args()
-    mp.set_start_method("fork")
     with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        servers = {}
-        xs = subprocess.Popen([sys.executable, "-m", "pyxen.xenstore", "--state-dir",
-                               f"{d}/xs"], env=env, stdout=subprocess.DEVNULL)
-        xs_nj = subprocess.Popen([sys.executable, "-m", "pyxen.xenstore", "--state-dir",
-                                  f"{d}/xs-nojournal", "--no-persist"], env=env,
-                                 stdout=subprocess.DEVNULL)
-        echo = mp.Process(target=echo_server, args=(f"{d}/echo.sock",), daemon=True)
-        echo.start()
-        servers = {"xenstored": f"{d}/xs/socket", "echo": f"{d}/echo.sock"}
+        client, echo_bin = build(Path(d))
+        procs = [xenstored(ROOT / "src", f"{d}/xs"),
+                 xenstored(ROOT / "src", f"{d}/xs-nj", "--no-persist"),
+                 subprocess.Popen([str(echo_bin), f"{d}/echo.sock"])]
+        servers = {"xenstored": f"{d}/xs/socket"}
+        pids = {"xenstored": procs[0].pid, "echo": procs[2].pid}
+        if a.baseline_src:
+            procs.append(xenstored(a.baseline_src, f"{d}/base"))
+            servers["baseline"] = f"{d}/base/socket"
+            pids["baseline"] = procs[-1].pid
+        servers["echo"] = f"{d}/echo.sock"
         try:
-            for p in (*servers.values(), f"{d}/xs-nojournal/socket"):
+            for p in (*servers.values(), f"{d}/xs-nj/socket"):
                 _wait_socket(p)
-            print(f"pyxen xenstored vs framing-only echo server, Unix socket, "
-                  f"{a.seconds:.1f} s per figure, {os.cpu_count()} CPUs")
-            print(f"{'operation':<26}{'clients':>8}{'xenstored/s':>14}{'echo/s':>12}"
-                  f"{'ratio':>8}")
-            for kind, label in (("read", "reads"), ("write", "writes"),
-                                ("tx", "committed transactions")):
-                for n in (1, 8):
-                    x = measure(servers["xenstored"], kind, n, a.seconds)
-                    e = measure(servers["echo"], kind, n, a.seconds)
-                    print(f"{label:<26}{n:>8}{x:>14.0f}{e:>12.0f}{x / e:>8.2f}", flush=True)
-            nj = measure(f"{d}/xs-nojournal/socket", "write", 1, a.seconds)
-            wj = measure(servers["xenstored"], "write", 1, a.seconds)
+            print(f"pyxen xenstored vs a C echo of the same messages (transport floor), "
+                  f"libxenstore C clients, Unix socket, {a.seconds:.1f} s per figure, "
+                  f"{os.cpu_count()} CPUs")
+            head = "".join(f"{k + '/s':>13}" for k in servers)
+            extra = f"{'xs/base':>8}" if a.baseline_src else ""
+            cpu_head = "".join(f"{k[:4] + ' us':>8}" for k in servers)
+            print(f"{'operation':<14}{'clients':>8}{head}{'xs/echo':>9}{extra}"
+                  f"   server CPU per op:{cpu_head}")
+            runs: dict[tuple[str, int], list[dict[str, tuple[float, float]]]] = {}
+            for rnd in range(a.rounds):
+                if a.rounds > 1:
+                    print(f"round {rnd + 1}")
+                for mode, label in MODES:
+                    for n in (1, 8):
+                        m = {k: measure(client, s, mode, n, a.seconds, pids[k])
+                             for k, s in servers.items()}
+                        runs.setdefault((label, n), []).append(m)
+                        print(_row(label, n, m, bool(a.baseline_src)), flush=True)
+            if a.rounds > 1:
+                print(f"median of {a.rounds} rounds")
+                for (label, n), ms in runs.items():
+                    med = {k: (statistics.median(m[k][0] for m in ms),
+                               statistics.median(m[k][1] for m in ms)) for k in servers}
+                    print(_row(label, n, med, bool(a.baseline_src)))
+            nj = measure(client, f"{d}/xs-nj/socket", "write", 1, a.seconds)[0]
+            wj = measure(client, servers["xenstored"], "write", 1, a.seconds)[0]
             print(f"journal cost: writes/s, 1 client: {wj:.0f} with journal, "
                   f"{nj:.0f} without ({wj / nj:.2f})")
         finally:
-            for p in (xs, xs_nj):
+            for p in procs:
                 p.terminate()
                 p.wait(10)
-            echo.terminate()
     return 0
 
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import path as P
 from . import store as S
-from .perms import Caller, format_perms, parse_perms
+from .perms import READ, Caller, format_perms, parse_perms
 from .transaction import Transaction
 from .watch import Watch
 from .wire import (
     EQUOTA,
     HEADER,
     HEADER_SIZE,
-    OP_VALUES,
     XENSTORE_PAYLOAD_MAX,
     Op,
     XenstoreError,
@@ -37,16 +37,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyxen.xenstore")
 
 OK = b"OK\0"
+PATH_CACHE = 4096  # READ paths remembered per connection
+_READ = int(Op.READ)
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 
 # Operations that change the tree or the daemon: refused (EROFS) on the read-only socket.
-_MUTATING = frozenset({Op.WRITE, Op.MKDIR, Op.RM, Op.SET_PERMS, Op.INTRODUCE, Op.RELEASE,
-                       Op.RESUME, Op.SET_TARGET, Op.CONTROL})
+_MUTATING = frozenset(int(o) for o in (
+    Op.WRITE, Op.MKDIR, Op.RM, Op.SET_PERMS, Op.INTRODUCE, Op.RELEASE, Op.RESUME,
+    Op.SET_TARGET, Op.CONTROL))
 # Operations that act inside the transaction named by the header's tx_id.
-_IN_TX = frozenset({Op.READ, Op.WRITE, Op.MKDIR, Op.RM, Op.DIRECTORY, Op.DIRECTORY_PART,
-                    Op.GET_PERMS, Op.SET_PERMS, Op.TRANSACTION_END})
-_PRIVILEGED = frozenset({Op.INTRODUCE, Op.RELEASE, Op.RESUME, Op.SET_TARGET, Op.CONTROL})
+_IN_TX = frozenset(int(o) for o in (
+    Op.READ, Op.WRITE, Op.MKDIR, Op.RM, Op.DIRECTORY, Op.DIRECTORY_PART, Op.GET_PERMS,
+    Op.SET_PERMS, Op.TRANSACTION_END))
+_PRIVILEGED = frozenset(int(o) for o in (
+    Op.INTRODUCE, Op.RELEASE, Op.RESUME, Op.SET_TARGET, Op.CONTROL))
 
 
 class ProtocolViolation(Exception):
@@ -68,6 +73,9 @@ class Connection:
         self.watches: list[Watch] = []
         self.closed = False
         self.wake_output = lambda: None  # set by the transport
+        self._paths: dict[bytes, str] = {}  # raw path -> validated absolute path
+        self._read_paths: dict[bytes, str] = {}  # whole READ payload -> the same
+        self._after_reply: Callable[[Connection], None] | None = None  # WATCH's event
 
     # -- input ------------------------------------------------------------------------
     def can_process(self) -> bool:
@@ -81,27 +89,56 @@ class Connection:
         self.process()
 
     def process(self) -> None:
+        """Answer every complete request in inbuf (up to the outstanding quota).
+
+        The hot path: a plain READ of a node whose path this connection has sent
+        before is answered inline (no dispatch, no re-validation of the path);
+        everything else, and every error, goes through dispatch(). Replies are queued
+        and leave in one send per loop turn (after the journal is written)."""
         buf = self.inbuf
         pos = 0
+        nbuf = len(buf)
         limit = self.core.quotas.outstanding
+        paths = self._read_paths
+        nodes = self.core.store.nodes
+        caller = self.caller
+        priv = caller.privileged
+        out = self.out
+        queued = 0
         try:
-            while len(buf) - pos >= HEADER_SIZE and self.pending_replies < limit:
+            while nbuf - pos >= HEADER_SIZE and self.pending_replies < limit:
                 op, req_id, tx_id, length = _unpack_header(buf, pos)
                 if length > XENSTORE_PAYLOAD_MAX:
                     raise ProtocolViolation(f"payload length {length} over the maximum")
                 end = pos + HEADER_SIZE + length
-                if len(buf) < end:
+                if nbuf < end:
                     break
                 payload = bytes(buf[pos + HEADER_SIZE:end])
                 pos = end
+                if op == _READ and not tx_id:
+                    path = paths.get(payload)
+                    if path is not None:
+                        node = nodes.get(path)
+                        if node is not None and (priv or caller.perm_for(node.perms) & READ):
+                            value = node.value
+                            msg = _pack_header(_READ, req_id, 0, len(value)) + value
+                            out.append((msg, True))
+                            self.out_bytes += len(msg)
+                            self.pending_replies += 1
+                            queued += 1
+                            continue
                 self.request(op, req_id, tx_id, payload)
                 if self.closed:
                     break
         finally:
             if pos:
                 del buf[:pos]
+        if queued:
+            self.core.stats["requests"] += queued
+            self._check_output()
 
     def request(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        self.core.stats["requests"] += 1
         try:
             rop, reply = self.dispatch(op, tx_id, payload)
         except XenstoreError as e:
@@ -112,8 +149,10 @@ class Connection:
             self.send(Op.ERROR, req_id, tx_id, error_payload("EIO"), reply=True)
             return
         self.send(rop, req_id, tx_id, reply, reply=True)
-        if rop == Op.WATCH:
-            self.core.initial_watch_event(self)
+        after = self._after_reply
+        if after is not None:
+            self._after_reply = None
+            after(self)
 
     # -- output -----------------------------------------------------------------------
     def send(self, op: int, req_id: int, tx_id: int, payload: bytes, *, reply: bool) -> None:
@@ -124,6 +163,9 @@ class Connection:
         self.out_bytes += len(msg)
         if reply:
             self.pending_replies += 1
+        self._check_output()
+
+    def _check_output(self) -> None:
         cap = (self.core.quotas.privileged_output if self.caller.privileged
                else self.core.quotas.memory)
         if self.out_bytes > cap:
@@ -144,9 +186,31 @@ class Connection:
 
     # -- dispatch ---------------------------------------------------------------------
     def _path(self, raw: bytes, special: bool = False) -> str:
+        """The validated absolute path; remembered by its raw bytes (per connection:
+        relative paths and the path-length quota depend on who asks)."""
+        paths = self._paths
+        if not special:
+            path = paths.get(raw)
+            if path is not None:
+                return path
         c = self.caller
-        return P.resolve(raw, c.domid, special=special,
+        path = P.resolve(raw, c.domid, special=special,
                          path_quota=None if c.privileged else self.core.quotas.path_length)
+        if not special:
+            if len(paths) >= PATH_CACHE:
+                paths.clear()
+            paths[raw] = path
+        return path
+
+    def _read_path(self, payload: bytes) -> str:
+        """READ's path, also remembered by the whole payload, which is what process()
+        looks up to answer the next READ of it inline."""
+        path = self._path(self._one(payload))
+        paths = self._read_paths
+        if len(paths) >= PATH_CACHE:
+            paths.clear()
+        paths[payload] = path
+        return path
 
     def _one(self, payload: bytes) -> bytes:
         args = split_strings(payload)
@@ -161,117 +225,149 @@ class Connection:
         return args
 
     def dispatch(self, op: int, tx_id: int, payload: bytes) -> tuple[int, bytes]:
-        if op not in OP_VALUES or op in (Op.ERROR, Op.WATCH_EVENT):
+        """Check who may do `op` here, pick the view (the tree or the transaction
+        `tx_id`) and run the op's handler; returns (reply type, reply payload)."""
+        handler = _HANDLERS.get(op)
+        if handler is None:
             raise XenstoreError("EINVAL", f"unknown operation {op}")
         if self.read_only and op in _MUTATING:
             raise XenstoreError("EROFS")
         if op in _PRIVILEGED and not self.caller.privileged:
             raise XenstoreError("EACCES")
-        core = self.core
-        view: S.View = core.store
         tx = None
         if tx_id and op in _IN_TX:
             tx = self.transactions.get(tx_id)
             if tx is None:
                 raise XenstoreError("ENOENT", "no such transaction")
-            view = tx
             if (not self.caller.privileged
-                    and tx.touched() > core.quotas.transaction_nodes):
+                    and tx.touched() > self.core.quotas.transaction_nodes):
                 raise XenstoreError(EQUOTA, "transaction nodes quota")
-        caller = self.caller
-        q = core.quotas
+        return op, handler(self, tx, tx_id, payload)
 
-        if op == Op.READ:
-            return op, S.read(view, caller, self._path(self._one(payload)))
-        if op == Op.WRITE:
-            i = payload.find(b"\0")
-            if i < 0:
-                raise XenstoreError("EINVAL", "WRITE without a path")
-            path = self._path(payload[:i])
-            return op, core.changed(self, tx, S.write(view, caller, path, payload[i + 1:], q))
-        if op == Op.DIRECTORY:
-            names = S.directory(view, caller, self._path(self._one(payload)))
-            out = join_strings(names)
-            if len(out) > XENSTORE_PAYLOAD_MAX:
-                raise XenstoreError("E2BIG")
-            return op, out
-        if op == Op.DIRECTORY_PART:
-            args = self._args(payload, 2)
-            return op, self._directory_part(view, self._path(args[0]), args[1])
-        if op == Op.MKDIR:
-            path = self._path(self._one(payload))
-            return op, core.changed(self, tx, S.mkdir(view, caller, path, q))
-        if op == Op.RM:
-            path = self._path(self._one(payload))
-            return op, core.changed(self, tx, S.rm(view, caller, path))
-        if op == Op.GET_PERMS:
-            path = self._path(self._one(payload), special=True)
-            if path[0] == "@":
-                perms = core.special_perms[path]
-                if not caller.perm_for(perms) & S.READ:
-                    raise XenstoreError("EACCES")
-            else:
-                perms = S.get_perms(view, caller, path)
-            out = join_strings(format_perms(perms))
-            if len(out) > XENSTORE_PAYLOAD_MAX:
-                raise XenstoreError("E2BIG")
-            return op, out
-        if op == Op.SET_PERMS:
-            args = self._args(payload, 2)
-            path = self._path(args[0], special=True)
-            perms = parse_perms([P.decode(a) for a in args[1:] if a != b""] or [""])
-            if path[0] == "@":
-                if caller.perm_for(core.special_perms[path]) & S.WRITE_OWNER != S.WRITE_OWNER:
-                    raise XenstoreError("EACCES")
-                core.special_perms[path] = perms
-                core.persist_domains()
-                return op, OK
-            return op, core.changed(self, tx, S.set_perms(view, caller, path, perms, q))
-        if op == Op.WATCH:
-            args = self._args(payload, 2)
-            return op, core.add_watch(self, args[0], args[1])
-        if op == Op.UNWATCH:
-            args = self._args(payload, 2)
-            return op, core.remove_watch(self, args[0], args[1])
-        if op == Op.TRANSACTION_START:
-            if tx_id:
-                raise XenstoreError("EBUSY", "already in a transaction")
-            return op, core.start_transaction(self)
-        if op == Op.TRANSACTION_END:
-            if tx is None:
-                raise XenstoreError("ENOENT", "no such transaction")
-            arg = self._one(payload)
-            if arg not in (b"T", b"F"):
-                raise XenstoreError("EINVAL", "TRANSACTION_END wants T or F")
-            return op, core.end_transaction(self, tx, arg == b"T")
-        if op == Op.RESET_WATCHES:
-            core.reset_watches(self)
-            return op, OK
-        if op == Op.GET_DOMAIN_PATH:
-            return op, P.domain_path(_domid(self._one(payload))).encode() + b"\0"
-        if op == Op.IS_DOMAIN_INTRODUCED:
-            domid = _domid(self._one(payload))
-            return op, b"T\0" if core.is_introduced(domid) else b"F\0"
-        if op == Op.INTRODUCE:
-            args = self._args(payload, 3)
-            domid = _domid(args[0])
-            gfn, port = _number(args[1]), _number(args[2])
-            core.introduce(domid, gfn=gfn, port=port)
-            return op, OK
-        if op == Op.RELEASE:
-            core.release(_domid(self._one(payload)))
-            return op, OK
-        if op == Op.RESUME:
-            core.resume(_domid(self._one(payload)))
-            return op, OK
-        if op == Op.SET_TARGET:
-            args = self._args(payload, 2)
-            core.set_target(_domid(args[0]), _domid(args[1]))
-            return op, OK
-        if op == Op.CONTROL:
-            args = split_strings(payload) or [b""]
-            return op, core.control(self, [a.decode("latin-1") for a in args])
-        raise XenstoreError("EINVAL")
+    # -- one handler per message type: (tx or None, header tx_id, payload) -> reply ----
+    def _view(self, tx: Transaction | None) -> S.View:
+        return self.core.store if tx is None else tx
+
+    def _op_read(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        return S.read(self._view(tx), self.caller, self._read_path(payload))
+
+    def _op_write(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        i = payload.find(b"\0")
+        if i < 0:
+            raise XenstoreError("EINVAL", "WRITE without a path")
+        path = self._path(payload[:i])
+        core = self.core
+        return core.changed(self, tx, S.write(self._view(tx), self.caller, path,
+                                              payload[i + 1:], core.quotas))
+
+    def _op_directory(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        names = S.directory(self._view(tx), self.caller, self._path(self._one(payload)))
+        out = join_strings(names)
+        if len(out) > XENSTORE_PAYLOAD_MAX:
+            raise XenstoreError("E2BIG")
+        return out
+
+    def _op_directory_part(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 2)
+        return self._directory_part(self._view(tx), self._path(args[0]), args[1])
+
+    def _op_mkdir(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        path = self._path(self._one(payload))
+        core = self.core
+        return core.changed(self, tx, S.mkdir(self._view(tx), self.caller, path, core.quotas))
+
+    def _op_rm(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        path = self._path(self._one(payload))
+        return self.core.changed(self, tx, S.rm(self._view(tx), self.caller, path))
+
+    def _op_get_perms(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        path = self._path(self._one(payload), special=True)
+        if path[0] == "@":
+            perms = self.core.special_perms[path]
+            if not self.caller.perm_for(perms) & S.READ:
+                raise XenstoreError("EACCES")
+        else:
+            perms = S.get_perms(self._view(tx), self.caller, path)
+        out = join_strings(format_perms(perms))
+        if len(out) > XENSTORE_PAYLOAD_MAX:
+            raise XenstoreError("E2BIG")
+        return out
+
+    def _op_set_perms(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 2)
+        path = self._path(args[0], special=True)
+        perms = parse_perms([P.decode(a) for a in args[1:] if a != b""] or [""])
+        core, caller = self.core, self.caller
+        if path[0] == "@":
+            if caller.perm_for(core.special_perms[path]) & S.WRITE_OWNER != S.WRITE_OWNER:
+                raise XenstoreError("EACCES")
+            core.special_perms[path] = perms
+            core.persist_domains()
+            return OK
+        return core.changed(self, tx, S.set_perms(self._view(tx), caller, path, perms,
+                                                  core.quotas))
+
+    def _op_watch(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 2)
+        reply = self.core.add_watch(self, args[0], args[1])
+        self._after_reply = self.core.initial_watch_event
+        return reply
+
+    def _op_unwatch(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 2)
+        return self.core.remove_watch(self, args[0], args[1])
+
+    def _op_transaction_start(self, tx: Transaction | None, tx_id: int,
+                              payload: bytes) -> bytes:
+        if tx_id:
+            raise XenstoreError("EBUSY", "already in a transaction")
+        return self.core.start_transaction(self)
+
+    def _op_transaction_end(self, tx: Transaction | None, tx_id: int,
+                            payload: bytes) -> bytes:
+        if tx is None:
+            raise XenstoreError("ENOENT", "no such transaction")
+        arg = self._one(payload)
+        if arg not in (b"T", b"F"):
+            raise XenstoreError("EINVAL", "TRANSACTION_END wants T or F")
+        return self.core.end_transaction(self, tx, arg == b"T")
+
+    def _op_reset_watches(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        self.core.reset_watches(self)
+        return OK
+
+    def _op_get_domain_path(self, tx: Transaction | None, tx_id: int,
+                            payload: bytes) -> bytes:
+        return P.domain_path(_domid(self._one(payload))).encode() + b"\0"
+
+    def _op_is_domain_introduced(self, tx: Transaction | None, tx_id: int,
+                                 payload: bytes) -> bytes:
+        domid = _domid(self._one(payload))
+        return b"T\0" if self.core.is_introduced(domid) else b"F\0"
+
+    def _op_introduce(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 3)
+        domid = _domid(args[0])
+        gfn, port = _number(args[1]), _number(args[2])
+        self.core.introduce(domid, gfn=gfn, port=port)
+        return OK
+
+    def _op_release(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        self.core.release(_domid(self._one(payload)))
+        return OK
+
+    def _op_resume(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        self.core.resume(_domid(self._one(payload)))
+        return OK
+
+    def _op_set_target(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = self._args(payload, 2)
+        self.core.set_target(_domid(args[0]), _domid(args[1]))
+        return OK
+
+    def _op_control(self, tx: Transaction | None, tx_id: int, payload: bytes) -> bytes:
+        args = split_strings(payload) or [b""]
+        return self.core.control(self, [a.decode("latin-1") for a in args])
 
     def _directory_part(self, view: S.View, path: str, offset_raw: bytes) -> bytes:
         """Reply: generation, then as many whole child names as fit from byte `offset`;
@@ -291,6 +387,10 @@ class Connection:
             raise XenstoreError("E2BIG")
         return head + chunk[:cut]
 
+
+# Message type -> handler (ERROR and WATCH_EVENT are the daemon's to send: EINVAL).
+_HANDLERS = {int(op): getattr(Connection, f"_op_{op.name.lower()}") for op in Op
+             if op not in (Op.ERROR, Op.WATCH_EVENT)}
 
 def _number(raw: bytes) -> int:
     if not raw.isdigit() or len(raw) > 20:

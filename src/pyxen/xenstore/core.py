@@ -85,7 +85,8 @@ class Core:
         return {k: format_perms(v) for k, v in self.special_perms.items()}
 
     def journal(self) -> None:
-        """Append what the last request changed in the committed tree."""
+        """Append what changed in the committed tree since the last call, as one
+        record (the loop calls it once per turn: group commit, before any reply)."""
         dirty = self.store.dirty
         if not dirty:
             return
@@ -96,6 +97,10 @@ class Core:
         dirty.clear()
 
     def flush_journal(self) -> None:
+        """Journal and write every change made so far; transports call it before any
+        reply leaves, so nothing is acknowledged before it is in the journal."""
+        if self.store.dirty:
+            self.journal()
         if self.persistence is not None:
             self.persistence.flush()
 
@@ -112,12 +117,13 @@ class Core:
                 events: list[Event]) -> bytes:
         if tx is not None:
             tx.events.extend(events)
-        else:
-            self.journal()
+        elif events:
             self.fire(events)
         return OK
 
     def fire(self, events: list[Event]) -> None:
+        if not self.watches.by_path:
+            return
         for ev in events:
             for w, p in self.watches.matches(ev):
                 w.conn.watch_event(w.event_path(p), w.token)
@@ -180,7 +186,6 @@ class Core:
                 raise XenstoreError(EQUOTA, "node quota at commit")
         tx.apply()
         self.stats["commits"] += 1
-        self.journal()
         self.fire(tx.events)
         return OK
 
@@ -288,6 +293,9 @@ class Core:
                     if n.perms[0][0] == domid:
                         tx.doomed = True  # would commit a node owned by a dead domain
                     n.perms = ignore_domain(n.perms, domid)
+                for n in tx.snap.values():  # its private copies of what it read
+                    if n is not None:
+                        n.perms = ignore_domain(n.perms, domid)
         for name, perms in self.special_perms.items():
             owner = perms[0] if perms[0][0] != domid else (0, perms[0][1])
             self.special_perms[name] = (owner,) + tuple(e for e in perms[1:] if e[0] != domid)
@@ -379,6 +387,9 @@ class Core:
                 q.set(rest[0], int(rest[1]))
             except ValueError as e:
                 raise XenstoreError("EINVAL", str(e)) from None
+            for c in self.connections:
+                c._paths.clear()  # validated under the old path-length quota
+                c._read_paths.clear()
             return OK
         raise XenstoreError("EINVAL", "quota [<domid>|<name> <value>]")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import selectors
+import select
 import socket
 import threading
 from collections import deque
@@ -33,16 +33,23 @@ from .ring import RingTransport
 log = logging.getLogger("pyxen.xenstore")
 
 RECV_SIZE = 65536
+EVENT_READ = select.EPOLLIN
+EVENT_WRITE = select.EPOLLOUT
 
 
 class Loop:
-    """A small selector loop: fd callbacks, cross-thread calls, deferred output flushes."""
+    """A small epoll loop: fd callbacks, cross-thread calls, deferred output flushes.
+
+    One turn handles every ready fd, then writes the journal once (group commit: a
+    reply never leaves before the change it acknowledges is journalled) and then
+    flushes each transport that has output, one send each."""
 
     def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future | None]] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._drain_calls)
+        self.register(self._wake_r, EVENT_READ, self._drain_calls)
         self.dirty: set[Any] = set()
         self.before_flush: Callable[[], None] = lambda: None  # e.g. write the journal
         self.thread: threading.Thread | None = None
@@ -51,14 +58,25 @@ class Loop:
     def in_loop(self) -> bool:
         return threading.current_thread() is self.thread
 
+    def register(self, fd: int, mask: int, cb: Callable[[int], None]) -> None:
+        self.ep.register(fd, mask)
+        self.handlers[fd] = cb
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.ep.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
     def watch_fd(self, fd: int, cb: Callable[[], None]) -> None:
-        self.sel.register(fd, selectors.EVENT_READ, lambda mask: cb())
+        self.register(fd, EVENT_READ, lambda mask: cb())
 
     def unwatch_fd(self, fd: int) -> None:
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        self.unregister(fd)
 
     def mark_dirty(self, transport: Any) -> None:
         self.dirty.add(transport)
@@ -101,16 +119,23 @@ class Loop:
                     fut.set_result(res)
 
     def run(self) -> None:
-        select = self.sel.select
+        poll = self.ep.poll
+        handlers = self.handlers
         dirty = self.dirty
         while self.running:
-            for key, mask in select(1.0):
+            for fd, mask in poll(1.0):
+                cb = handlers.get(fd)
+                if cb is None:
+                    continue
                 try:
-                    key.data(mask)
+                    cb(mask)
                 except Exception:
                     log.exception("xenstored: event handler failed")
+            try:
                 self.before_flush()
-                while dirty:
+            except Exception:
+                log.exception("xenstored: journal write failed")
+            while dirty:
                     t = dirty.pop()
                     try:
                         t.flush()
@@ -118,30 +143,32 @@ class Loop:
                         log.exception("xenstored: flush failed")
 
     def close(self) -> None:
-        self.sel.unregister(self._wake_r)
+        self.unregister(self._wake_r)
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self.sel.close()
+        self.ep.close()
 
 
 class SocketTransport:
-    """A Unix-socket client: non-blocking reads, batched writes, backpressure."""
+    """A Unix-socket client: non-blocking reads, one send per loop turn, backpressure."""
 
     def __init__(self, loop: Loop, sock: socket.socket, conn: Connection) -> None:
         self.loop = loop
         self.sock = sock
+        self.fd = sock.fileno()
         self.conn = conn
-        self.mask = selectors.EVENT_READ
+        self.mask = EVENT_READ
         conn.wake_output = self._wake
         conn.transport = self  # type: ignore[attr-defined]
-        loop.sel.register(sock, self.mask, self.on_event)
+        loop.register(self.fd, self.mask, self.on_event)
 
     def _wake(self) -> None:
         self.loop.dirty.add(self)
 
     def on_event(self, mask: int) -> None:
+        """Read what is there and answer it; the replies leave in the loop's flush."""
         conn = self.conn
-        if mask & selectors.EVENT_READ:
+        if mask & EVENT_READ:
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -152,23 +179,29 @@ class SocketTransport:
                 conn.core.drop(conn)
                 return
             if data:
+                conn.inbuf += data
                 try:
-                    conn.feed(data)
+                    conn.process()
                 except ProtocolViolation as e:
                     log.warning("%s: %s; disconnecting", conn.name, e)
                     conn.core.drop(conn)
                     return
-        self.flush()
+        if mask & ~EVENT_READ:
+            self.loop.dirty.add(self)  # writable again (or hung up): flush/retry
 
     def flush(self) -> None:
         conn = self.conn
         if conn.closed:
             return
-        conn.core.flush_journal()  # nothing is acknowledged before it is journaled
+        # The loop journalled this turn's changes before flushing any transport
+        # (before_flush): nothing is acknowledged before it is in the journal.
+        out = conn.out
         for _ in range(64):
-            out = conn.out
             if out:
-                data = out[0][0] if len(out) == 1 else b"".join(m for m, _ in out)
+                if len(out) == 1:
+                    data = out[0][0]
+                else:
+                    data = b"".join([m for m, _ in out])
                 try:
                     n = self.sock.send(data)
                 except (BlockingIOError, InterruptedError):
@@ -177,42 +210,43 @@ class SocketTransport:
                     conn.core.drop(conn)
                     return
                 conn.out_bytes -= n
-                done: list[bool] = []
-                while n and out:
-                    msg, is_reply = out[0]
-                    if n >= len(msg):
-                        n -= len(msg)
-                        out.popleft()
-                        done.append(is_reply)
-                    else:
-                        out[0] = (msg[n:], is_reply)
-                        n = 0
-                conn.sent(done)
+                if n == len(data):
+                    replies = sum([r for _, r in out]) if len(out) > 1 else int(out[0][1])
+                    out.clear()
+                    conn.pending_replies -= replies
+                elif n:
+                    done: list[bool] = []
+                    while n and out:
+                        msg, is_reply = out[0]
+                        if n >= len(msg):
+                            n -= len(msg)
+                            out.popleft()
+                            done.append(is_reply)
+                        else:
+                            out[0] = (msg[n:], is_reply)
+                            n = 0
+                    conn.sent(done)
             # Requests held back by the outstanding quota can go now.
-            if conn.inbuf and conn.can_process() and not conn.out:
+            if conn.inbuf and conn.can_process() and not out:
                 try:
                     conn.process()
                 except ProtocolViolation:
                     conn.core.drop(conn)
                     return
-                if conn.out:
+                if out:
+                    conn.core.flush_journal()  # these replies' changes, first
                     continue
             break
-        want = (selectors.EVENT_READ if conn.can_process() else 0) | (
-            selectors.EVENT_WRITE if conn.out else 0)
+        want = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if out else 0)
         if want != self.mask:
-            self.mask = want
-            if want:
-                self.loop.sel.modify(self.sock, want, self.on_event)
-            else:
-                self.loop.sel.modify(self.sock, selectors.EVENT_WRITE, self.on_event)
-                self.mask = selectors.EVENT_WRITE
+            if not want:
+                want = EVENT_WRITE  # never leave a socket unwatched (hang-ups)
+            if want != self.mask:
+                self.mask = want
+                self.loop.modify(self.fd, want)
 
     def close(self) -> None:
-        try:
-            self.loop.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        self.loop.unregister(self.fd)
         self.sock.close()
 
 
@@ -230,8 +264,7 @@ class XenstoreServer:
                          keep_orphans=keep_orphans)
         self.core.close_transport = self._close_transport
         self.loop = Loop()
-        if self.core.persistence is not None:
-            self.loop.before_flush = self.core.persistence.flush
+        self.loop.before_flush = self.core.flush_journal
         self._listeners: list[tuple[socket.socket, Path]] = []
         self._started = False
 
@@ -314,7 +347,7 @@ class XenstoreServer:
                 self.core.register(conn)
                 SocketTransport(self.loop, cs, conn)
 
-        self.loop.sel.register(sock, selectors.EVENT_READ, accept)
+        self.loop.register(sock.fileno(), EVENT_READ, accept)
 
     def listen_as_domain(self, domid: int, path: Path | str) -> Path:
         """Serve a socket whose clients act as unprivileged domain `domid` (owner checks,

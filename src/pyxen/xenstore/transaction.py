@@ -1,15 +1,21 @@
-"""Transactions: a private overlay of the committed tree, validated at commit.
+"""Transactions, as Xen's C xenstored runs them (xenstored_transaction.c).
 
-A transaction sees the tree as it was when it started: reading anything committed
-after the start marks the transaction doomed, and every node it read or wrote is
-remembered with its generation. TRANSACTION_END T applies the overlay only if none of
-those nodes changed meanwhile; otherwise the loser gets EAGAIN and retries, as with
-Xen's xenstored. Watch events are held back and fired on commit.
+A transaction works on each node as it was when the transaction first accessed it:
+the first access (read, write, directory listing, existence check, a parent looked at
+while creating or removing a child) records the node's generation (or its absence)
+and keeps a private copy, so a node read again inside the transaction keeps its value
+even if another connection changes it meanwhile. Writes go to a private overlay that
+only this transaction sees until commit. TRANSACTION_END T applies the overlay only if
+every accessed node still has the generation (or absence) recorded at its first
+access; otherwise the commit fails with EAGAIN and the client retries. Nodes the
+transaction never touched may change freely. Watch events are held back and fired on
+commit. (A node changed after TRANSACTION_START but before the transaction first
+accesses it is no conflict: Xen compares per-node generations from the first access,
+not the transaction's start.)
 """
 
 from __future__ import annotations
 
-from . import path as P
 from .store import Event, Node, Store, node_cost
 
 
@@ -17,9 +23,9 @@ class Transaction:
     def __init__(self, store: Store, tx_id: int) -> None:
         self.store = store
         self.tx_id = tx_id
-        self.start_gen = store.generation
-        self.overlay: dict[str, Node | None] = {}
-        self.seen: dict[str, int | None] = {}  # path -> generation observed (None: absent)
+        self.overlay: dict[str, Node | None] = {}  # written/removed here (None: removed)
+        self.snap: dict[str, Node | None] = {}  # private copies as first accessed
+        self.seen: dict[str, int | None] = {}  # path -> generation then (None: absent)
         self.events: list[Event] = []
         self.doomed = False
         self._counts: dict[int, int] = {}
@@ -28,38 +34,34 @@ class Transaction:
     def touched(self) -> int:
         return len(self.seen)
 
-    def _observe(self, path: str) -> Node | None:
-        node = self.store.get(path)
-        if path not in self.seen:
-            if node is not None:
-                self.seen[path] = node.gen
-                if node.gen > self.start_gen:
-                    self.doomed = True  # changed since our snapshot
-            else:
-                self.seen[path] = None
-                # Deleted after we started? Its nearest surviving ancestor changed then.
-                for anc in P.ancestors_and_self(P.parent(path)) if path != "/" else ():
-                    a = self.store.get(anc)
-                    if a is not None:
-                        if a.gen > self.start_gen:
-                            self.doomed = True
-                        break
-        return node
+    def _first_access(self, path: str) -> Node | None:
+        node = self.store.nodes.get(path)
+        if node is None:
+            self.seen[path] = None
+            self.snap[path] = None
+            return None
+        self.seen[path] = node.gen
+        copy = self.snap[path] = node.copy()  # committed nodes change in place
+        return copy
 
     # -- View -------------------------------------------------------------------------
     def get(self, path: str) -> Node | None:
-        if path in self.overlay:
-            return self.overlay[path]
-        return self._observe(path)
+        overlay = self.overlay
+        if path in overlay:
+            return overlay[path]
+        snap = self.snap
+        if path in snap:
+            return snap[path]
+        return self._first_access(path)
 
     def get_for_update(self, path: str) -> Node:
         if path in self.overlay:
             node = self.overlay[path]
             assert node is not None
             return node
-        node = self._observe(path)
-        assert node is not None
-        copy = node.copy()
+        base = self.get(path)
+        assert base is not None
+        copy = base.copy()
         self.overlay[path] = copy
         return copy
 
@@ -90,6 +92,8 @@ class Transaction:
 
     # -- commit -----------------------------------------------------------------------
     def conflicts(self) -> bool:
+        """True if any node this transaction accessed changed since its first access
+        (written, removed, created, or a child added/removed: the parent changes)."""
         if self.doomed:
             return True
         nodes = self.store.nodes

@@ -58,13 +58,15 @@ class WatchTable:
 
     def matches(self, event: Event) -> Iterator[tuple[Watch, str]]:
         """(watch, absolute event path) pairs this change should notify."""
+        by_path = self.by_path
+        if not by_path:
+            return
         path = event.path
         if path[0] == "@":
             for w in self.by_path.get(path, ()):
                 if w.conn.caller.perm_for(event.perms) & READ:
                     yield w, path
             return
-        by_path = self.by_path
         for anc in P.ancestors_and_self(path):
             for w in by_path.get(anc, ()):
                 if w.conn.caller.perm_for(event.perms) & READ:

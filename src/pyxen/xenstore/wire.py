@@ -102,8 +102,8 @@ def split_strings(payload: bytes) -> list[bytes] | None:
 
 def join_strings(items: list[bytes] | list[str]) -> bytes:
     """Each item NUL-terminated, as DIRECTORY/GET_PERMS replies are."""
-    out = bytearray()
-    for item in items:
-        out += item.encode() if isinstance(item, str) else item
-        out += b"\0"
-    return bytes(out)
+    if not items:
+        return b""
+    if isinstance(items[0], str):
+        return ("\0".join(items) + "\0").encode()  # type: ignore[arg-type]
+    return b"\0".join(items) + b"\0"  # type: ignore[arg-type]
