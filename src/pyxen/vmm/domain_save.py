@@ -182,13 +182,13 @@ def save_domain(d: Any, machine: Any, out: BinaryIO, domain_config: dict[str, An
 
 # --- restore ---------------------------------------------------------------------------------
 
-def load_pages(d: Any, pfns: list[int], data: memoryview | bytes, where: str) -> None:
+def load_pages(d: Any, pages: Iterable[tuple[int, memoryview]], where: str) -> list[int]:
     """PAGE_DATA into the domain: a pfn that is a hole now is populated first (libxc
-    populates every pfn it receives)."""
+    populates every pfn it receives). Returns the pfns written."""
     p2m = d.memory.p2m
     view = d.memory.store.view
-    mv = memoryview(data)
-    for i, pfn in enumerate(pfns):
+    done = []
+    for pfn, data in pages:
         off = p2m.page_offset(pfn)
         if off is None:
             try:
@@ -198,7 +198,9 @@ def load_pages(d: Any, pfns: list[int], data: memoryview | bytes, where: str) ->
             off = p2m.page_offset(pfn) if ok else None
             if off is None:
                 raise RestoreError(f"{where}: cannot populate pfn {pfn:#x}")
-        view[off:off + PAGE_SIZE] = mv[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+        view[off:off + PAGE_SIZE] = data
+        done.append(pfn)
+    return done
 
 
 def release_unsent(d: Any, received: set[int]) -> int:
@@ -282,11 +284,7 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     n = 0
     for rec in r.records():
         if isinstance(rec, PageData):
-            idx = [i for i, t in enumerate(rec.types) if t not in _NO_DATA] \
-                if rec.types is not None else None
-            pfns = rec.pfns if idx is None else [rec.pfns[i] for i in idx]
-            load_pages(d, pfns, rec.data, f"PAGE_DATA record {n}")
-            received.update(pfns)
+            received.update(load_pages(d, rec.pages(), f"PAGE_DATA record {n}"))
             n += 1
         elif isinstance(rec, TscInfo):
             tsc_khz = rec.khz
@@ -307,9 +305,6 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         load_params(d, params)
     return {"pages": len(received), "released": released,
             "seconds": round(time.monotonic() - t0, 6)}
-
-
-_NO_DATA = {0xF << 28, 0xE << 28, 0xD << 28}  # XTAB, BROKEN, XALLOC: no page follows
 
 
 def resume(machine: Any, cancelled: bool) -> None:

@@ -17,7 +17,11 @@ def restore_or_cleanup(domain: Any, machine: Any, server: Any, fd: int) -> None:
     try:
         with os.fdopen(fd, "rb", buffering=1 << 20) as inp:
             stats = restore_stream(domain, machine, inp, xl_header=False)
-    except (StreamError, RestoreError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure: nothing may be left behind
+        if not isinstance(e, StreamError | RestoreError | OSError):
+            import traceback
+            traceback.print_exc()
+            e = RestoreError(f"internal error: {type(e).__name__}: {e}")
         for be in server.backends:
             with contextlib.suppress(Exception):
                 be.close()
