@@ -69,7 +69,8 @@ def complete_pending_exits(machine: Any) -> None:
     for i, kv in enumerate(machine.vcpus):
         v = d.vcpus[i]
         run = kv.run_struct
-        if machine.watches[i].exits and (run.exit_reason in COMPLETED_AT_NEXT_RUN
+        last = run.exit_reason
+        if machine.watches[i].exits and (last in COMPLETED_AT_NEXT_RUN
                                          or run.kvm_dirty_regs):
             run.immediate_exit = 1
             try:
@@ -77,6 +78,12 @@ def complete_pending_exits(machine: Any) -> None:
             except KvmError:
                 pass
             run.kvm_dirty_regs = 0
+            if v.blocked and last == K.KVM_EXIT_IO:
+                # Parked inside SCHEDOP_block/poll: on Xen the hypercall has returned 0
+                # already and the vCPU is descheduled; that is the state to save.
+                regs = kv.get_regs()
+                regs.rax = 0
+                kv.set_regs(regs)
         if v.pending_context is not None:
             ctx, v.pending_context = v.pending_context, None
             regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
@@ -112,22 +119,29 @@ def saved_pfns(d: Any) -> list[int]:
 
 def page_batches(d: Any, pfns: Iterable[int]) -> Iterator[tuple[list[int], bytes]]:
     """(pfns, their pages) in batches of at most BATCH; pfns that became holes are
-    skipped."""
+    skipped. Runs of pfns contiguous in the store are copied with one slice."""
     p2m = d.memory.p2m
     view = d.memory.store.view
     batch: list[int] = []
-    data = bytearray()
+    parts: list[memoryview] = []
+    run_start = run_end = -1
     for pfn in pfns:
         off = p2m.page_offset(pfn)
         if off is None:
             continue
+        if off != run_end:
+            if run_end > run_start >= 0:
+                parts.append(view[run_start:run_end])
+            run_start = off
+        run_end = off + PAGE_SIZE
         batch.append(pfn)
-        data += view[off:off + PAGE_SIZE]
         if len(batch) == BATCH:
-            yield batch, bytes(data)
-            batch, data = [], bytearray()
+            parts.append(view[run_start:run_end])
+            yield batch, b"".join(parts)
+            batch, parts, run_start, run_end = [], [], -1, -1
     if batch:
-        yield batch, bytes(data)
+        parts.append(view[run_start:run_end])
+        yield batch, b"".join(parts)
 
 
 def send_pages(d: Any, out: StreamOut, pfns: Iterable[int] | None = None) -> int:
