@@ -33,6 +33,10 @@ DISK_FIELDS = {"target": "pdev_path", "vdev": "vdev", "backend": "backend_domnam
                "backendtype": "backend", "format": "format", "script": "script",
                "specification": "specification"}
 DISK_INTS = ("removable", "readwrite", "is_cdrom")
+# DiskSpec.extra (xl-disk-configuration keys kept, unused) -> libxl_device_disk field
+DISK_EXTRA = {"colo-host": "colo_host", "colo-port": "colo_port",
+              "colo-export": "colo_export", "active-disk": "active_disk",
+              "hidden-disk": "hidden_disk", "grant_usage": "grant_usage"}
 # NicSpec field -> libxl_device_nic field
 NIC_FIELDS = {"devid": "devid", "mtu": "mtu", "model": "model", "mac": "mac", "ip": "ip",
               "bridge": "bridge", "vifname": "ifname", "script": "script",
@@ -99,8 +103,13 @@ def _disk_json(d: dict[str, Any]) -> dict[str, Any]:
         out["discard_enable"] = _defbool(d["discard"])
     if d.get("trusted") is not None:
         out["trusted"] = _defbool(d["trusted"])
-    for k, v in (d.get("extra") or {}).items():  # colo-*, grant_usage: libxl's spelling
-        out[k.replace("-", "_")] = v
+    for k, v in (d.get("extra") or {}).items():
+        if k == "colo-port" and str(v).isdigit():
+            out["colo_port"] = int(v)
+        elif k == "grant_usage":
+            out["grant_usage"] = _defbool(v == "1")
+        elif k in DISK_EXTRA:
+            out[DISK_EXTRA[k]] = v
     return out
 
 
@@ -113,10 +122,14 @@ def _disk_cfg(j: Any) -> dict[str, Any]:
     d["direct_io_safe"] = bool(j.get("direct_io_safe", False))
     d["discard"] = _from_defbool(j.get("discard_enable"))
     d["trusted"] = _from_defbool(j.get("trusted"))
-    known = set(DISK_FIELDS.values()) | set(DISK_INTS) | {
-        "direct_io_safe", "discard_enable", "trusted", "backend_domid"}
-    extra = {k.replace("_", "-") if k.startswith("colo") else k: v
-             for k, v in j.items() if k not in known and isinstance(v, str)}
+    extra: dict[str, str] = {}
+    for ours, theirs in DISK_EXTRA.items():
+        v = j.get(theirs)
+        if ours == "grant_usage":
+            if _from_defbool(v) is not None:
+                extra[ours] = "1" if _from_defbool(v) else "0"
+        elif isinstance(v, str | int) and not isinstance(v, bool) and v not in ("", 0):
+            extra[ours] = str(v)
     d["extra"] = extra
     return d
 
