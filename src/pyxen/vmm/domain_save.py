@@ -217,6 +217,28 @@ def load_pages(d: Any, pages: Iterable[tuple[int, memoryview]], where: str) -> l
     return done
 
 
+def load_runs(d: Any, runs: Iterable[tuple[int, memoryview]], where: str) -> list[int]:
+    """load_pages for runs of consecutive pfns: a run that is contiguous RAM in the store
+    (the usual case) is one copy."""
+    p2m = d.memory.p2m
+    view = d.memory.store.view
+    done: list[int] = []
+    for first, data in runs:
+        n = len(data) // PAGE_SIZE
+        off = p2m.page_offset(first)
+        last = p2m.page_offset(first + n - 1)
+        if (off is not None and last == off + (n - 1) * PAGE_SIZE
+                and p2m.window_offset(first + n - 1) == last
+                and p2m.window_offset(first) == off
+                and all(p2m.page_offset(first + k) is not None for k in range(n))):
+            view[off:off + n * PAGE_SIZE] = data
+            done.extend(range(first, first + n))
+        else:
+            done += load_pages(d, ((first + k, data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+                                   for k in range(n)), where)
+    return done
+
+
 def release_unsent(d: Any, received: set[int]) -> int:
     """RAM the new domain was built with but the image did not carry (ballooned out on the
     source) is given back, so the domain holds what it held."""
@@ -298,7 +320,7 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     n = 0
     for rec in r.records():
         if isinstance(rec, PageData):
-            received.update(load_pages(d, rec.pages(), f"PAGE_DATA record {n}"))
+            received.update(load_runs(d, rec.runs(), f"PAGE_DATA record {n}"))
             n += 1
         elif isinstance(rec, TscInfo):
             tsc_khz = rec.khz
