@@ -101,6 +101,16 @@ def test_checkpoint_and_paused(host: Host, tmp_path: Path) -> None:
     assert after_c["counter"] > first["counter"] and after_c["sum"] == first["sum"]
     r = host.xl("restore", str(img))
     assert 'Domain with name "st" already exists' in one_line_error(r)
+    # xl restore CONFIG FILE: the same image as a second domain beside the original
+    host.xl("restore", str(write_cfg(tmp_path, name="clone")), str(img), check=True)
+    clone = report(host, int(host.list()["clone"]["id"]), "c1")
+    assert clone["resumed"] == 1 and clone["cancelled"] == 0
+    assert clone["sum"] == first["sum"] and clone["counter"] > first["counter"]
+    host.xl("destroy", "clone", check=True)
+    host.xl("pause", "st", check=True)
+    line = one_line_error(host.xl("save", "st", str(tmp_path / "x.img")))
+    assert "is paused and has PV drivers" in line and not (tmp_path / "x.img").exists()
+    host.xl("unpause", "st", check=True)
     host.xl("save", "-p", "st", str(tmp_path / "p.img"), check=True)
     assert host.list()["st"]["state"] == "--p---"
     host.xl("unpause", "st", check=True)
