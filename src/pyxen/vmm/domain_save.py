@@ -265,6 +265,10 @@ def load_context(machine: Any, blob: bytes) -> None:
             saved_tsc[r.instance] = S.hvm_hw_cpu.from_buffer_copy(r.data).tsc
     if 0 not in saved_tsc:
         raise RestoreError("HVM context: no CPU record for vCPU 0")
+    # Xen latches the shared_info layout when the guest installs its hypercall page or
+    # callback (hvm_latch_shinfo_size); a restored guest does neither again.
+    efer = S.hvm_hw_cpu.from_buffer_copy(by_vcpu[0][S.HVM_SAVE_CPU]).msr_efer
+    d.has_32bit_shinfo = not efer & (1 << 10)  # EFER.LMA
     with d.cond:
         for i, kv in enumerate(machine.vcpus):
             try:
@@ -317,13 +321,14 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     received: set[int] = set()
     context = params = None
     tsc_khz = 0
+    tsc_nsec: int | None = None
     n = 0
     for rec in r.records():
         if isinstance(rec, PageData):
             received.update(load_runs(d, rec.runs(), f"PAGE_DATA record {n}"))
             n += 1
         elif isinstance(rec, TscInfo):
-            tsc_khz = rec.khz
+            tsc_khz, tsc_nsec = rec.khz, rec.nsec
         elif isinstance(rec, HvmContext):
             context = rec.blob
         elif isinstance(rec, HvmParams):
@@ -336,6 +341,10 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         d.log(f"d{d.domid}: restore: the image's TSC runs at {tsc_khz} kHz, this host's at "
               f"{machine.tsc_khz} kHz (no TSC scaling: the guest sees this host's rate)")
     released = release_unsent(d, received)
+    if tsc_nsec is not None:
+        # Xen system time goes on from the saved point, as the TSC does: the guest sees
+        # no time pass while it was saved (its clocks stay monotonic).
+        d.created_ns = time.monotonic_ns() - tsc_nsec
     load_context(machine, context)
     if params:
         load_params(d, params)
