@@ -9,7 +9,8 @@
  *                      checkpoint: carry on) or 0 (a new domain: map shared_info again,
  *                      take the new store/console channels, watch again, re-advertise).
  *                      data/request = S -> data/report = "seq=S counter=C sum=X dom=D
- *                      resumed=R cancelled=K" and the same line on the console.
+ *                      resumed=R cancelled=K time=T" (T: Xen system time, ns) and the
+ *                      same line on the console.
  *   mode=nopv          no PV drivers at all (HVM_PARAM_CALLBACK_IRQ stays 0): a report
  *                      line on the debug port (xl dmesg) every `every` chunks.
  *   pattern_mb=N       size of the pattern (default 16), at 16 MiB.
@@ -85,8 +86,9 @@ static uint64_t ring3(uint64_t (*fn)(uint64_t), uint64_t arg)
 static void report_line(char *buf, size_t size, const char *seq)
 {
     uint64_t sum = ring3(user_sum, 0);
-    snprintf(buf, size, "seq=%s counter=%lu sum=%016lx dom=%u resumed=%u cancelled=%u",
-             seq, (unsigned long)counter, (unsigned long)sum, domid, resumed, cancelled);
+    snprintf(buf, size, "seq=%s counter=%lu sum=%016lx dom=%u resumed=%u cancelled=%u "
+             "time=%lu", seq, (unsigned long)counter, (unsigned long)sum, domid, resumed,
+             cancelled, (unsigned long)pv_time_ns());
 }
 
 static void pv_connect(void)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not have_vmm(), reason="needs /dev/kvm and the t
 
 GUEST = REPO / "guests" / "build" / "savetest.elf"
 REPORT = re.compile(r"seq=(\S+) counter=(\d+) sum=([0-9a-f]{16}) dom=(\d+) resumed=(\d+) "
-                    r"cancelled=(\d+)")
+                    r"cancelled=(\d+) time=(\d+)")
 
 
 def write_cfg(tmp_path: Path, name: str = "st", cmdline: str = "mode=pv",
@@ -47,7 +47,7 @@ def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
 
     m = host.wait_for(answered, f"the guest's report {seq}", timeout=60)
     return {"counter": int(m.group(2)), "sum": m.group(3), "dom": int(m.group(4)),
-            "resumed": int(m.group(5)), "cancelled": int(m.group(6))}
+            "resumed": int(m.group(5)), "cancelled": int(m.group(6)), "time": int(m.group(7))}
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -80,6 +80,8 @@ def test_save_restore_continues_exactly(host: Host, tmp_path: Path) -> None:
     assert after["sum"] == before["sum"]
     assert after["counter"] > before["counter"]
     assert after["dom"] == new and after["resumed"] == 1 and after["cancelled"] == 0
+    # Xen system time went on from where it was (monotonic for the guest)
+    assert after["time"] > before["time"]
     log = (host.root / "console" / "guest-st.log").read_text()
     assert f"savetest: resumed in domain {new}" in log
     print(f"\nsave {t_save:.2f} s, restore {t_restore:.2f} s (xl wall clock), image "
@@ -158,6 +160,25 @@ def test_guest_without_pv_control_is_saved_as_is(host: Host, tmp_path: Path) -> 
     assert later[0][1] == reports[0][1]  # the pattern survived
     assert later[0][0] > last[0]
     host.xl("destroy", "st", check=True)
+    host.assert_clean()
+
+
+def test_blocked_guest_restores_blocked(host: Host, tmp_path: Path) -> None:
+    """A vCPU parked in SCHEDOP_block (hello.elf mode=block, no PV control) is saved as
+    Xen has it (the hypercall returned 0, the vCPU descheduled): restored, it is a running
+    domain that blocks again, not a crashed one."""
+    cfg = tmp_path / "blk.cfg"
+    cfg.write_text(f'name = "blk"\ntype = "pvh"\nkernel = "{REPO}/guests/build/hello.elf"\n'
+                   'memory = 32\nvcpus = 1\ncmdline = "mode=block"\non_crash = "preserve"\n')
+    host.xl("create", str(cfg), check=True)
+    host.wait_for(lambda: "blocked, no PV drivers" in host.xl("dmesg").stdout, "the guest")
+    host.wait_for(lambda: host.list()["blk"]["state"] == "-b----", "state b")
+    host.xl("save", "blk", str(tmp_path / "b.img"), check=True)
+    host.xl("restore", str(tmp_path / "b.img"), check=True)
+    time.sleep(1)
+    assert host.list()["blk"]["state"] == "-b----"
+    assert "crash" not in host.xl("dmesg").stdout.split("restored from")[-1]
+    host.xl("destroy", "blk", check=True)
     host.assert_clean()
 
 
