@@ -230,6 +230,36 @@ def saved_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return img
 
 
+def _with_far_pfn(data: bytes) -> bytes:
+    """The same image re-written with one extra page at pfn 2^40."""
+    import io
+
+    from pyxen.toolstack.migration import (
+        HvmContext,
+        HvmParams,
+        PageData,
+        SaveWriter,
+        TscInfo,
+        read_image,
+    )
+    config, records = read_image(io.BytesIO(data))
+    out = io.BytesIO()
+    w = SaveWriter(out, config)
+    w.begin()
+    w.page_data([1 << 40], bytes(4096))
+    for rec in records:
+        if isinstance(rec, PageData):
+            w.page_data(rec.pfns, rec.data, types=rec.types)
+        elif isinstance(rec, TscInfo):
+            w.tsc_info(rec.mode, rec.khz, rec.nsec, rec.incarnation)
+        elif isinstance(rec, HvmContext):
+            w.hvm_context(rec.blob)
+        elif isinstance(rec, HvmParams):
+            w.hvm_params(rec.params)
+    w.finish()
+    return out.getvalue()
+
+
 def test_bad_images_create_nothing(host: Host, tmp_path: Path, saved_image: Path) -> None:
     data = saved_image.read_bytes()
     cases = {
@@ -244,6 +274,12 @@ def test_bad_images_create_nothing(host: Host, tmp_path: Path, saved_image: Path
     bad = bytearray(data)
     bad[pos + 24:pos + 26] = b"\xff\xff"  # the descriptor after HEADER: type 65535
     cases["corrupt.img"] = (bytes(bad), "HVM context record 1 (type 65535)")
+    # a CPU record KVM refuses (CR0.PG without CR0.PE)
+    bad = bytearray(data)
+    cr0 = pos + 24 + 8 + 512 + 18 * 8  # HEADER, CPU's descriptor, fpu_regs, 18 registers
+    bad[cr0:cr0 + 8] = (0x80000000).to_bytes(8, "little")
+    cases["badcpu.img"] = (bytes(bad), "vCPU 0: KVM refused the state")
+    cases["farpfn.img"] = (_with_far_pfn(data), "beyond the guest's physical address width")
     for name, (blob, what) in cases.items():
         f = tmp_path / name
         f.write_bytes(blob)
