@@ -17,15 +17,16 @@ pytestmark = pytest.mark.skipif(not have_vmm(), reason="needs /dev/kvm and the t
 
 GUEST = REPO / "guests" / "build" / "savetest.elf"
 REPORT = re.compile(r"seq=(\S+) counter=(\d+) sum=([0-9a-f]{16}) dom=(\d+) resumed=(\d+) "
-                    r"cancelled=(\d+) time=(\d+)")
+                    r"cancelled=(\d+) time=(\d+) disk=(\S+)")
 
 
 def write_cfg(tmp_path: Path, name: str = "st", cmdline: str = "mode=pv",
-              kernel: Path = GUEST) -> Path:
+              kernel: Path = GUEST, disk: Path | None = None) -> Path:
     f = tmp_path / f"{name}.cfg"
     f.write_text(f'name = "{name}"\ntype = "pvh"\nkernel = "{kernel}"\nmemory = 64\n'
                  f'vcpus = 1\ncmdline = "{cmdline}"\non_poweroff = "destroy"\n'
-                 'on_crash = "preserve"\n')
+                 'on_crash = "preserve"\n'
+                 + (f"disk = [ '{disk},raw,xvda,rw' ]\n" if disk else ""))
     return f
 
 
@@ -47,7 +48,8 @@ def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
 
     m = host.wait_for(answered, f"the guest's report {seq}", timeout=60)
     return {"counter": int(m.group(2)), "sum": m.group(3), "dom": int(m.group(4)),
-            "resumed": int(m.group(5)), "cancelled": int(m.group(6)), "time": int(m.group(7))}
+            "resumed": int(m.group(5)), "cancelled": int(m.group(6)), "time": int(m.group(7)),
+            "disk": m.group(8)}
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -86,6 +88,25 @@ def test_save_restore_continues_exactly(host: Host, tmp_path: Path) -> None:
     assert f"savetest: resumed in domain {new}" in log
     print(f"\nsave {t_save:.2f} s, restore {t_restore:.2f} s (xl wall clock), image "
           f"{img.stat().st_size} bytes for a 64 MiB guest")
+    host.xl("destroy", "st", check=True)
+    host.assert_clean()
+
+
+def test_disk_reconnects_after_restore(host: Host, tmp_path: Path) -> None:
+    """A guest with a PV disk: after restore its blkfront forgets the old domain's rings
+    and grants, connects to the new domain's backend and reads back what it wrote."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    domid = create(host, write_cfg(tmp_path, cmdline="mode=pv disk=1", disk=disk))
+    before = report(host, domid, "1")
+    assert before["disk"] == "ok"
+    host.xl("save", "st", str(tmp_path / "d.img"), check=True)
+    host.xl("restore", str(tmp_path / "d.img"), check=True)
+    new = int(host.list()["st"]["id"])
+    after = report(host, new, "2")
+    assert after["disk"] == "ok" and after["resumed"] == 1 and after["sum"] == before["sum"]
+    rows = host.xl("block-list", "st", check=True).stdout.splitlines()
+    assert len(rows) == 2 and rows[1].split()[3] == "4", rows  # Connected
     host.xl("destroy", "st", check=True)
     host.assert_clean()
 
