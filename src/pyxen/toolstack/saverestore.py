@@ -223,7 +223,13 @@ async def restore(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
                               "give one (xl restore CONFIG FILE)")
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise OpError(f"{path}: bad domain configuration in the image: {e}") from None
-        dom = await hostd.create(cfg, paused=bool(req.get("paused")), restore_fd=f.fileno())
+        try:
+            dom = await hostd.create(cfg, paused=bool(req.get("paused")),
+                                     restore_fd=f.fileno())
+        except OpError as e:  # the VMM's "cannot restore: <record>: ..." names the file too
+            msg = str(e)
+            raise OpError(f"{path}: {msg}" if msg.startswith("cannot restore") else msg) \
+                from None
     elapsed = round(time.monotonic() - t0, 6)
     hostd.xen_log(f"Domain {dom.domid} ({cfg.name}) restored from {path} in {elapsed} s")
     return {"domid": dom.domid, "name": cfg.name, "seconds": elapsed,
