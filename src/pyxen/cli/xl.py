@@ -519,6 +519,10 @@ from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpu
 
 _xl_sched.register(sys.modules[__name__])
 
+from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
+
+_xl_save.register(sys.modules[__name__])
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run xl; every failure is one line on stderr and a non-zero status."""

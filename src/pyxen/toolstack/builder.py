@@ -32,10 +32,18 @@ class Builder:
     domains: dict[int, Domain]
 
     async def create(self, cfg: DomainConfig, paused: bool = False,
-                     domid: int | None = None) -> Domain:
+                     domid: int | None = None, restore_fd: int | None = None) -> Domain:
         if self.stopping.is_set():
             raise OpError("hostd is stopping: no new domains")
-        cfg.check_files()
+        if restore_fd is None:
+            cfg.check_files()
+        else:  # a restored domain boots no kernel: only its disks must be there
+            from .config import DiskSpecError, check_disk_target
+            for disk in cfg.disk_specs():
+                try:
+                    check_disk_target(disk)
+                except DiskSpecError as e:
+                    raise OpError(str(e)) from None
         if not os.path.exists("/dev/kvm"):
             raise OpError("/dev/kvm not found: pyxen needs KVM (load kvm_intel or kvm_amd, "
                           "or run on a host with virtualization)")
@@ -54,7 +62,7 @@ class Builder:
         dom = Domain(domid=domid, config=cfg, dir=ddir)
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
-            await self._build(dom)
+            await self._build(dom, restore_fd)
             from .schedops import domain_built
             await domain_built(self, dom)
             self._write_xenstore(dom)
@@ -87,7 +95,7 @@ class Builder:
                 print(f"--- vmm.log of domain {dom.domid} ---\n{text.rstrip()}\n---",
                       flush=True)
 
-    async def _build(self, dom: Domain) -> None:
+    async def _build(self, dom: Domain, restore_fd: int | None = None) -> None:
         ddir = dom.dir
         with contextlib.suppress(FileNotFoundError):
             _rmtree(ddir)
@@ -100,8 +108,10 @@ class Builder:
             dom.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyxen.vmm", "--domid", str(dom.domid),
                 "--config", str(cfg_path),
+                *(() if restore_fd is None else ("--restore-fd", str(restore_fd))),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=vmm_log, env=env, start_new_session=True)
+                stderr=vmm_log, env=env, start_new_session=True,
+                pass_fds=() if restore_fd is None else (restore_fd,))
         finally:
             vmm_log.close()
         asyncio.create_task(self._watch_process(dom))

@@ -24,6 +24,8 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   network_attach domain, nic (NicSpec JSON)  -> devid, mac
   network_detach domain, device (devid or MAC), force
   network_list   domain       -> nics: [{devid, backend_id, mac, state, evtch, ...}]
+  save    domain, file, checkpoint, paused, config?  -> pages, bytes, ... (saverestore.py)
+  restore file, paused, config?                      -> domid, name, seconds
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
 the sockets.
@@ -218,6 +220,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
             return await debug_keys(self, req.get("keys"))
         if op == "wait":
             return {"reason": await self.wait(int(req.get("domid", -1)))}
+        from .saverestore import OPS as SAVERESTORE_OPS
+        if op in SAVERESTORE_OPS:  # xl save / restore: toolstack/saverestore.py
+            from .saverestore import saverestore_op
+            return await saverestore_op(self, op, req)
         from .schedops import OPS as SCHED_OPS
         if op in SCHED_OPS:  # credit scheduler, vCPUs, cpupools: toolstack/schedops.py
             from .schedops import sched_op
