@@ -35,6 +35,7 @@ class Setting:
     value: Value
     lineno: int
     source: str
+    add: bool = False  # set with +=: a string or list to append to, never a number
 
 
 @dataclass
@@ -84,6 +85,9 @@ class XlConfig:
             return None
         s = self.find(name)
         assert s is not None
+        if s.add:  # libxlu's xlu_cfg_get_bounded_long
+            raise XlCfgError(s.source, s.lineno,
+                             f"can't use += with numbers for parameter `{name}'")
         value = parse_c_long(text)
         if value is None:
             raise XlCfgError(s.source, s.lineno, f"parameter `{name}' is not a valid number")
@@ -280,7 +284,7 @@ class _Parser:
                     raise XlCfgError(self.source, line, "config parsing error near `+=': "
                                      "can't add [list] to \"string\" or vice versa")
                 value = prev.value + value  # type: ignore[operator]
-        into.settings.append(Setting(name, value, line, self.source))
+        into.settings.append(Setting(name, value, line, self.source, add))
 
     def parse_value(self) -> Value:
         tok = self.take()

@@ -1,0 +1,84 @@
+"""What every xl command shares, kept lean (no click, no rich, no config parsing) so the
+commands people run in loops start fast: xl's global options, the one-line error
+convention, and the hostd connection.
+
+xl's global options (xl(1), tools/xl/xl.c) are parsed before the subcommand and live in
+``G``: ``-v`` raises the verbosity (repeatable), ``-N`` is a dry run, ``-f`` forces, ``-t``
+uses carriage returns for progress output, ``-T`` puts a timestamp and xl's pid on the
+messages xl logs (its stderr lines), as libxentoollog's stdiostream does with
+XTL_STDIOSTREAM_SHOW_DATE | XTL_STDIOSTREAM_SHOW_PID.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from pyxen.toolstack.client import HostdClient, HostdError
+
+
+@dataclass
+class Globals:
+    verbose: int = 0  # each -v: one more level of detail on stderr
+    dryrun: bool = False  # -N
+    force: bool = False  # -f
+    progress_cr: bool = False  # -t
+    timestamps: bool = False  # -T
+
+
+G = Globals()
+
+
+class XlError(Exception):
+    """One line for stderr, then exit with ``code`` (1 unless xl uses another)."""
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    raise XlError(msg, code)
+
+
+def stamp() -> str:
+    """libxentoollog's prefix with -T: local date and time, zone, then [pid]."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z ") + f"[{os.getpid()}] "
+
+
+def one_line(msg: str) -> None:
+    """Write a message as one line on stderr (with -T's timestamp)."""
+    text = " ".join(msg.split("\n")).strip()
+    if G.timestamps:
+        text = stamp() + text
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def log(level: int, msg: str) -> None:
+    """A message shown from ``level`` -v options on (xl -v, -vv...)."""
+    if G.verbose >= level:
+        one_line(f"xl: {msg}")
+
+
+def connect() -> HostdClient:
+    try:
+        return HostdClient.connect()
+    except HostdError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot start or reach hostd: {e}")
+
+
+def call(op: str, **args: Any) -> dict[str, Any]:
+    log(1, f"hostd request {op} {args if args else ''}".rstrip())
+    with connect() as c:
+        try:
+            return c.request(op, **args)
+        except HostdError as e:
+            fail(str(e))
