@@ -4,15 +4,13 @@ mode, Ctrl-] detaches, as xenconsole does) until the domain stops. Lean (no clic
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import socket
 import sys
 import termios
 import time
-from pathlib import Path
-from typing import Any
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as Socket
 
 from pyxen.cli.xlcore import XlError, connect, fail
 from pyxen.toolstack.client import HostdError
@@ -20,15 +18,20 @@ from pyxen.toolstack.client import HostdError
 CTRL_RBRACKET = b"\x1d"  # Ctrl-], xenconsole's escape character
 DRAIN_QUIET_S = 0.5  # after a domain stopped, console bytes still in flight
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # kept out of `xl console`'s start-up
+    from pathlib import Path
+    from typing import Any
 
-def console_session(domid: int, path: Path) -> int:
+
+def console_session(domid: int, path: Path | str) -> int:
     """Copy console <-> terminal until the domain stops or the user detaches (Ctrl-]).
 
     Returns the exit status: 0 unless the domain crashed.
     """
     sock = None
     for _ in range(50):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = Socket(AF_UNIX, SOCK_STREAM)
         try:
             s.connect(str(path))
             sock = s
@@ -79,8 +82,10 @@ def console_session(domid: int, path: Path) -> int:
                     reason = "detached"
                     break
                 else:
-                    with contextlib.suppress(OSError):
+                    try:
                         sock.sendall(data)
+                    except OSError:
+                        pass
             if waiting and waiter.sock in ready:
                 try:
                     reason = str(waiter.read_reply().get("reason"))
@@ -103,7 +108,7 @@ def console_session(domid: int, path: Path) -> int:
     return 1 if reason in ("crash", "watchdog") else 0
 
 
-def _drain(sock: socket.socket, out: Any) -> None:
+def _drain(sock: Socket, out: Any) -> None:
     """Copy what the console still holds, until it closes or stays quiet a moment."""
     while True:
         ready, _, _ = select.select([sock], [], [], DRAIN_QUIET_S)

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from dataclasses import dataclass
-from typing import Any, NoReturn
 
 from pyxen.toolstack.client import HostdClient, HostdError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at start-up
+    from typing import Any, NoReturn
 
-@dataclass
+
 class Globals:
-    verbose: int = 0  # each -v: one more level of detail on stderr
-    dryrun: bool = False  # -N
-    force: bool = False  # -f
-    progress_cr: bool = False  # -t
-    timestamps: bool = False  # -T
+    """xl's global options (a plain class: dataclasses cost start-up time)."""
+
+    def __init__(self) -> None:
+        self.verbose = 0  # each -v: one more level of detail on stderr
+        self.dryrun = False  # -N
+        self.force = False  # -f
+        self.progress_cr = False  # -t
+        self.timestamps = False  # -T
 
 
 G = Globals()
@@ -46,6 +49,7 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 
 def stamp() -> str:
     """libxentoollog's prefix with -T: local date and time, zone, then [pid]."""
+    import time
     return time.strftime("%Y-%m-%d %H:%M:%S %Z ") + f"[{os.getpid()}] "
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from pyxen.cli.xl_cmdtable import XL_TABLE, CmdSpec
 from pyxen.cli.xlcore import G, XlError, call, fail, one_line
 from pyxen.toolstack.client import HostdError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, click and the table stay out of the fast path's start-up
+    from collections.abc import Callable
+    from typing import Any
+
+    from pyxen.cli.xl_cmdtable import CmdSpec
 
 GLOBAL_OPTS = "vftTN"
 
@@ -59,11 +63,9 @@ def fast_info(args: list[str]) -> int:
 def fast_console(args: list[str]) -> int:
     if len(args) != 1:
         return -1
-    from pathlib import Path
-
     from pyxen.cli.xlconsole import console_session
     reply = call("console", domain=args[0])
-    return console_session(int(reply["domid"]), Path(reply["path"]))
+    return console_session(int(reply["domid"]), reply["path"])
 
 
 def fast_domid(args: list[str]) -> int:
@@ -110,6 +112,8 @@ def lookup(s: str, table: list[CmdSpec]) -> CmdSpec | None:
 def _click_spec(name: str, cmd: Any) -> CmdSpec:
     """A CmdSpec for a pyxen command that xl's table does not have."""
     import click
+
+    from pyxen.cli.xl_cmdtable import CmdSpec
     desc = (cmd.short_help or (cmd.help or "").split("\n")[0] or name).strip().rstrip(".")
     pieces = []
     opts = [p for p in cmd.params if isinstance(p, click.Option)
@@ -129,6 +133,7 @@ class Commands:
     """xl's table plus pyxen's own commands (at the end), and which of them pyxen has."""
 
     def __init__(self, xl_module: Any) -> None:
+        from pyxen.cli.xl_cmdtable import XL_TABLE
         self.group = xl_module.cli
         clicks = self.group.commands
         self.implemented = set(clicks) | set(FAST)
@@ -296,3 +301,7 @@ def run_click(cmds: Commands, name: str, click_cmd: Any, args: list[str]) -> int
     except SystemExit as e:
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
