@@ -128,7 +128,7 @@ _TOKEN = re.compile(
     (?P<ws>[ \t\r]+)
   | (?P<comment>\#[^\n]*)
   | (?P<newline>\n)
-  | (?P<ident>[a-z][_0-9a-z]*)
+  | (?P<ident>[a-z][._0-9a-z]*)
   | (?P<number>[0-9][0-9a-fx]*)
   | (?P<dstring>"(?:[^"\\\n]|\\[^\n])*")
   | (?P<sstring>'(?:[^'\\\n]|\\[^\n])*')
@@ -340,7 +340,7 @@ def apply_override(cfg: XlConfig, arg: str) -> None:
     source = "command line"
     key, sep, raw = arg.partition("=")
     key = key.strip()
-    if not sep or not re.fullmatch(r"[a-z][_0-9a-z]*\+?", key):
+    if not sep or not re.fullmatch(r"[a-z][._0-9a-z]*\+?", key):
         raise XlCfgError(source, None, f"bad key=value argument `{arg}'")
     before = len(cfg.settings)
     try:
