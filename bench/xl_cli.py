@@ -106,6 +106,25 @@ def main() -> None:
             print(f"{name:<24} {med * 1e3:>8.1f} {min(wall[name]) * 1e3:>6.1f} "
                   f"{med / base:>7.2f} {cmed * 1e3:>7.1f} {cmed / cbase:>7.2f}")
         print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        # where the time goes: xl's imports (min of 5, -X importtime) and hostd's answers
+        imports = []
+        for _ in range(5):
+            r = subprocess.run([PY, "-X", "importtime", "-c", "import pyxen.cli.xlmain"],
+                               env=env, capture_output=True, text=True, check=True)
+            last = r.stderr.strip().splitlines()[-1]
+            imports.append(int(last.split("|")[1]) / 1e3)
+        print(f"imports of the fast path (pyxen.cli.xlmain, cumulative): "
+              f"{min(imports):.1f} ms (min of 5)")
+        from pyxen.toolstack.client import HostdClient
+        for op in ("ping", "list", "info"):
+            ts = []
+            for _ in range(n):
+                t = time.perf_counter()
+                with HostdClient.connect(root, autostart=False) as c:
+                    c.request(op)
+                ts.append(time.perf_counter() - t)
+            print(f"hostd {op:<5} connect + request + reply: "
+                  f"{statistics.median(ts) * 1e3:.2f} ms (median)")
     finally:  # hostd destroys its domains; xenstored outlives hostd by design
         for pidfile in (root / "hostd.pid", root / "xenstored" / "pid"):
             try:

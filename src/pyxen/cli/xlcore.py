@@ -72,15 +72,21 @@ def log(level: int, msg: str) -> None:
 
 def connect() -> HostdClient:
     try:
-        return HostdClient.connect()
+        c = HostdClient.connect()
+        if G.verbose:
+            c.trace = _trace
+        return c
     except HostdError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot start or reach hostd: {e}")
 
 
-def call(op: str, **args: Any) -> dict[str, Any]:
+def _trace(op: str, args: dict[str, Any]) -> None:
     log(1, f"hostd request {op} {args if args else ''}".rstrip())
+
+
+def call(op: str, **args: Any) -> dict[str, Any]:
     with connect() as c:
         try:
             return c.request(op, **args)

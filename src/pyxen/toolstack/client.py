@@ -34,6 +34,7 @@ class HostdClient:
 
     def __init__(self, sock: Socket) -> None:
         self.sock = sock
+        self.trace: Any = None  # called with (op, args) before each request (xl -v)
         self._ids = itertools.count(1)
         self._buf = b""
 
@@ -73,6 +74,8 @@ class HostdClient:
         self.close()
 
     def send(self, op: str, **args: Any) -> int:
+        if self.trace is not None:
+            self.trace(op, args)
         rid = next(self._ids)
         msg = {"id": rid, "op": op, **args}
         self.sock.sendall(jsonline.dumps(msg).encode() + b"\n")
