@@ -98,9 +98,10 @@ def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str 
         from pyxen.cli import xlconf
         cfg.vifs = [xlconf.vif_defaults(v) for v in cfg.vifs]
         cfg.validate()
-        if dryrun:
+        if dryrun:  # libxl's domain_config JSON, as xl prints it
             xlconf.check_output_format()
-            click.echo(cfg.dumps())
+            from pyxen.toolstack.libxl_json import dumps as libxl_dumps
+            click.echo(libxl_dumps(cfg))
             return
         cfg.check_files()
     except (XlCfgError, ConfigError) as e:
@@ -129,7 +130,9 @@ def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
     if long_:
         from pyxen.cli import xlconf
         xlconf.check_output_format()
-        out = [{"domid": d["domid"], "config": d["config"]} for d in doms if d["config"]]
+        from pyxen.toolstack.libxl_json import config_json
+        out = [{"domid": d["domid"], "config": config_json(d["config"])}
+               for d in doms if d["config"]]
         click.echo(json.dumps(out, indent=4))
         return
     header = LIST_HEADER + ("   UUID                            Reason-Code\tSecurity Label"
