@@ -194,7 +194,7 @@ def test_dry_run_global_option(host: Host, tmp_path: Path) -> None:
     assert one_line(r, 1) == "command does not implement -N (dryrun) option"
     r = xl(host, "-N", "create", "examples/hello.cfg", "name='dry'")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["name"] == "dry"
+    assert json.loads(r.stdout)["c_info"]["name"] == "dry"  # libxl domain_config
     assert xl(host, "list", "dry").returncode == 1  # nothing was created
     r = xl(host, "-N", "network-attach", "Domain-0", "bridge=br9", "mac=00:16:3e:00:00:01")
     assert r.returncode == 0, r.stderr
@@ -272,7 +272,7 @@ def test_plus_equals_with_numbers(host: Host, tmp_path: Path) -> None:
         f"{f}:6: can't use += with numbers for parameter `maxmem'"
     f = write_cfg(tmp_path, GOOD + 'cmdline = "a"\ncmdline += " b"\n')
     r = xl(host, "create", "-n", str(f))
-    assert r.returncode == 0 and json.loads(r.stdout)["cmdline"] == "a b"
+    assert r.returncode == 0 and json.loads(r.stdout)["b_info"]["cmdline"] == "a b"
     host.assert_clean()
 
 
@@ -327,7 +327,7 @@ def test_xl_conf(host: Host, tmp_path: Path) -> None:
     f = write_cfg(tmp_path, GOOD + 'vif = [ "mac=00:16:3e:00:00:02", "bridge=br1" ]\n')
     r = xl(host, "create", "-n", str(f), env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    vifs = json.loads(r.stdout)["vifs"]
+    vifs = json.loads(r.stdout)["nics"]
     assert [v["bridge"] for v in vifs] == ["br7", "br1"]
     assert all(v["script"] == "vif-nat" for v in vifs)
     r = xl(host, "-N", "network-attach", "Domain-0", env=env)
@@ -337,7 +337,7 @@ def test_xl_conf(host: Host, tmp_path: Path) -> None:
     assert r.returncode == 0
     assert r.stderr.splitlines() == [
         f"Failed to read config file: {tmp_path / 'none'}: No such file or directory"]
-    assert "bridge" not in json.loads(r.stdout)["vifs"][0]
+    assert "bridge" not in json.loads(r.stdout)["nics"][0]
     # bad values: xl's lines, the defaults kept
     conf.write_text('autoballoon = "maybe"\noutput_format = "xml"\n')
     r = xl(host, "create", "-n", str(f), env=env)
