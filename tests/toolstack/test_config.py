@@ -98,7 +98,7 @@ def test_kernel_relative_to_xl_working_directory() -> None:
 
 
 def test_kernel_required() -> None:
-    with pytest.raises(XlCfgError, match="no kernel specified"):
+    with pytest.raises(XlCfgError, match="Neither kernel nor bootloader specified"):
         conf('name="d"\ntype="pvh"\n')
 
 

@@ -7,51 +7,21 @@ exit status; hostd is started on first use.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import select
-import socket
 import sys
-import termios
-import time
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
+from pyxen.cli.xlconsole import console_session
+from pyxen.cli.xlcore import G, XlError, call, connect, fail, one_line
 from pyxen.toolstack import config as domconfig
 from pyxen.toolstack.client import HostdClient, HostdError
 from pyxen.toolstack.config import ConfigError
 from pyxen.toolstack.xlcfg import XlCfgError
 
-CTRL_RBRACKET = b"\x1d"  # Ctrl-], xenconsole's escape character
-DRAIN_QUIET_S = 0.5  # after a domain stopped, console bytes still in flight
-
-
-class XlError(Exception):
-    """One line for stderr, then exit 1."""
-
-
-def fail(msg: str) -> NoReturn:
-    raise XlError(msg)
-
-
-def connect() -> HostdClient:
-    try:
-        return HostdClient.connect()
-    except HostdError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"cannot start or reach hostd: {e}")
-
-
-def call(op: str, **args: Any) -> dict[str, Any]:
-    with connect() as c:
-        try:
-            return c.request(op, **args)
-        except HostdError as e:
-            fail(str(e))
+__all__ = ["G", "XlError", "call", "connect", "console_session", "fail", "one_line"]
 
 
 def wait_for_domain(c: HostdClient, domid: int) -> str:
@@ -105,6 +75,14 @@ def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str 
             cfgfile = a
         else:
             fail(f"xl create: more than one config file given: {cfgfile!r} and {a!r}")
+    dryrun = dryrun or G.dryrun
+    if cfgfile is not None:  # xl reads the file whole first (libxl_read_file_contents)
+        try:
+            with open(cfgfile, "rb"):
+                pass
+        except OSError as e:  # main_create returns -ERROR_FAIL
+            fail(f"Failed to read config file: {cfgfile}: {e.strerror}", 3)
+    warn = one_line
     try:
         if cfgfile is None:
             if not overrides:
@@ -114,10 +92,14 @@ def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str 
             xc = XlConfig("command line")
             for o in overrides:
                 apply_override(xc, o)
-            cfg = domconfig.from_xlconfig(xc)
+            cfg = domconfig.from_xlconfig(xc, warn=warn)
         else:
-            cfg = domconfig.load(cfgfile, overrides)
+            cfg = domconfig.load(cfgfile, overrides, warn=warn)
+        from pyxen.cli import xlconf
+        cfg.vifs = [xlconf.vif_defaults(v) for v in cfg.vifs]
+        cfg.validate()
         if dryrun:  # libxl's domain_config JSON, as xl prints it
+            xlconf.check_output_format()
             from pyxen.toolstack.libxl_json import dumps as libxl_dumps
             click.echo(libxl_dumps(cfg))
             return
@@ -146,6 +128,8 @@ def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
     """List information about all/some domains."""
     doms = call("list", domains=list(domains))["domains"]
     if long_:
+        from pyxen.cli import xlconf
+        xlconf.check_output_format()
         from pyxen.toolstack.libxl_json import config_json
         out = [{"domid": d["domid"], "config": config_json(d["config"])}
                for d in doms if d["config"]]
@@ -171,11 +155,15 @@ REASON_CODES = {"poweroff": 0, "reboot": 1, "suspend": 2, "crash": 3, "watchdog"
 # ------------------------------------------------------------------------- lifecycle
 
 @cli.command(context_settings=CONTEXT)
+@click.option("-f", "force", is_flag=True, help="Permit destroying domain 0.")
 @click.argument("domain")
-def destroy(domain: str) -> None:
+def destroy(force: bool, domain: str) -> None:
     """Terminate a domain immediately."""
-    if domain == "0" or domain == "Domain-0":
-        fail("Cannot destroy privileged domain 0.")
+    if domain in ("0", "Domain-0"):  # xl_vmcontrol.c main_destroy
+        if not force:
+            fail("Not destroying domain 0; use -f to force. This can only be done when "
+                 "using a disaggregated hardware domain and toolstack.")
+        fail("destroy failed (rc=-3): pyxen's domain 0 is the host itself")
     call("destroy", domain=domain)
 
 
@@ -264,104 +252,6 @@ def console(ctype: str | None, num: int, domain: str) -> None:
     sys.exit(console_session(int(reply["domid"]), Path(reply["path"])))
 
 
-def console_session(domid: int, path: Path) -> int:
-    """Copy console <-> terminal until the domain stops or the user detaches (Ctrl-]).
-
-    Returns the exit status: 0 unless the domain crashed.
-    """
-    sock = None
-    for _ in range(50):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(str(path))
-            sock = s
-            break
-        except OSError:
-            s.close()
-            time.sleep(0.05)
-    if sock is None:
-        fail(f"unable to attach to the console of domain {domid}: {path} does not accept")
-    waiter = connect()
-    waiter.send("wait", domid=domid)
-
-    stdin_fd = sys.stdin.fileno() if sys.stdin is not None else -1
-    interactive = stdin_fd >= 0 and os.isatty(stdin_fd)
-    saved = None
-    if interactive:
-        saved = termios.tcgetattr(stdin_fd)
-        raw = termios.tcgetattr(stdin_fd)
-        raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP
-                    | termios.IXON)
-        raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
-        raw[6][termios.VMIN] = 1
-        raw[6][termios.VTIME] = 0
-        termios.tcsetattr(stdin_fd, termios.TCSAFLUSH, raw)  # output processing stays on
-    out = sys.stdout.buffer
-    reason: str | None = None
-    read_stdin = stdin_fd >= 0
-    waiting = True  # hostd may die (and restart) under us: the console is the VMM's
-    try:
-        while True:
-            rlist = [sock] + ([waiter.sock] if waiting else []) \
-                + ([stdin_fd] if read_stdin else [])
-            ready, _, _ = select.select(rlist, [], [])
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                out.write(data)
-                out.flush()
-            if read_stdin and stdin_fd in ready:
-                data = os.read(stdin_fd, 4096)
-                if not data:
-                    read_stdin = False
-                elif interactive and CTRL_RBRACKET in data:
-                    before = data.split(CTRL_RBRACKET, 1)[0]
-                    if before:
-                        sock.sendall(before)
-                    reason = "detached"
-                    break
-                else:
-                    with contextlib.suppress(OSError):
-                        sock.sendall(data)
-            if waiting and waiter.sock in ready:
-                try:
-                    reason = str(waiter.read_reply().get("reason"))
-                except (HostdError, ValueError, OSError):
-                    waiting = False  # hostd went away; the console closing says the rest
-                    continue
-                _drain(sock, out)
-                break
-    finally:
-        if saved is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
-        sock.close()
-        waiter.close()
-    if reason is None:  # console closed first: the domain was destroyed
-        try:
-            with connect() as c:
-                reason = str(c.request("wait", domid=domid).get("reason"))
-        except (XlError, HostdError):
-            reason = "gone"
-    return 1 if reason in ("crash", "watchdog") else 0
-
-
-def _drain(sock: socket.socket, out: Any) -> None:
-    """Copy what the console still holds, until it closes or stays quiet a moment."""
-    while True:
-        ready, _, _ = select.select([sock], [], [], DRAIN_QUIET_S)
-        if not ready:
-            return
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        out.write(data)
-        out.flush()
-
-
 # ------------------------------------------------------------------------- info, dmesg
 
 @cli.command(context_settings=CONTEXT)
@@ -411,8 +301,8 @@ def dmesg(clear: bool) -> None:
 def debug_keys(keys: str | None) -> None:
     """Send debug keys to Xen."""
     if not keys:  # xl's SWITCH_FOREACH_OPT: too few arguments, exit status 2
-        _one_line("'xl debug-keys' requires at least 1 argument. Usage: xl debug-keys <Keys>")
-        sys.exit(2)
+        from pyxen.cli import xlmain
+        sys.exit(xlmain.usage_error(xlmain._commands(sys.modules[__name__]), "debug-keys", 1))
     with connect() as c:
         try:
             c.request("debug_keys", keys=keys)
@@ -427,15 +317,19 @@ def debug_keys(keys: str | None) -> None:
 @click.argument("vifspec", nargs=-1)
 def network_attach(domain: str, vifspec: tuple[str, ...]) -> None:
     """Create a new virtual network device (xl-network-configuration items)."""
+    from pyxen.cli import xlconf
     from pyxen.toolstack.vifspec import NicSpec, VifSpecError, apply_item, check
-
     nic = NicSpec()
     try:
         for item in vifspec:
             apply_item(nic, item)
+        nic = NicSpec.from_json(xlconf.vif_defaults(nic.to_json()))
         check(nic)
     except VifSpecError as e:
         fail(str(e))
+    if G.dryrun:  # xl -N network-attach: print the device, attach nothing
+        click.echo(json.dumps(nic.to_json(), indent=4))
+        return
     call("network_attach", domain=domain, nic=nic.to_json())
 
 
@@ -481,6 +375,9 @@ def block_attach(domain: str, spec: tuple[str, ...]) -> None:
         fail(str(e))
     if disk.target and not os.path.isabs(disk.target):
         disk.target = os.path.abspath(disk.target)
+    if G.dryrun:  # xl -N block-attach: print the disk, attach nothing
+        click.echo(json.dumps(disk.to_json(), indent=4))
+        return
     call("block_attach", domain=domain, disk=disk.to_json())
 
 
@@ -525,36 +422,13 @@ _xl_save.register(sys.modules[__name__])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run xl; every failure is one line on stderr and a non-zero status."""
-    try:
-        cli.main(args=argv, prog_name="xl", standalone_mode=False)
-        return 0
-    except (XlError, HostdError) as e:
-        _one_line(str(e))
-        return 1
-    except click.exceptions.Exit as e:
-        return int(e.exit_code or 0)
-    except click.Abort:
-        _one_line("aborted")
-        return 1
-    except click.ClickException as e:
-        _one_line(f"xl: {e.format_message()}")
-        return 2
-    except SystemExit as e:
-        code = e.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
+    """Run xl (global options, help, prefix matching, errors: cli/xlmain.py)."""
+    from pyxen.cli import xlmain
+    return xlmain.main(argv, xl_module=sys.modules[__name__])
 
 
 def _one_line(msg: str) -> None:
-    text = " ".join(msg.split("\n")).strip()
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except OSError:
-        pass
+    one_line(msg)
 
 
 if __name__ == "__main__":

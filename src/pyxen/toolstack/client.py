@@ -6,17 +6,21 @@ new session, output to $RUNDIR/hostd.log, then wait until pyxend.sock accepts.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
-import json
 import os
-import socket
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-from pyxen import paths
+# The C socket type: the socket module's wrapper imports enum, selectors and functools,
+# a good part of `xl list`'s start-up; a hostd connection needs none of it.
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as Socket
+
+from pyxen.toolstack import jsonline
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # kept out of xl's start-up (cli/xlmain.py's fast path)
+    from pathlib import Path
+    from typing import Any
 
 START_TIMEOUT_S = 60.0
 
@@ -28,14 +32,22 @@ class HostdError(Exception):
 class HostdClient:
     """A connection to hostd; requests are sequential on one connection."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Socket) -> None:
         self.sock = sock
-        self.file = sock.makefile("rwb", buffering=0)
+        self.trace: Any = None  # called with (op, args) before each request (xl -v)
         self._ids = itertools.count(1)
         self._buf = b""
 
     @classmethod
     def connect(cls, rundir: Path | None = None, autostart: bool = True) -> HostdClient:
+        if rundir is None:  # the common case, without pathlib (xl's start-up time)
+            sock = _try_connect(os.path.join(os.environ.get("PYXEN_RUNDIR", "/run/pyxen"),
+                                             "pyxend.sock"))
+            if sock is not None:
+                return cls(sock)
+        import fcntl
+
+        from pyxen import paths
         root = rundir or paths.rundir()
         path = paths.hostd_socket(root)
         sock = _try_connect(path)
@@ -62,20 +74,23 @@ class HostdClient:
         self.close()
 
     def send(self, op: str, **args: Any) -> int:
+        if self.trace is not None:
+            self.trace(op, args)
         rid = next(self._ids)
         msg = {"id": rid, "op": op, **args}
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        self.sock.sendall(jsonline.dumps(msg).encode() + b"\n")
         return rid
 
     def read_reply(self) -> dict[str, Any]:
         while b"\n" not in self._buf:
             chunk = self.sock.recv(65536)
             if not chunk:
+                from pyxen import paths
                 raise HostdError("hostd closed the connection (see "
                                  f"{paths.rundir() / 'hostd.log'})")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        return jsonline.loads(line)
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         self.send(op, **args)
@@ -85,8 +100,8 @@ class HostdClient:
         return reply
 
 
-def _try_connect(path: Path) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _try_connect(path: Path | str) -> Socket | None:
+    sock = Socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.connect(str(path))
         return sock
@@ -95,8 +110,11 @@ def _try_connect(path: Path) -> socket.socket | None:
         return None
 
 
-def start_hostd(root: Path) -> socket.socket:
+def start_hostd(root: Path) -> Socket:
     """Start hostd detached from this process (double fork) and connect to it."""
+    import time
+
+    from pyxen import paths
     root.mkdir(parents=True, exist_ok=True)
     log = root / "hostd.log"
     env = dict(os.environ, PYXEN_RUNDIR=str(root))

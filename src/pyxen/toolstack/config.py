@@ -3,7 +3,7 @@
 Follows xl's parse_config_data() (tools/xl/xl_parse.c) and libxl's defaults: a missing
 ``type`` means PV (pyxen refuses it, naming what it supports), memory defaults to 32 MiB
 and maxmem to memory, vcpus to 1 and maxvcpus to vcpus, ``cmdline`` wins over
-``root``/``extra``, unknown keys are ignored as xl ignores them. Relative kernel and
+``root``/``extra``. Keys pyxen does not act on are reported (xlcfg_keys.py). Relative kernel and
 ramdisk paths are relative to xl's working directory, as libxl opens them.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,8 @@ def _domain_type(cfg: XlConfig) -> str:
             raise cfg.error("builder", f"Invalid domain type {builder}.")
         btype = "hvm" if builder == "hvm" else "pv"
         if dtype is not None and dtype != btype:
-            raise cfg.error("builder", "Can not specify builder and type at the same time")
+            raise cfg.error("builder",
+                            'Contradicting "builder" and "type" options specified.')
         dtype = btype
     if "pvh" in cfg:
         pvh = cfg.get_long("pvh")
@@ -282,9 +284,19 @@ def _path(value: str | None, base: Path) -> str | None:
     return str(p if p.is_absolute() else (base / p))
 
 
-def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
-    """Turn parsed settings into a DomainConfig, raising XlCfgError at the offending key."""
-    cwd = cwd or Path.cwd()
+def from_xlconfig(cfg: XlConfig, cwd: Path | None = None,
+                  warn: Callable[[str], None] | None = None) -> DomainConfig:
+    """Turn parsed settings into a DomainConfig, raising XlCfgError at the offending key;
+    ``warn`` gets one line per key pyxen does not act on (toolstack/xlcfg_keys.py)."""
+    dc = _from_xlconfig(cfg, cwd or Path.cwd())
+    if warn is not None:
+        from .xlcfg_keys import warnings
+        for line in warnings(cfg.keys()):
+            warn(line)
+    return dc
+
+
+def _from_xlconfig(cfg: XlConfig, cwd: Path) -> DomainConfig:
     name = cfg.get_string("name")
     if name is None:
         raise XlCfgError(cfg.source, None, "Domain name must be specified.")
@@ -331,8 +343,8 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
 
     kernel = _path(cfg.get_string("kernel"), cwd)
     if kernel is None:
-        raise XlCfgError(cfg.source, None, 'no kernel specified: a PVH domain needs '
-                         'kernel = "/path/to/kernel"')
+        raise XlCfgError(cfg.source, None, "Neither kernel nor bootloader specified "
+                         '(a PVH domain needs kernel = "/path/to/kernel")')
     ramdisk = _path(cfg.get_string("ramdisk"), cwd)
 
     cmdline = cfg.get_string("cmdline")
@@ -389,9 +401,9 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None) -> DomainConfig:
 
 
 def load(path: str, overrides: list[str] | tuple[str, ...] = (),
-         cwd: Path | None = None) -> DomainConfig:
+         cwd: Path | None = None, warn: Callable[[str], None] | None = None) -> DomainConfig:
     """Read an xl.cfg file, apply ``key=value`` overrides, and build the DomainConfig."""
     cfg = parse_file(path)
     for arg in overrides:
         apply_override(cfg, arg)
-    return from_xlconfig(cfg, cwd)
+    return from_xlconfig(cfg, cwd, warn)

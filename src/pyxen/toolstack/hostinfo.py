@@ -80,7 +80,9 @@ class HostInfo:
                     continue
                 try:
                     d = self.find(ident)
-                except OpError as e:
+                except OpError as e:  # xl's main_list: find_domain(), then domain_info()
+                    if not str(ident).isdigit():
+                        raise
                     raise OpError(f"Error: Domain '{ident}' does not exist.") from e
                 if d.domid not in seen:
                     seen.add(d.domid)

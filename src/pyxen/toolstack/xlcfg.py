@@ -35,6 +35,7 @@ class Setting:
     value: Value
     lineno: int
     source: str
+    add: bool = False  # set with +=: a string or list to append to, never a number
 
 
 @dataclass
@@ -84,6 +85,9 @@ class XlConfig:
             return None
         s = self.find(name)
         assert s is not None
+        if s.add:  # libxlu's xlu_cfg_get_bounded_long
+            raise XlCfgError(s.source, s.lineno,
+                             f"can't use += with numbers for parameter `{name}'")
         value = parse_c_long(text)
         if value is None:
             raise XlCfgError(s.source, s.lineno, f"parameter `{name}' is not a valid number")
@@ -124,7 +128,7 @@ _TOKEN = re.compile(
     (?P<ws>[ \t\r]+)
   | (?P<comment>\#[^\n]*)
   | (?P<newline>\n)
-  | (?P<ident>[a-z][_0-9a-z]*)
+  | (?P<ident>[a-z][._0-9a-z]*)
   | (?P<number>[0-9][0-9a-fx]*)
   | (?P<dstring>"(?:[^"\\\n]|\\[^\n])*")
   | (?P<sstring>'(?:[^'\\\n]|\\[^\n])*')
@@ -280,7 +284,7 @@ class _Parser:
                     raise XlCfgError(self.source, line, "config parsing error near `+=': "
                                      "can't add [list] to \"string\" or vice versa")
                 value = prev.value + value  # type: ignore[operator]
-        into.settings.append(Setting(name, value, line, self.source))
+        into.settings.append(Setting(name, value, line, self.source, add))
 
     def parse_value(self) -> Value:
         tok = self.take()
@@ -336,7 +340,7 @@ def apply_override(cfg: XlConfig, arg: str) -> None:
     source = "command line"
     key, sep, raw = arg.partition("=")
     key = key.strip()
-    if not sep or not re.fullmatch(r"[a-z][_0-9a-z]*\+?", key):
+    if not sep or not re.fullmatch(r"[a-z][._0-9a-z]*\+?", key):
         raise XlCfgError(source, None, f"bad key=value argument `{arg}'")
     before = len(cfg.settings)
     try:
