@@ -280,17 +280,18 @@ class X86Machine:
         read = mem.read
         may_run, Context = d.may_run, HC.HypercallContext
 
-        def hypercall(nr: int, a1: int, a2: int, a3: int, a4: int, a5: int,
-                      flags: int) -> int:
-            long_mode = bool(flags & 1)
-
+        def guest_maker(compat: bool) -> Callable[[], GuestAccess]:
             def make_guest() -> GuestAccess:  # only for handlers that take pointers
                 st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
-                return GuestAccess(mem, lambda va, w: translate(read, st, va, w),
-                                   compat=not long_mode)
+                return GuestAccess(mem, lambda va, w: translate(read, st, va, w), compat)
+            return make_guest
 
-            ret = dispatch(Context(d, v, (a1, a2, a3, a4, a5), make_guest, long_mode,
-                                   bool(flags & 2)), nr)
+        make_guest = (guest_maker(True), guest_maker(False))  # by long mode
+
+        def hypercall(nr: int, a1: int, a2: int, a3: int, a4: int, a5: int,
+                      flags: int) -> int:
+            ret = dispatch(Context(d, v, (a1, a2, a3, a4, a5), make_guest[flags & 1],
+                                   bool(flags & 1), bool(flags & 2)), nr)
             if not (v.running and may_run(v)):
                 m[_IMMEDIATE_EXIT] = 1
             return ret
