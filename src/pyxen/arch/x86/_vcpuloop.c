@@ -1,5 +1,5 @@
-/* The inner vCPU loop of arch/x86/machine.py in C (why and what: docs/internals.md,
- * "The vCPU loop"): KVM_RUN without the GIL, the exits that need no Xen logic answered
+/* The inner vCPU loop of arch/x86/machine.py in C (why and what: docs/vmm.md, "Threads",
+ * and docs/hypercalls.md): KVM_RUN without the GIL, the exits that need no Xen logic answered
  * here, and a hypercall through the hypercall page handed to one Python callable with
  * plain ints, its result written to %rax through the sync-regs area (no ioctl).
  *
