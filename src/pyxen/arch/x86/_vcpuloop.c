@@ -36,7 +36,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "run() takes 6 arguments");
         return NULL;
     }
-    int fd = _PyLong_AsInt(args[0]);
+    int fd = (int)PyLong_AsLong(args[0]);
     struct kvm_run *r = PyLong_AsVoidPtr(args[1]);
     uint64_t *ctl = PyLong_AsVoidPtr(args[2]);
     PyObject *hypercall = args[3];
