@@ -21,8 +21,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class BenchDomain:
-    def __init__(self, control: BinaryIO) -> None:
+    def __init__(self, control: BinaryIO, pid: int) -> None:
         self.control = control
+        self.pid = pid
+
+    def cpu_times(self) -> tuple[float, float]:
+        """User and system CPU seconds of the VMM process so far. While the guest loops,
+        user time is the VMM's own work per exit (Python, C) and system time is KVM_RUN,
+        where kvm_pvm emulates the guest's ring-0 instructions."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tck, int(fields[12]) / tck
+
+    def cpu_ns(self) -> int:
+        """CPU nanoseconds of all the VMM's threads so far (schedstat: exact, where
+        /proc/PID/stat counts clock ticks). Unlike wall time it does not grow when the
+        host's CPUs are busy with other work, so it compares runs on a loaded machine."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that just ended
+        return total
 
     def request(self, req: dict[str, Any]) -> None:
         """Send a control request; its reply arrives among the events."""
@@ -38,8 +59,24 @@ class BenchDomain:
                 return
 
 
+def bare_exit(n: int, vcpus: int = 1) -> dict[str, float]:
+    """The C floor: guests/build/bare_exit runs hello.elf's bench loops (the same guest
+    instructions) on KVM with a minimal C VMM. exit_us / hcall_us per iteration, and with
+    vcpus > 1 the total hypercalls/s of all vCPUs at once."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
+    out = subprocess.run([str(ROOT / "guests" / "build" / "bare_exit"), str(n), str(vcpus)],
+                         check=True, capture_output=True, text=True).stdout
+    kv = dict(f.split("=") for f in out.split())
+    res = {"exit_us": float(kv["exit_ns"]) / 1000, "hcall_us": float(kv["hcall_ns"]) / 1000,
+           "exit_cpu_us": float(kv["exit_cpu_ns"]) / 1000,
+           "hcall_cpu_us": float(kv["hcall_cpu_ns"]) / 1000}
+    if "hcalls_per_s" in kv:
+        res["smp_hcalls_per_s"] = float(kv["hcalls_per_s"])
+    return res
+
+
 @contextmanager
-def bench_domain(guest: str, cmdline: str) -> Iterator[BenchDomain]:
+def bench_domain(guest: str, cmdline: str, vcpus: int = 1) -> Iterator[BenchDomain]:
     """Boot guests/build/<guest>.elf with `cmdline`, unpaused; destroyed on exit."""
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
     with tempfile.TemporaryDirectory(prefix="pyxen-bench-") as tmp:
@@ -47,7 +84,7 @@ def bench_domain(guest: str, cmdline: str) -> Iterator[BenchDomain]:
         ddir.mkdir(parents=True)
         cfg = ddir / "config.json"
         cfg.write_text(json.dumps({
-            "name": "bench", "type": "pvh", "memory": 32, "vcpus": 1, "ramdisk": None,
+            "name": "bench", "type": "pvh", "memory": 32, "vcpus": vcpus, "ramdisk": None,
             "kernel": str(ROOT / "guests" / "build" / f"{guest}.elf"), "cmdline": cmdline}))
         env = dict(os.environ, PYXEN_RUNDIR=tmp,
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -61,7 +98,7 @@ def bench_domain(guest: str, cmdline: str) -> Iterator[BenchDomain]:
                 raise SystemExit(f"bench: {built.get('message', 'the VMM did not start')}")
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(ddir / "control.sock"))
-                dom = BenchDomain(s.makefile("rwb"))
+                dom = BenchDomain(s.makefile("rwb"), proc.pid)
                 dom.request({"id": 1, "op": "unpause"})
                 yield dom
                 dom.request({"id": 0, "op": "destroy"})

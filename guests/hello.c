@@ -14,7 +14,8 @@
  *
  * printk writes each line twice, as a Xen guest may: to console_io (the hypervisor log,
  * `xl dmesg`) and to the PV console ring (`xl console`); "hvc=0" leaves the ring alone.
- *   mode=bench n=N           N ignored port writes, then N hypercalls (bench/hypercall.py)
+ *   mode=bench n=N [smp=1]   N ignored port writes, then N hypercalls (bench/hypercall.py);
+ *                            smp=1: then N hypercalls on each of vCPUs 0 and 1 at once
  *   mode=xenbus|badconsole|xsflood   PV console ring and xenbus (pvdemo.c)
  *   mode=fuzz seed=S n=N     N pseudo-random hostile hypercalls, a summary, poweroff (fuzz.c)
  *   mode=balloon [out=N]     memory map, shared info moves, ballooning (balloon.c)
@@ -96,11 +97,18 @@ static uint64_t user_spin(uint64_t x)
 }
 
 static int hotplug_mode;  /* mode=hotplug: APs stay up, blocked, until taken down */
+static volatile unsigned long bench_smp_n;   /* mode=bench smp=1: the APs' loop */
+static volatile int bench_go, bench_done;
 
 void ap_main(unsigned int id)
 {
     printk("pyxen hello: vcpu %u is up (cpuid vcpu id %u)\n", id, cpuid_vcpu_id());
     ap_ready[id] = 1;
+    if (bench_smp_n) {
+        while (!bench_go) cpu_relax();
+        for (unsigned long i = 0; i < bench_smp_n; i++) xen_version(XENVER_version, NULL);
+        __atomic_add_fetch(&bench_done, 1, __ATOMIC_SEQ_CST);
+    }
     if (hotplug_mode)
         for (;;) sched_op(SCHEDOP_block, NULL);  /* VCPUOP_down from vCPU 0 parks us */
     vcpu_op(VCPUOP_down, id, NULL);
@@ -378,7 +386,8 @@ static void echo(void)
     }
 }
 
-static void bench(unsigned long n)
+
+static void bench(unsigned long n, int smp)
 {
     printk("pyxen bench: exit loop start n=%lu\n", n);
     for (unsigned long i = 0; i < n; i++) outb(0x80, 0);
@@ -386,6 +395,15 @@ static void bench(unsigned long n)
     printk("pyxen bench: hypercall loop start n=%lu\n", n);
     for (unsigned long i = 0; i < n; i++) xen_version(XENVER_version, NULL);
     printk("pyxen bench: hypercall loop done\n");
+    if (smp) {  /* the same loop on every vCPU at once */
+        bench_smp_n = n;
+        unsigned int nv = bring_up_vcpus();
+        printk("pyxen bench: smp hypercall loop start n=%lu vcpus=%u\n", n, nv);
+        bench_go = 1;
+        for (unsigned long i = 0; i < n; i++) xen_version(XENVER_version, NULL);
+        while (bench_done < (int)nv - 1) cpu_relax();
+        printk("pyxen bench: smp hypercall loop done\n");
+    }
     shutdown(SHUTDOWN_poweroff);
 }
 
@@ -450,7 +468,7 @@ void kmain(uint32_t start_info_paddr)
     if (streq(mode, "balloon")) balloon_main(start_info);
     if (streq(mode, "balloond")) balloond_main(start_info);
     if (streq(mode, "vnuma")) vnuma_main(start_info);
-    if (streq(mode, "bench")) bench(opt_ul("n", 100000));
+    if (streq(mode, "bench")) bench(opt_ul("n", 100000), (int)opt_ul("smp", 0));
     if (streq(mode, "fuzz")) {
         unsigned long seed = opt_ul("seed", 1);
         fuzz_main(seed, opt_ul("n", 2000), ram_end(), domid);

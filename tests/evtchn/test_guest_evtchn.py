@@ -90,7 +90,8 @@ def test_granted_page_round_trip_and_backend_checks(boot, guests: Path) -> None:
     assert ev["reason"] == "poweroff", "\n".join(d.log)
     lines = d.guest_lines()
     got = [ln for ln in lines if ln.startswith("loopback: ")
-           and not ln.startswith(("loopback: port=", "loopback: bench", "loopback: done"))]
+           and not ln.startswith(("loopback: port=", "loopback: bench", "loopback: done",
+                                          "loopback: ping loop"))]
     assert got == LOOPBACK_EXPECTED
     assert re.fullmatch(r"loopback: bench n=50 exit_cycles=\d+ rtt_cycles=\d+ tsc_khz=\d+",
                         line(lines, "loopback: bench"))
@@ -212,7 +213,7 @@ def test_fifo_loopback_backend_events(boot, guests: Path) -> None:
     assert "evtchn: FIFO ABI, link_bits 17" in lines
     got = [ln for ln in lines if ln.startswith("loopback: ")
            and not ln.startswith(("loopback: port=", "loopback: bench", "loopback: done",
-                                  "loopback: fifo"))]
+                                  "loopback: fifo", "loopback: ping loop"))]
     assert got == LOOPBACK_EXPECTED
     m = re.fullmatch(r"loopback: fifo events=(\d+) expected=(\d+)", line(lines, "loopback: fifo"))
     assert m, lines

@@ -47,6 +47,7 @@ from .xsm import XsmDenied, xsm_target
 
 if TYPE_CHECKING:
     from .domain import VCPU, Domain
+    from .memory import GuestMemory
 
 __all__ = ["ECS_FREE", "ECS_INTERDOMAIN", "ECS_IPI", "ECS_PIRQ", "ECS_RESERVED",
            "ECS_UNBOUND", "ECS_VIRQ", "BackendEventChannels", "BackendPort", "Channel",
@@ -318,11 +319,9 @@ class EventChannels:
 # --- a guest's table: delivery through its ABI, the upcall ---------------------------------------
 
 
-def _hva(memory: object, gpa: int, n: int) -> int:
-    """Host address of guest-physical [gpa, gpa+n) (one RAM region), or GuestFault."""
-    from .memory import GuestMemory
-
-    assert isinstance(memory, GuestMemory)
+def _hva(memory: GuestMemory, gpa: int, n: int) -> int:
+    """Host address of guest-physical [gpa, gpa+n) (one RAM region), or GuestFault. On
+    every event raised (no import or isinstance here: measured ~1 us each)."""
     return memory.hva + memory._offset(gpa, n)
 
 

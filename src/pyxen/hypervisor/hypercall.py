@@ -20,7 +20,7 @@ from .public.xen import HYPERCALL_NAMES
 Handler = Callable[["HypercallContext"], int]
 
 
-@dataclass
+@dataclass(slots=True)
 class HypercallContext:
     domain: Domain
     vcpu: VCPU

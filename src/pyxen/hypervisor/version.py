@@ -24,9 +24,11 @@ def _cstr(s: str, size: int) -> bytes:
 
 def do_xen_version(ctx: HypercallContext) -> int:
     cmd, arg = ctx.sarg(0), ctx.arg(1)
-    g = ctx.guest
-    if cmd == V.XENVER_version:
+    if cmd == V.XENVER_version:  # the hot one (a guest's "am I on Xen" probe): no pointer
         return (XEN_MAJOR << 16) | XEN_MINOR
+    if cmd == V.XENVER_pagesize:
+        return 4096
+    g = ctx.guest
     if cmd == V.XENVER_extraversion:
         g.write(arg, _cstr(XEN_EXTRAVERSION, V.XEN_EXTRAVERSION_LEN))
     elif cmd == V.XENVER_compile_info:

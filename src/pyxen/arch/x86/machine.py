@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from ...hypervisor import hypercall as HC
 from ...hypervisor.domain import VCPU, Domain
@@ -34,7 +35,13 @@ from .vcpu_state import hvm_context_state, pvh_boot_state
 from .vmcall import HYPERCALL_INSNS, enable_xen_hcall_intercept
 from .watchdog import VMCALL_FAST, VMCALL_SLOW, VcpuWatch, Watchdog, thread_cpu
 
+try:  # the vCPU exit loop in C (setup.py builds it; without it the Python loop below runs)
+    from . import _vcpuloop
+except ImportError:  # pragma: no cover - a checkout built without a compiler
+    _vcpuloop = None  # type: ignore[assignment]
+
 XEN_DEBUG_PORT = 0xE9
+PURE_LOOP_ENV = "PYXEN_PURE_VCPU_LOOP"  # set (non-empty): run the pure-Python loop
 KICK_SIGNAL = signal.SIGUSR1
 TSS_ADDR = 0xFFFBD000
 MSR_IA32_TSC = 0x10
@@ -60,6 +67,11 @@ _SS_DPL = _SYNC_SREGS + K.kvm_sregs.ss.offset + K.kvm_segment.dpl.offset
 CALLBACK_RETRY_MIN = 0.0005
 CALLBACK_RETRY_MAX = 0.016
 CALLBACK_RECHECK = 0.002
+
+
+def c_loop_available() -> bool:
+    """Whether vCPU threads run the C exit loop (_vcpuloop.c): built, and not turned off."""
+    return _vcpuloop is not None and not os.environ.get(PURE_LOOP_ENV)
 
 
 def install_kick_handler() -> None:
@@ -192,61 +204,17 @@ class X86Machine:
         with w.lock:
             w.ident, w.native_id = v.thread_ident, threading.get_native_id()
             w.clock = time.pthread_getcpuclockid(v.thread_ident)
-        # The hot loop: everything it touches per exit is a local.
         m = kv._map
-        fd = kv.fd
-        ioctl, get_errno, exit_hdr, u32 = _ioctl, ctypes.get_errno, _EXIT_HDR.unpack_from, \
-            _U32.unpack_from
-        may_run, hypercall, handle_exit, work = d.may_run, self._hypercall, self._exit, \
-            self._work
-        KVM_RUN, EXIT_IO, IO_OUT, EXIT_INTR = (K.KVM_RUN, K.KVM_EXIT_IO, K.KVM_EXIT_IO_OUT,
-                                               K.KVM_EXIT_INTR)
 
         def go() -> None:
             with w.lock:  # kick_work sets `now` then immediate_exit under it: none is lost
                 m[_IMMEDIATE_EXIT] = 1 if w.now else 0
 
         try:
-            while True:
-                # Fast path: still allowed to run and nobody kicked us (a kick sets
-                # immediate_exit under domain.cond, so KVM_RUN would return at once).
-                if not (v.running and not m[_IMMEDIATE_EXIT] and may_run(v)):
-                    if not d.wait_runnable(v, go):
-                        break
-                try:
-                    if v.pending_context is not None:
-                        ctx, v.pending_context = v.pending_context, None
-                        regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
-                        kv.set_sregs(sregs)
-                        kv.set_regs(regs)
-                        kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
-                    if ioctl(fd, KVM_RUN, 0) < 0:  # Vcpu.run, inlined
-                        w.exits += 1
-                        e = get_errno()
-                        if e in (errno.EINTR, errno.EAGAIN):
-                            # kicked: the vCPU's state is complete here (pending I/O
-                            # finished, registers in the sync area), so it can be looked at
-                            if w.now:
-                                work(v, kv, w)
-                            continue
-                        raise KvmError(e, f"KVM_RUN: {os.strerror(e)}")
-                    w.exits += 1
-                    reason, direction, size, port, count, data = exit_hdr(m, 8)
-                    if reason == EXIT_IO and direction == IO_OUT and port != XEN_DEBUG_PORT:
-                        if port == HYPERCALL_PORT and size == 4 and count == 1:
-                            hypercall(v, kv, u32(m, data)[0])
-                        # else: a port nobody emulates: writes are ignored
-                    elif reason != EXIT_INTR:
-                        handle_exit(v, kv, reason)
-                    if w.armed and kv.sync_regs.rflags & RFLAGS_IF:
-                        # a callback vector waits and may be taken now: finish this exit
-                        # (KVM_RUN returns at once), then look
-                        with w.lock:
-                            w.now = True
-                            m[_IMMEDIATE_EXIT] = 1
-                except Exception as e:  # a bug or a hostile guest: this domain only
-                    self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
-                                traceback.format_exc())
+            if c_loop_available():
+                self._c_vcpu_loop(v, kv, w, go)
+            else:
+                self._py_vcpu_loop(v, kv, w, go)
         finally:
             with w.lock:
                 w.ident = w.clock = None
@@ -257,6 +225,127 @@ class X86Machine:
                     v.thread_ident = None
                     v.running = False
                     d.cond.notify_all()
+
+    def _load_pending_context(self, v: VCPU, kv: Vcpu) -> None:
+        ctx, v.pending_context = v.pending_context, None
+        regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
+        kv.set_sregs(sregs)
+        kv.set_regs(regs)
+        kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+
+    def _c_vcpu_loop(self, v: VCPU, kv: Vcpu, w: VcpuWatch, go: Callable[[], None]) -> None:
+        """The exit loop in C (_vcpuloop.c): it returns here only for what needs more than
+        a hypercall handler: kicks, the callback vector, and every other kind of exit."""
+        d = self.domain
+        m = kv._map
+        c_run, ARMED, EXIT_INTR = _vcpuloop.run, _vcpuloop.ARMED, K.KVM_EXIT_INTR
+        may_run, handle_exit, work = d.may_run, self._exit, self._work
+        fd, run_addr, ctl_addr = kv.fd, kv.run_addr, ctypes.addressof(w.ctl)
+        hypercall = self._hypercall_entry(v, kv)
+        while True:
+            if not (v.running and not m[_IMMEDIATE_EXIT] and may_run(v)):
+                if not d.wait_runnable(v, go):
+                    break
+            try:
+                if v.pending_context is not None:
+                    self._load_pending_context(v, kv)
+                try:
+                    rc = c_run(fd, run_addr, ctl_addr, hypercall, HYPERCALL_PORT,
+                               XEN_DEBUG_PORT)
+                except OSError as e:
+                    raise KvmError(e.errno or 0, f"KVM_RUN: {e.strerror}") from None
+                if rc < 0 and rc != ARMED:  # kicked: the vCPU's state is complete here
+                    if w.now:
+                        work(v, kv, w)
+                    continue
+                if rc > 0 and rc != EXIT_INTR:
+                    handle_exit(v, kv, rc)
+                if w.armed and kv.sync_regs.rflags & RFLAGS_IF:
+                    with w.lock:  # a callback vector may be taken now: look (see below)
+                        w.now = True
+                        m[_IMMEDIATE_EXIT] = 1
+            except Exception as e:  # a bug or a hostile guest: this domain only
+                self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
+                            traceback.format_exc())
+
+    def _hypercall_entry(self, v: VCPU, kv: Vcpu) -> Callable[..., int]:
+        """The callable the C loop hands each hypercall to, with the argument registers
+        already read: it builds the context, dispatches, and stops the C loop (through
+        immediate_exit) when the handler left the vCPU unable to run on (VCPUOP_down of
+        itself, a pause), as the Python loop's check before each entry would."""
+        d = self.domain
+        m = kv._map
+        s = kv.sync_sregs
+        mem = d.memory
+        read = mem.read
+        may_run, Context = d.may_run, HC.HypercallContext
+
+        def guest_maker(compat: bool) -> Callable[[], GuestAccess]:
+            def make_guest() -> GuestAccess:  # only for handlers that take pointers
+                st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+                return GuestAccess(mem, lambda va, w: translate(read, st, va, w), compat)
+            return make_guest
+
+        make_guest = (guest_maker(True), guest_maker(False))  # by long mode
+
+        def hypercall(nr: int, a1: int, a2: int, a3: int, a4: int, a5: int,
+                      flags: int) -> int:
+            ret = dispatch(Context(d, v, (a1, a2, a3, a4, a5), make_guest[flags & 1],
+                                   bool(flags & 1), bool(flags & 2)), nr)
+            if not (v.running and may_run(v)):
+                m[_IMMEDIATE_EXIT] = 1
+            return ret
+
+        return hypercall
+
+    def _py_vcpu_loop(self, v: VCPU, kv: Vcpu, w: VcpuWatch, go: Callable[[], None]) -> None:
+        """The same loop in pure Python (no C compiler, or PYXEN_PURE_VCPU_LOOP set)."""
+        d = self.domain
+        # The hot loop: everything it touches per exit is a local.
+        m = kv._map
+        fd = kv.fd
+        ioctl, get_errno, exit_hdr, u32 = _ioctl, ctypes.get_errno, _EXIT_HDR.unpack_from, \
+            _U32.unpack_from
+        may_run, hypercall, handle_exit, work = d.may_run, self._hypercall, self._exit, \
+            self._work
+        KVM_RUN, EXIT_IO, IO_OUT, EXIT_INTR = (K.KVM_RUN, K.KVM_EXIT_IO, K.KVM_EXIT_IO_OUT,
+                                               K.KVM_EXIT_INTR)
+        while True:
+            # Fast path: still allowed to run and nobody kicked us (a kick sets
+            # immediate_exit under domain.cond, so KVM_RUN would return at once).
+            if not (v.running and not m[_IMMEDIATE_EXIT] and may_run(v)):
+                if not d.wait_runnable(v, go):
+                    break
+            try:
+                if v.pending_context is not None:
+                    self._load_pending_context(v, kv)
+                if ioctl(fd, KVM_RUN, 0) < 0:  # Vcpu.run, inlined
+                    w.exits += 1
+                    e = get_errno()
+                    if e in (errno.EINTR, errno.EAGAIN):
+                        # kicked: the vCPU's state is complete here (pending I/O
+                        # finished, registers in the sync area), so it can be looked at
+                        if w.now:
+                            work(v, kv, w)
+                        continue
+                    raise KvmError(e, f"KVM_RUN: {os.strerror(e)}")
+                w.exits += 1
+                reason, direction, size, port, count, data = exit_hdr(m, 8)
+                if reason == EXIT_IO and direction == IO_OUT and port != XEN_DEBUG_PORT:
+                    if port == HYPERCALL_PORT and size == 4 and count == 1:
+                        hypercall(v, kv, u32(m, data)[0])
+                    # else: a port nobody emulates: writes are ignored
+                elif reason != EXIT_INTR:
+                    handle_exit(v, kv, reason)
+                if w.armed and kv.sync_regs.rflags & RFLAGS_IF:
+                    # a callback vector waits and may be taken now: finish this exit
+                    # (KVM_RUN returns at once), then look
+                    with w.lock:
+                        w.now = True
+                        m[_IMMEDIATE_EXIT] = 1
+            except Exception as e:  # a bug or a hostile guest: this domain only
+                self._crash(v, kv, f"pyxen internal error: {type(e).__name__}: {e}",
+                            traceback.format_exc())
 
     # --- what KVM keeps to itself: HLT, VMCALL, the callback vector ----------------------
 

@@ -26,6 +26,7 @@ TICK while nothing is due.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -48,10 +49,12 @@ class VcpuWatch:
     """Per-vCPU state shared by the vCPU thread (exits, now, done_*) and the watchdog."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    exits: int = 0  # returns from KVM_RUN (the vCPU thread counts them)
+    # [exits, armed] in C memory, shared with the C vCPU loop (_vcpuloop.c): returns
+    # from KVM_RUN (the vCPU thread counts them), and "a callback vector is pending for
+    # this vCPU" (machine.py); read and written through the properties below.
+    ctl: ctypes.Array = field(default_factory=lambda: (ctypes.c_uint64 * 2)())
     now: bool = False  # work for the vCPU thread at its next return from KVM_RUN
     probe: bool = False  # the watchdog asks for a probe
-    armed: bool = False  # a callback vector is pending for this vCPU (machine.py)
     retry_at: float | None = None  # when to look at the callback again
     backoff: float = 0.0
     last_vmcall: float = -1e9  # monotonic time of the last VMCALL found by a probe
@@ -69,6 +72,22 @@ class VcpuWatch:
     done_exits: int = -1
     done_cpu: float = 0.0
     done_at: float = 0.0
+
+    @property
+    def exits(self) -> int:
+        return self.ctl[0]
+
+    @exits.setter
+    def exits(self, n: int) -> None:
+        self.ctl[0] = n
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.ctl[1])
+
+    @armed.setter
+    def armed(self, on: bool) -> None:
+        self.ctl[1] = 1 if on else 0
 
 
 def thread_cpu() -> float:
