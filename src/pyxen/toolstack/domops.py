@@ -228,7 +228,7 @@ async def _dev_stats(dom: Domain) -> dict[str, Any]:
         return {"vbds": [], "vifs": []}
     try:
         reply = await dom.ctl.request("dev_stats", timeout=3.0)
-    except (OpError, ConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, OpError, ConnectionError):
         return {"vbds": [], "vifs": []}
     if not reply.get("ok"):
         return {"vbds": [], "vifs": []}
