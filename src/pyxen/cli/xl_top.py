@@ -183,13 +183,14 @@ def render(s: Sample, delay: float, sort: int, nets: bool, vbds: bool, vcpus: bo
     return Group(Text("\n".join(summary(s, delay))), table, keys)
 
 
-def _key(timeout: float) -> str | None:
+def _keys(timeout: float) -> str | None:
+    """The keys typed (all of them: a burst arrives in one read), or None on timeout."""
     fd = sys.stdin.fileno()
     ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
     if not ready:
         return None
-    data = os.read(fd, 16)
-    return data.decode(errors="replace")[:1] if data else "q"
+    data = os.read(fd, 64)
+    return data.decode(errors="replace") if data else "q"
 
 
 @cli.command("top", context_settings=CONTEXT)
@@ -236,22 +237,22 @@ def _interactive(prev: Sample, delay: float, iterations: int | None, nets: bool,
                   screen=True, auto_refresh=False) as live:
             deadline = time.monotonic() + min(delay, 1.0)
             while True:
-                key = _key(deadline - time.monotonic())
-                if key is not None:
-                    k = key.lower()
-                    if k in ("q", "\x1b"):
-                        return
-                    if k == "s":
-                        sort = (sort + 1) % len(COLUMNS)
-                    elif k == "d":
-                        delay = DELAYS[(DELAYS.index(delay) + 1) % len(DELAYS)] \
-                            if delay in DELAYS else DELAYS[0]
-                    elif k == "n":
-                        nets = not nets
-                    elif k == "b":
-                        vbds = not vbds
-                    elif k == "v":
-                        vcpus = not vcpus
+                keys = _keys(deadline - time.monotonic())
+                if keys is not None:
+                    for k in keys.lower():
+                        if k in ("q", "\x1b"):
+                            return
+                        if k == "s":
+                            sort = (sort + 1) % len(COLUMNS)
+                        elif k == "d":
+                            delay = DELAYS[(DELAYS.index(delay) + 1) % len(DELAYS)] \
+                                if delay in DELAYS else DELAYS[0]
+                        elif k == "n":
+                            nets = not nets
+                        elif k == "b":
+                            vbds = not vbds
+                        elif k == "v":
+                            vcpus = not vcpus
                     live.update(render(prev, delay, sort, nets, vbds, vcpus), refresh=True)
                     continue
                 prev = take(prev)
