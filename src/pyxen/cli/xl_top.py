@@ -64,7 +64,9 @@ class Sample:
 
 def take(prev: Sample | None) -> Sample:
     reply = _xl.call("top")
-    s = Sample(reply, time.monotonic())
+    # hostd's clock at the sample (CLOCK_MONOTONIC is the host's): the interval the CPU
+    # times grew over, without the request's latency
+    s = Sample(reply, float(reply.get("at", time.monotonic())))
     if prev is not None:
         dt = s.at - prev.at
         before = {d["domid"]: d["cpu_time"] for d in prev.reply["domains"]}

@@ -202,6 +202,7 @@ async def top(hostd: Hostd) -> dict[str, Any]:
     memory now / maximum, vCPUs, and per device the backends' counters; and the host's
     totals (memory, CPUs) for the percentages and the summary lines."""
     rows = await hostd.list_domains(None)
+    at = time.monotonic()  # when the CPU times were read (xl top's interval)
     stats = await asyncio.gather(*(_dev_stats(hostd.domains[r["domid"]])
                                    for r in rows if r["domid"] in hostd.domains))
     by_id = dict(zip([r["domid"] for r in rows if r["domid"] in hostd.domains], stats,
@@ -219,7 +220,7 @@ async def top(hostd: Hostd) -> dict[str, Any]:
                     "cpu_time": r["cpu_time"], "mem_kib": mem_kib, "maxmem_kib": max_kib,
                     "vcpus": r["vcpus"], "vifs": dev["vifs"], "vbds": dev["vbds"],
                     "ssid": 0})
-    return {"domains": out, "total_kib": mi.get("MemTotal", 0),
+    return {"domains": out, "at": at, "total_kib": mi.get("MemTotal", 0),
             "free_kib": hostd.free_memory_mib() * 1024, "ncpus": os.cpu_count() or 1}
 
 
