@@ -234,3 +234,23 @@ def test_console_types_and_reboot_force(host: Host, tmp_path: Path) -> None:
 def host_xl(host: Host) -> list[str]:
     import sys
     return [sys.executable, "-m", "pyxen.cli.xl"]
+
+
+def test_reboot_force_without_pv_drivers_is_libxls_pvh_answer(host: Host, tmp_path: Path,
+                                                              monkeypatch) -> None:  # noqa: ANN001
+    """libxl asks only HVM guests whether they run PV drivers: for a PVH guest -F never
+    falls back to the ACPI reset trigger; the request is written and the guest (mode=block:
+    no PV drivers) never acknowledges it; the domain is left as it was."""
+    monkeypatch.setenv("PYXEN_PVCONTROL_TIMEOUT", "2")  # hostd inherits it from xl
+    assert host.xl("create", cfg(tmp_path, "blk", "block")).returncode == 0
+    domid = int(host.xl("domid", "blk", check=True).stdout)
+    r = host.xl("reboot", "-F", "blk")
+    assert r.returncode == 1, r
+    assert r.stderr.splitlines() == [f"Rebooting domain {domid}",
+                                     "guest didn't acknowledge control request (reboot) "
+                                     "within 2 s"]
+    assert host.xenstore("xenstore-read", f"/local/domain/{domid}/control/shutdown") \
+        .stdout.strip() == "reboot"
+    assert host.list()["blk"]["id"] == str(domid)
+    assert one_line_error(host.xl("uptime", "nope")) == \
+        "nope is an invalid domain identifier (rc=-6)"
