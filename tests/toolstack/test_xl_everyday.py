@@ -21,6 +21,7 @@ pytestmark = [needs_vmm, pytest.mark.timeout(240)]
 VGC_SIZE = 5168  # sizeof(vcpu_guest_context_t), x86_64 (tests/test_abi_layout.py checks it)
 RIP_OFF = 520 + 128  # offsetof(vcpu_guest_context_t, user_regs.rip)
 CR3_OFF = 4984 + 3 * 8  # ctrlreg[3]
+UNKNOWN_NOPE = "nope is an invalid domain identifier (rc=-6)"  # xl's find_domain() error
 
 
 def cfg(tmp_path: Path, name: str, mode: str = "idle", **extra: str) -> str:
@@ -83,7 +84,7 @@ def test_rename_updates_xenstore_and_survives_a_new_hostd(host: Host, tmp_path: 
     assert one_line_error(host.xl("rename", "c", "Domain-0")) == \
         'Domain with name "Domain-0" already exists.'
     assert one_line_error(host.xl("rename", "nope", "x")) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
     assert list(host.list()) == ["Domain-0", "c", "b"]
 
     # a hostd that dies and comes back adopts the domain under its new name
@@ -107,7 +108,7 @@ def test_sysrq_reaches_the_guests_pv_drivers(host: Host, tmp_path: Path) -> None
     host.wait_for(lambda: dmesg_has(host, f"(d{domid}) pyxen hello: sysrq s"), "second sysrq")
     assert one_line_error(host.xl("sysrq", "idle", "hh")) == "Invalid sysrq."
     assert one_line_error(host.xl("sysrq", "nope", "h")) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
     assert host.list()["idle"]["state"] in ("-b----", "r-----")
 
 
@@ -126,7 +127,7 @@ def test_triggers_as_xen_applies_them_to_pvh(host: Host, tmp_path: Path) -> None
         "No such process")
     assert one_line_error(host.xl("trigger", "idle", "bogus")) == 'Invalid trigger "bogus"'
     assert one_line_error(host.xl("trigger", "nope", "nmi")) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
     assert host.list()["idle"]["state"] in ("-b----", "r-----")
     # an NMI reaches vCPU 0 (KVM_NMI): this guest has no NMI handler and reports vector 2
     assert host.xl("trigger", "idle", "nmi", "0").returncode == 0
@@ -198,7 +199,7 @@ def test_dump_core_is_xens_elf_format_with_the_guests_memory(host: Host,
     assert err.startswith("core dump failed: ") and "No such file or directory" in err
     assert not bad.parent.exists()
     assert one_line_error(host.xl("dump-core", "nope", str(tmp_path / "x"))) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
     assert not (tmp_path / "x").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if "core" in p.name) == ["idle.core"]
 
@@ -210,7 +211,7 @@ def test_console_types_and_reboot_force(host: Host, tmp_path: Path) -> None:
     assert one_line_error(host.xl("console", "-n", "1", "idle")) == \
         f"Unable to attach console: domain {domid} has no pv console 1"
     assert one_line_error(host.xl("console", "-t", "pv", "nope")) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
     assert host.xl("console", "-t", "bogus", "idle").returncode != 0
     # -t pv -n 0: the PV console, attached until the domain goes
     p = subprocess.Popen([*host_xl(host), "console", "-t", "pv", "-n", "0", "idle"],
@@ -253,4 +254,4 @@ def test_reboot_force_without_pv_drivers_is_libxls_pvh_answer(host: Host, tmp_pa
         .stdout.strip() == "reboot"
     assert host.list()["blk"]["id"] == str(domid)
     assert one_line_error(host.xl("uptime", "nope")) == \
-        "nope is an invalid domain identifier (rc=-6)"
+        UNKNOWN_NOPE
