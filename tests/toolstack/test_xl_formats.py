@@ -92,6 +92,12 @@ def test_list_vcpu_list_uptime_vm_list_as_xl_prints_them(host: Host, tmp_path: P
             assert_printf(LIST_ROW + tail, line)
             assert line.endswith("               -")  # no XSM label
 
+    lines = host.xl("list", "-c", "-n", check=True).stdout.splitlines()
+    assert lines[0] == LIST_HEADER + "         Cpupool NODE Affinity"
+    for line in lines[1:]:
+        assert_printf(LIST_ROW + "%16s %s", line)
+        assert line.endswith("          Pool-0 all"), line  # print_bitmap: every node
+
     lines = host.xl("vcpu-list", check=True).stdout.splitlines()
     fmt, args = VCPU_HEADER
     assert lines[0] == fmt % args  # Python's % is C's printf for these conversions

@@ -141,8 +141,11 @@ LIST_HEADER = "Name                                        ID   Mem VCPUs\tState
 @click.option("-l", "--long", "long_", is_flag=True, help="Output all configuration as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show UUID and shutdown reason.")
 @click.option("-Z", "--context", is_flag=True, help="Also show the security label.")
+@click.option("-c", "--cpupool", is_flag=True, help="Also show the cpupool.")
+@click.option("-n", "--numa", is_flag=True, help="Also show the NODE affinity.")
 @click.argument("domains", nargs=-1)
-def list_(long_: bool, verbose: bool, context: bool, domains: tuple[str, ...]) -> None:
+def list_(long_: bool, verbose: bool, context: bool, cpupool: bool, numa: bool,
+          domains: tuple[str, ...]) -> None:
     """List information about all/some domains."""
     doms = call("list", domains=list(domains))["domains"]
     if long_:
@@ -151,8 +154,9 @@ def list_(long_: bool, verbose: bool, context: bool, domains: tuple[str, ...]) -
         return
     header = LIST_HEADER + ("   UUID                            Reason-Code\tSecurity Label"
                             if verbose else "   Security Label" if context else "")
-    lines = [header]
-    for d in doms:
+    extra, tails = _xl_dom.list_columns(doms, cpupool, numa)  # -c, -n: cli/xl_dom.py
+    lines = [header + extra]
+    for d, tail in zip(doms, tails, strict=True):
         line = (f"{d['name']:<40} {d['domid']:>5} {d['memory']:>5} {d['vcpus']:>5}     "
                 f"{d['state']}  {d['cpu_time']:>8.1f}")
         if verbose:
@@ -160,7 +164,7 @@ def list_(long_: bool, verbose: bool, context: bool, domains: tuple[str, ...]) -
             line += f" {d['uuid']} " + (f"{code:>8x}" if code is not None else f"{'-':>8}")
         if verbose or context:  # no XSM label (Xen without FLASK prints "-")
             line += f" {'-':>16}"
-        lines.append(line)
+        lines.append(line + tail)
     click.echo("\n".join(lines))
 
 

@@ -144,3 +144,50 @@ def trigger(domain: str, trigger_name: str, vcpu: str | None) -> None:
 def dump_core(domain: str, filename: str) -> None:
     """Core dump a domain (an ELF file in Xen's dump-core format)."""
     call("dump_core", domain=domain, path=os.path.abspath(filename))
+
+
+# --------------------------------------------------------------------------- list -c / -n
+
+def print_bitmap(bits: set[int], n: int) -> str:
+    """xl_utils.c's print_bitmap(): "all", "none", or ranges such as "0-1,3"."""
+    if not any(i in bits for i in range(n)):
+        return "none"
+    if all(i in bits for i in range(n)):
+        return "all"
+    out, i = [], 0
+    while i < n:
+        if i in bits:
+            j = i
+            while j + 1 < n and j + 1 in bits:
+                j += 1
+            out.append(f"{i}-{j}" if j > i else f"{i}")
+            i = j + 1
+        else:
+            i += 1
+    return ",".join(out)
+
+
+def list_columns(doms: list[dict[str, Any]], cpupool: bool,
+                 numa: bool) -> tuple[str, list[str]]:
+    """xl list -c / -n (xl_info.c's list_domains): the header's extra text and each row's,
+    the cpupool name ("%16s") and the node affinity (" " + print_bitmap)."""
+    if not (cpupool or numa):
+        return "", [""] * len(doms)
+    pool_of: dict[int, str] = {}
+    if cpupool:
+        for p in call("cpupool_list")["pools"]:
+            for d in p["domains"]:
+                pool_of[d["domid"]] = p["name"]
+    nr_nodes = 1
+    if numa:
+        info = dict(call("info")["info"])
+        nr_nodes = int(str(info.get("nr_nodes", "1")).strip() or 1)
+    header = ("         Cpupool" if cpupool else "") + (" NODE Affinity" if numa else "")
+    tails = []
+    for d in doms:
+        tail = f"{pool_of.get(d['domid'], 'Pool-0'):>16}" if cpupool else ""
+        if numa:
+            nodes = (d.get("config") or {}).get("numa_nodes") or list(range(nr_nodes))
+            tail += " " + print_bitmap(set(nodes), nr_nodes)
+        tails.append(tail)
+    return header, tails
