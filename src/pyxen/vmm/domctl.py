@@ -64,23 +64,6 @@ def _note(ntype: int, desc: bytes) -> bytes:
     return struct.pack("<III", len(name), len(desc), ntype) + name + desc + pad
 
 
-def _ram_gfns(d: Any) -> list[int]:
-    """The domain's RAM pages, by guest frame number (what Xen dumps of an HVM guest)."""
-    p2m = d.memory.p2m
-    out = []
-    with p2m.lock:
-        base = 0
-        for w in p2m.windows:
-            pop = p2m._pop[base:base + w.pages]
-            i = pop.find(1)
-            while i >= 0:
-                if (w.gfn + i) not in p2m.overlay:
-                    out.append(w.gfn + i)
-                i = pop.find(1, i + 1)
-            base += w.pages
-    return out
-
-
 def _vcpu_context(d: Any, i: int) -> bytes:
     """The vCPU's registers as XEN_DOMCTL_getvcpucontext gives them (x86_64 layout)."""
     ctx = C.vcpu_guest_context()
@@ -130,7 +113,7 @@ def dump_core(d: Any, path: str) -> dict[str, Any]:
         prstatus = b"".join(_vcpu_context(d, i) for i in range(d.max_vcpus))
     finally:
         d.unpause()
-    gfns = _ram_gfns(d)
+    gfns = d.memory.p2m.ram_gfns()
     shinfo = b"\0" * PAGE
     if d.shared_info_gpa is not None:
         try:
