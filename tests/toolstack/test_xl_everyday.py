@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -151,6 +152,12 @@ def test_dump_core_is_xens_elf_format_with_the_guests_memory(host: Host,
     for name in (".shstrtab", ".note.Xen", ".xen_prstatus", ".xen_shared_info", ".xen_pfn",
                  ".xen_pages"):
         assert f" {name} " in ra.stdout, name
+
+    if shutil.which("eu-readelf"):  # elfutils reads it too, notes included
+        eu = subprocess.run(["eu-readelf", "-S", "-n", str(core)], capture_output=True,
+                            text=True)
+        assert eu.returncode == 0 and eu.stderr == "", eu.stderr
+        assert ".xen_pages" in eu.stdout and eu.stdout.count("  Xen  ") >= 4, eu.stdout
 
     with core.open("rb") as f:
         elf = ELFFile(f)
