@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import struct
@@ -225,6 +226,12 @@ def test_console_types_and_reboot_force(host: Host, tmp_path: Path) -> None:
                          cwd=host.workdir, env=host.env, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # attached once the console replays what the guest printed before (its banner)
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready, "xl console -t pv -n 0 printed nothing"
+        first = p.stdout.readline()
+        assert "pyxen hello" in first, first
         # reboot -F of a PVH guest: PV control is always there (libxl), -F is not consulted
         r = host.xl("reboot", "-F", "idle")
         assert r.returncode == 0 and r.stderr == f"Rebooting domain {domid}\n", r
