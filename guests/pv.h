@@ -46,6 +46,8 @@ void xb_reset_state(void);
 int pv_control_init(void);             /* features, watch, callback param; 0 or -errno */
 int pv_control_event(const char *token); /* SHUTDOWN_poweroff/reboot to act on, or -1 */
 const char *pv_control_name(int reason);
+int pv_sysrq_init(void);                /* watch control/sysrq; 0 or -errno */
+int pv_sysrq_event(const char *token);  /* the sysrq key written (node cleared), or -1 */
 
 /* console_ring.c */
 int cons_init(void);                   /* HVM_PARAM_CONSOLE_PFN/EVTCHN; 0 or -errno */

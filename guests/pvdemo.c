@@ -154,6 +154,7 @@ void pv_idle(void)
     char path[128], token[32];
     long rc = xb_init();
     if (!rc) rc = pv_control_init();
+    if (!rc) rc = pv_sysrq_init();
     if (rc) {
         printk("pyxen hello: no PV control (%s)\n", xb_error_name(rc));
         for (;;) sched_op(SCHEDOP_block, NULL);
@@ -161,6 +162,8 @@ void pv_idle(void)
     for (;;) {
         pv_ack();
         while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+            int key = pv_sysrq_event(token);
+            if (key >= 0) printk("pyxen hello: sysrq %c\n", key);
             int reason = pv_control_event(token);
             if (reason >= 0) {
                 printk("pyxen hello: shutdown requested: %s\n", pv_control_name(reason));

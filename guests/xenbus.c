@@ -307,6 +307,20 @@ int pv_control_init(void)
     return (int)rc;
 }
 
+/* Linux's manage.c sysrq_handler: read control/sysrq, write "" back, run the key. */
+#define SYSRQ_TOKEN "sysrq"
+
+int pv_sysrq_init(void) { return (int)xb_watch("control/sysrq", SYSRQ_TOKEN); }
+
+int pv_sysrq_event(const char *token)
+{
+    char value[8];
+    if (strncmp(token, SYSRQ_TOKEN, sizeof(SYSRQ_TOKEN))) return -1;
+    if (xb_read("control/sysrq", value, sizeof(value)) < 0 || !value[0]) return -1;
+    xb_write("control/sysrq", "");
+    return (unsigned char)value[0];
+}
+
 const char *pv_control_name(int reason)
 { return reason == SHUTDOWN_reboot ? "reboot" : "poweroff"; }
 

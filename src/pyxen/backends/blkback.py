@@ -299,6 +299,10 @@ class Blkback(XenbusDevice):
         self.persistent = False
         self.discard = False
         self.lock = threading.Lock()
+        # Linux blkback's statistics/ (xentop's VBD_OO/RD/WR/RSECT/WSECT): requests
+        # served by kind, sectors moved; never out of requests (oo_req) here
+        self.stats = dict.fromkeys(("oo_req", "rd_req", "wr_req", "f_req", "ds_req",
+                                    "rd_sect", "wr_sect"), 0)
 
     # --- xenbus hooks --------------------------------------------------------------------
 
@@ -415,10 +419,13 @@ class Blkback(XenbusDevice):
         """One request, validated then served; the BLKIF_RSP_* status."""
         op = req.op
         if op in (B.BLKIF_OP_READ, B.BLKIF_OP_WRITE, B.BLKIF_OP_WRITE_BARRIER):
+            self.stats["rd_req" if op == B.BLKIF_OP_READ else "wr_req"] += 1
             return self._rw(q, req)
         if op == B.BLKIF_OP_FLUSH_DISKCACHE:
+            self.stats["f_req"] += 1
             return self._flush()
         if op == B.BLKIF_OP_DISCARD:
+            self.stats["ds_req"] += 1
             return self._discard(req)
         return B.BLKIF_RSP_EOPNOTSUPP
 
@@ -491,6 +498,7 @@ class Blkback(XenbusDevice):
                 done += n
             if req.op == B.BLKIF_OP_WRITE_BARRIER:
                 os.fdatasync(self.fd)
+            self.stats["wr_sect" if write else "rd_sect"] += total
             return B.BLKIF_RSP_OKAY
         except GrantError:
             return B.BLKIF_RSP_ERROR

@@ -123,8 +123,12 @@ LIST_HEADER = "Name                                        ID   Mem VCPUs\tState
 @cli.command("list", context_settings=CONTEXT)
 @click.option("-l", "--long", "long_", is_flag=True, help="Output all configuration as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show UUID and shutdown reason.")
+@click.option("-Z", "--context", is_flag=True, help="Also show the security label.")
+@click.option("-c", "--cpupool", is_flag=True, help="Also show the cpupool.")
+@click.option("-n", "--numa", is_flag=True, help="Also show the NODE affinity.")
 @click.argument("domains", nargs=-1)
-def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
+def list_(long_: bool, verbose: bool, context: bool, cpupool: bool, numa: bool,
+          domains: tuple[str, ...]) -> None:
     """List information about all/some domains."""
     doms = call("list", domains=list(domains))["domains"]
     if long_:
@@ -136,15 +140,18 @@ def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
         click.echo(json.dumps(out, indent=4))
         return
     header = LIST_HEADER + ("   UUID                            Reason-Code\tSecurity Label"
-                            if verbose else "")
-    lines = [header]
-    for d in doms:
+                            if verbose else "   Security Label" if context else "")
+    extra, tails = _xl_dom.list_columns(doms, cpupool, numa)  # -c, -n: cli/xl_dom.py
+    lines = [header + extra]
+    for d, tail in zip(doms, tails, strict=True):
         line = (f"{d['name']:<40} {d['domid']:>5} {d['memory']:>5} {d['vcpus']:>5}     "
                 f"{d['state']}  {d['cpu_time']:>8.1f}")
         if verbose:
             code = REASON_CODES.get(d.get("shutdown_reason") or "")
-            line += f" {d['uuid']} {code if code is not None else '-':>8} {'-':>16}"
-        lines.append(line)
+            line += f" {d['uuid']} " + (f"{code:>8x}" if code is not None else f"{'-':>8}")
+        if verbose or context:  # no XSM label (Xen without FLASK prints "-")
+            line += f" {'-':>16}"
+        lines.append(line + tail)
     click.echo("\n".join(lines))
 
 
@@ -246,9 +253,10 @@ def reboot(all_: bool, wait: bool, force: bool, domains: tuple[str, ...]) -> Non
 @click.argument("domain")
 def console(ctype: str | None, num: int, domain: str) -> None:
     """Attach to domain's console (Ctrl-] detaches)."""
-    if num != 0:
-        fail(f"console {num} not available: pyxen domains have console 0 only")
     reply = call("console", domain=domain)
+    if ctype == "serial" or num != 0:  # a PVH domain has PV console 0 only (no emulated UART)
+        fail(f"Unable to attach console: domain {reply['domid']} has no "
+             f"{ctype or 'pv'} console {num}")
     sys.exit(console_session(int(reply["domid"]), Path(reply["path"])))
 
 
@@ -415,6 +423,11 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
 
 _xl_sched.register(sys.modules[__name__])
+from pyxen.cli import xl_dom as _xl_dom  # noqa: E402 - domid, rename, uptime, sysrq, ...
+from pyxen.cli import xl_top as _xl_top  # noqa: E402 - xl top
+
+_xl_dom.register(sys.modules[__name__])
+_xl_top.register(sys.modules[__name__])
 
 from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
 

@@ -124,7 +124,8 @@ def vcpu_list(domains: tuple[str, ...]) -> None:
         cpu = f"{v['cpu']:>5}" if online and v.get("cpu") is not None else f"{'-':>5}"
         st = (("r" if v.get("running") and not v.get("paused") else "-") if online else "-") \
             + ("b" if online and v.get("blocked") else "-") + ("-" if online else "p")
-        click.echo(f"{v['name']:<32} {v['domid']:>5} {v['vcpu']:>5}{cpu}{st:>5} "
+        # xl's print_vcpuinfo: "%5u %3c%c- " (offline: "%5c %3c%cp "), then "%9.1f  "
+        click.echo(f"{v['name']:<32} {v['domid']:>5} {v['vcpu']:>5}{cpu} {st:>5} "
                    f"{float(v.get('cpu_time', 0.0)):>9.1f}  {v['hard']} / {v['soft']}")
 
 

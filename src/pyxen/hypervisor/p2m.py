@@ -280,6 +280,23 @@ class P2M:
     def tot_pages(self) -> int:
         return self.nr_ram + self.orphans
 
+    def ram_gfns(self) -> list[int]:
+        """The gfns of the domain's RAM, ascending (placed pages over RAM excluded): what a
+        core dump holds (xl dump-core, vmm/domctl.py)."""
+        out = []
+        with self.lock:
+            base = 0
+            for w in self.windows:
+                pop = self._pop
+                i = pop.find(1, base, base + w.pages)
+                while i >= 0:
+                    gfn = w.gfn + i - base
+                    if gfn not in self.overlay:
+                        out.append(gfn)
+                    i = pop.find(1, i + 1, base + w.pages)
+                base += w.pages
+        return out
+
     # --- KVM -------------------------------------------------------------------------------
 
     def attach(self, set_slot: SlotSetter, max_slots: int) -> None:

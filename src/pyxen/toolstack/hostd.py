@@ -228,6 +228,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
         if op in SCHED_OPS:  # credit scheduler, vCPUs, cpupools: toolstack/schedops.py
             from .schedops import sched_op
             return await sched_op(self, op, req)
+        from .domops import OPS as DOM_OPS
+        if op in DOM_OPS:  # domid, rename, uptime, sysrq, trigger, dump-core, top: domops.py
+            from .domops import dom_op
+            return await dom_op(self, op, req)
         dom = self.find(req.get("domain"))
         if op == "console":
             return {"domid": dom.domid, "path": str(dom.dir / "console.sock")}

@@ -136,6 +136,7 @@ class HostInfo:
             ("machine", u.machine), ("nr_cpus", str(ncpu)), ("max_cpu_id", str(ncpu - 1)),
             ("nr_nodes", str(_nr_nodes())), ("cores_per_socket", str(ncpu)),
             ("threads_per_core", "1"), ("cpu_mhz", f"{mhz:.3f}"),
+            ("hw_caps", ":".join(f"{w:08x}" for w in _hw_caps())),
             ("virt_caps", " hvm hap"),
             ("total_memory", str(mi.get("MemTotal", 0) // 1024)),
             ("free_memory", str(self.free_memory_mib())),
@@ -154,6 +155,29 @@ class HostInfo:
             ("xend_config_format", "4"),
         ]
         return [list(r) for r in rows]
+
+
+def _hw_caps() -> list[int]:
+    """Xen's physinfo hw_cap: the first 8 words of its featureset (CPUID 1.edx, 1.ecx,
+    0x80000001.edx, 0x80000001.ecx, 0xd:1.eax, 7:0.ebx, 7:0.ecx, 0x80000007.edx), read
+    through Linux's cpuid device (zeros where it is not there)."""
+    leaves = [(0x1, 0, 3), (0x1, 0, 2), (0x80000001, 0, 3), (0x80000001, 0, 2), (0xD, 1, 0),
+              (0x7, 0, 1), (0x7, 0, 2), (0x80000007, 0, 3)]
+    try:
+        fd = os.open("/dev/cpu/0/cpuid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return [0] * 8
+    words = []
+    try:
+        for leaf, sub, reg in leaves:
+            try:
+                data = os.pread(fd, 16, leaf | (sub << 32))
+                words.append(int.from_bytes(data[4 * reg:4 * reg + 4], "little"))
+            except OSError:
+                words.append(0)
+    finally:
+        os.close(fd)
+    return words
 
 
 def _nr_nodes() -> int:

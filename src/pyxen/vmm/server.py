@@ -220,6 +220,19 @@ class VmmServer:
                         return {"id": rid, "ok": False, "error": str(e)}
                 else:
                     await self.loop.run_in_executor(None, saveops.resume, self, req)
+            elif op in ("trigger", "dump_core", "dev_stats"):  # xl trigger/dump-core/top
+                from . import domctl
+                if op == "trigger":
+                    try:
+                        await self.loop.run_in_executor(None, domctl.trigger, d,
+                                                        req.get("kind"), req.get("vcpu", 0))
+                    except OSError as e:  # Xen's answer: -ESRCH, -ENOSYS
+                        return {"id": rid, "ok": False, "error": e.strerror, "errno": e.errno}
+                    return {"id": rid, "ok": True}
+                if op == "dump_core":
+                    return {"id": rid, "ok": True, **await self.loop.run_in_executor(
+                        None, domctl.dump_core, d, req.get("path"))}
+                return {"id": rid, "ok": True, **domctl.dev_stats(self.backends)}
             else:
                 return {"id": rid, "ok": False, "error": f"unknown op {op!r}"}
         except Exception as e:  # a request must never take the VMM down
