@@ -104,7 +104,7 @@ def test_help_lists_pyxen_commands_in_xl_order_and_format() -> None:
     for s in XL_TABLE:  # xl's summary, xl's layout, for every command listed
         if s.name in names:
             assert f" {s.name:<19} {s.desc}" in lines
-    assert "save" not in names and "pci-attach" not in names  # not implemented: not listed
+    assert "cd-insert" not in names and "pci-attach" not in names  # not implemented: not listed
     # `xl` alone prints the same and fails, as xl does
     r2 = xl(None)
     assert r2.returncode == 1 and r2.stdout == r.stdout
@@ -218,7 +218,7 @@ def test_unambiguous_prefixes(host: Host) -> None:
 
 def test_command_errors_wording_and_status(host: Host, tmp_path: Path) -> None:
     assert one_line(xl(host, "frobnicate"), 1) == "command not implemented"
-    assert one_line(xl(host, "save", "x", "y"), 1) == "command not implemented"
+    assert one_line(xl(host, "cd-insert", "x", "y", "z"), 1) == "command not implemented"
     # def_getopt: too few arguments -> the line, the usage on stdout, status 2
     r = xl(host, "pause")
     assert one_line(r, 2) == "'xl pause' requires at least 1 argument."
@@ -426,7 +426,8 @@ def test_debian_bash_completion(tmp_path: Path) -> None:
     assert complete("li") == ["list"]
     assert sorted(complete("cpupool-c")) == ["cpupool-cpu-add", "cpupool-cpu-remove",
                                              "cpupool-create"]
-    assert complete("sav") == []  # not a pyxen command
+    assert complete("sav") == ["save"]
+    assert complete("cd-") == []  # not a pyxen command
     everything = complete("")
     assert "create" in everything and "debug-keys" in everything and "domid" in everything
     assert len(everything) == len(xl(None, "help").stdout.splitlines()) - 4
