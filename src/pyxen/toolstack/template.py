@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyxen.vmm.template import TITLE_ROOM
+
 START_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
 RESTART_DELAY_S = 0.5
@@ -107,7 +109,8 @@ class Template:
         logf = open(self.root / "template.log", "ab")  # noqa: SIM115 - the child's
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "pyxen.vmm.template", "--rundir", str(self.root)],
+                [sys.executable, "-m", "pyxen.vmm.template", "--rundir", str(self.root),
+                 TITLE_ROOM, " " * (256 + len(str(self.root)))],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
                 env=dict(os.environ, PYXEN_RUNDIR=str(self.root)), close_fds=True)
         finally:

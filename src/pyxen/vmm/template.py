@@ -45,6 +45,26 @@ VMM_LIBRARY = ("asyncio", "asyncio.unix_events", "concurrent.futures.thread", "c
                "ctypes.util", "json", "uuid", "traceback", "argparse", "mmap",
                "pyxen.xenstore.client")
 MAX_REQUEST = 1 << 16
+#: hostd starts the template with this argument, a run of spaces, so that its argv area
+#: has room for each child's command line (set_cmdline)
+TITLE_ROOM = "--title-room"
+
+
+def set_cmdline(args: list[str]) -> bool:
+    """Rewrite this process's /proc/PID/cmdline in place (its argv area, as
+    setproctitle does) so that ps, and whoever looks for a VMM by its command line, sees
+    a forked VMM as ``python -m pyxen.vmm --domid N --config PATH``, as if started so."""
+    try:
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (man 5 proc)
+    except (OSError, IndexError, ValueError):
+        return False
+    raw = "\0".join(args).encode() + b"\0"
+    if end <= start or len(raw) > end - start:
+        return False
+    import ctypes
+    ctypes.memmove(start, raw + b"\0" * (end - start - len(raw)), end - start)
+    return True
 
 
 def preload() -> list[str]:
@@ -103,10 +123,11 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
         env = req.get("env") or {}
         os.environ.update({str(k): str(v) for k, v in env.items()})
         os.chdir("/")
-        sys.argv = ["python -m pyxen.vmm", "--domid", str(int(req["domid"])),
-                    "--config", str(req["config"])]
+        args = ["--domid", str(int(req["domid"])), "--config", str(req["config"])]
+        sys.argv = [sys.executable, "-m", "pyxen.vmm", *args]
+        set_cmdline(sys.argv)
         from .main import main
-        rc = main(sys.argv[1:])
+        rc = main(args)
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - report, then go: never back to the template loop
@@ -162,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pyxen.vmm.template",
                                  description="pyxen VMM template (fork server)")
     ap.add_argument("--rundir", required=True)
+    ap.add_argument(TITLE_ROOM, default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    set_cmdline([sys.executable, "pyxen-vmm-template", "--rundir", args.rundir])
     os.environ["PYXEN_RUNDIR"] = args.rundir
     tdir = Path(args.rundir) / "template"
     tdir.mkdir(parents=True, exist_ok=True)
