@@ -184,11 +184,10 @@ def build_pvh(mem: GuestMemory, kernel_path: str | Path, ramdisk_path: str | Pat
             raise BuildError(f"kernel {kernel.path} loads at {s.paddr:#x}-"
                              f"{s.paddr + s.memsz:#x}, outside the domain's {mib} MiB of RAM: "
                              "raise 'memory'")
+        # The rest of memsz (.bss) is not written: a new domain's store is a new memfd,
+        # zero already, and the host allocates those pages only when the guest uses them
+        # (as a VMM loading into fresh anonymous memory does).
         mem.write(s.paddr, s.data)
-        if s.memsz > len(s.data):  # .bss: zeroed in place (no zero-filled copy of it)
-            bss = s.paddr + len(s.data)
-            ctypes.memset(mem.hva + mem._offset(bss, s.memsz - len(s.data)), 0,
-                          s.memsz - len(s.data))
     log.append(f"ELF: phdr: paddr={min(s.paddr for s in kernel.segments):#x} "
                f"end={kernel.end:#x} entry(phys32)={kernel.phys32_entry:#x}")
 
