@@ -111,6 +111,7 @@ class PyxenHost:
         self.env.pop("XENSTORED_PATH", None)
         if not template:
             self.env["PYXEN_TEMPLATE"] = "0"
+        self.create_replies: list[float] = []
         self.cfgdir = root.parent / "cfg"
         self.cfgdir.mkdir(parents=True, exist_ok=True)
 
@@ -161,6 +162,7 @@ class PyxenHost:
         cfg = domconfig.load(self.cfg(name, "hello"), []).to_json()
         t0 = time.perf_counter()
         reply = self.rpc("create", config=cfg, paused=False)
+        self.create_replies.append(time.perf_counter() - t0)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(reply["console"])
             first = s.recv(1)
@@ -203,6 +205,7 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         h.first_byte_xl("warmup")
         res["xl_first"] = med([h.first_byte_xl(f"h{i}") for i in range(n)])
         res["rpc_first"] = med([h.first_byte_rpc(f"r{i}") for i in range(n)])
+        res["rpc_reply"] = med(h.create_replies)
         tpid = h.template_pid() if template else None
         res["tpl_before"] = smaps(tpid) if tpid else {}
         t0 = time.perf_counter()
@@ -215,6 +218,22 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         res["tpl_after"] = smaps(tpid) if tpid else {}
         for i in range(k):
             h.xl("destroy", f"s{i}")
+        from pyxen.toolstack import config as domconfig
+        cfgs = [domconfig.load(h.cfg(f"q{i}", "idle"), []).to_json() for i in range(k)]
+        t0 = time.perf_counter()
+        for c in cfgs:
+            h.rpc("create", config=c, paused=False)
+        res["rpc_seq_rate"] = k / (time.perf_counter() - t0)
+        for i in range(k):
+            h.rpc("destroy", domain=f"q{i}")
+        cfgs = [domconfig.load(h.cfg(f"w{i}", "idle"), []).to_json() for i in range(k)]
+        from concurrent.futures import ThreadPoolExecutor
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(par) as ex:
+            list(ex.map(lambda c: h.rpc("create", config=c, paused=False), cfgs))
+        res["rpc_par_rate"] = k / (time.perf_counter() - t0)
+        for i in range(k):
+            h.rpc("destroy", domain=f"w{i}")
         t0 = time.perf_counter()
         procs = [subprocess.Popen(
             ["sh", "-c", " && ".join(
@@ -258,11 +277,16 @@ def main() -> None:
                   f"({r['xl_first'] / py:.1f}x python -c pass, "
                   f"{r['xl_first'] / f_first:.0f}x kvmfloor)")
             print(f"hostd create -> first console byte   {r['rpc_first'] * 1e3:8.1f} ms   "
-                  f"(no xl start-up; {r['rpc_first'] / f_first:.0f}x kvmfloor)")
+                  f"(no xl start-up; {r['rpc_first'] / f_first:.0f}x kvmfloor; "
+                  f"create's reply at {r['rpc_reply'] * 1e3:.1f} ms)")
             print(f"xl create, sequential                {r['seq_rate']:8.2f} domains/s "
                   f"({r['seq_rate'] / cores:.2f} per core)")
             print(f"xl create, {args.parallel} xl's in parallel        "
                   f"{r['par_rate']:8.2f} domains/s ({r['par_rate'] / cores:.2f} per core)")
+            print(f"hostd create (no xl), sequential    {r['rpc_seq_rate']:8.2f} domains/s "
+                  f"({r['rpc_seq_rate'] / cores:.2f} per core)")
+            print(f"hostd create (no xl), {args.parallel} clients      "
+                  f"{r['rpc_par_rate']:8.2f} domains/s ({r['rpc_par_rate'] / cores:.2f} per core)")
             print(f"idle VMM x{len(vm)}: PSS median {med(pss) / 1024:5.2f} MiB, "
                   f"USS median {med([uss(m) for m in vm]) / 1024:5.2f} MiB, "
                   f"RSS median {med([m.get('Rss', 0) for m in vm]) / 1024:5.2f} MiB")
