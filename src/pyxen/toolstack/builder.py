@@ -56,9 +56,7 @@ class Builder:
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom)
-            from .schedops import domain_built
-            await domain_built(self, dom)
-            self._write_xenstore(dom)
+            await self._place_and_describe(dom)
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
@@ -78,6 +76,19 @@ class Builder:
         self.xen_log(f"Domain {domid} ({cfg.name}) created: {cfg.vcpus} vCPU(s), "
                      f"{cfg.memory} MiB, kernel {cfg.kernel}")
         return dom
+
+    async def _place_and_describe(self, dom: Domain) -> None:
+        """Its cgroup, pool and pinning (schedops.domain_built) and its xenstore entries,
+        side by side: both only wait on the kernel or xenstored (a create's largest
+        parts after the VMM's build, bench/create.py), and the domain is still paused."""
+        from .schedops import domain_built
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(domain_built(self, dom),
+                                       loop.run_in_executor(None, self._write_xenstore, dom),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     def _keep_vmm_log(self, dom: Domain, err: BaseException) -> None:
         """The domain dir goes (nothing left behind); its vmm.log goes to hostd.log."""

@@ -115,6 +115,8 @@ class Template:
                 env=dict(os.environ, PYXEN_RUNDIR=str(self.root)), close_fds=True)
         finally:
             logf.close()
+        pid_path(self.root).parent.mkdir(parents=True, exist_ok=True)
+        pid_path(self.root).write_text(f"{self.popen.pid}\n")  # known from the start
         deadline = loop.time() + START_TIMEOUT_S
         while loop.time() < deadline:
             if self.popen.poll() is not None:
@@ -197,17 +199,36 @@ class Template:
             if task is not None:
                 task.cancel()
         pid = self.pid
+        if pid is None and self.popen is not None and self.popen.poll() is None:
+            pid = self.popen.pid  # started, not ready yet
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while self.pidfd is not None and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
+            if self.popen is not None:
+                self.popen.poll()  # reap it if it is ours
             await asyncio.sleep(0.01)
-        if self.pidfd is not None:
+        if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.05)
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(5)
+        if self.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.pid = None
+        for path in (socket_path(self.root), pid_path(self.root)):  # if it could not
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
