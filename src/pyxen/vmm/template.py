@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         (tdir / "pid").write_text(f"{os.getpid()}\n")
         gc.collect()
         gc.freeze()  # from here the children share the template's objects' pages
+        from .main import trim_heap
+        trim_heap()  # the import-time garbage's pages go back to the host, not to children
         print(f"template: pid {os.getpid()} ready on {path}", file=sys.stderr, flush=True)
         serve(listener)
     finally:
