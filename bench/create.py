@@ -15,7 +15,12 @@ every page they share exactly once. The per-domain cost reported is that sum min
 template's PSS measured alone just before the domains were made, divided by N: what one
 more idle domain adds to the host. USS (Private_Clean + Private_Dirty) per VMM is shown
 too: the pages only that VMM holds (what its death gives back). Guest RAM the guest has
-touched is in both (the memfd is mapped by its VMM only).
+touched is in both (the memfd is mapped by its VMM only). PSS also splits library pages
+with every other process on the host that maps them (other Pythons), so the sum moves
+with the host's load; "distinct pages" does not: the physical pages (pagemap PFNs, as
+root) mapped by the template and its N children, each counted once, less those the
+template maps alone before the domains exist, divided by N. For "fresh" VMMs the same
+is done over the VMMs alone (no template).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,26 @@ def smaps(pid: int) -> dict[str, int]:
             parts = rest.split()
             if parts and parts[0].isdigit():
                 out[key] = int(parts[0])
+    return out
+
+
+def frames(pids: list[int]) -> set[int]:
+    """The physical pages (PFNs, /proc/PID/pagemap: needs root) the processes map: a
+    page several of them share is one element."""
+    out: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as maps, \
+                open(f"/proc/{pid}/pagemap", "rb") as pm:
+            for line in maps:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if line.rstrip().endswith("[vsyscall]"):
+                    continue
+                pm.seek(lo // 4096 * 8)
+                data = pm.read((hi - lo) // 4096 * 8)
+                for e in struct.unpack(f"<{len(data) // 8}Q", data):
+                    if e >> 63:  # present
+                        out.add(e & ((1 << 55) - 1))
+    out.discard(0)  # no PFN shown (not root): nothing to count
     return out
 
 
@@ -208,6 +234,7 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         res["rpc_reply"] = med(h.create_replies)
         tpid = h.template_pid() if template else None
         res["tpl_before"] = smaps(tpid) if tpid else {}
+        res["tpl_frames"] = len(frames([tpid])) if tpid else 0
         t0 = time.perf_counter()
         for i in range(k):
             h.xl("create", h.cfg(f"s{i}", "idle"))
@@ -216,6 +243,7 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         pids = h.vmm_pids()
         res["vmms"] = [smaps(p) for p in pids]
         res["tpl_after"] = smaps(tpid) if tpid else {}
+        res["group_frames"] = len(frames(pids + ([tpid] if tpid else [])))
         for i in range(k):
             h.xl("destroy", f"s{i}")
         from pyxen.toolstack import config as domconfig
@@ -293,8 +321,12 @@ def main() -> None:
             if r["tpl_before"]:
                 print(f"template PSS {r['tpl_before'].get('Pss', 0) / 1024:5.2f} MiB alone, "
                       f"{r['tpl_after'].get('Pss', 0) / 1024:5.2f} MiB with {len(vm)} children")
-            print(f"per idle domain, shared pages once   {group / 1024:8.2f} MiB   "
+            print(f"per idle domain, sum of PSS          {group / 1024:8.2f} MiB   "
                   f"({group / max(f_mem.get('Pss', 1), 1):.1f}x kvmfloor's PSS)")
+            if r["group_frames"]:
+                per = (r["group_frames"] - r["tpl_frames"]) * 4 / max(len(vm), 1)
+                print(f"per idle domain, distinct pages      {per / 1024:8.2f} MiB   "
+                      f"(template + VMMs, each physical page once, less the template alone)")
 
 
 if __name__ == "__main__":
