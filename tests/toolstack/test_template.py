@@ -124,6 +124,8 @@ def test_a_killed_template_is_restarted_and_domains_live_on(host: Host,
     db = pv_ready(host, "b")
     new = host.wait_for(lambda: (p := host.template_pid()) != old and p and alive(p) and p,
                         "a new template")
+    host.wait_for(lambda: f"VMM template started: pid {new}" in host.xl("dmesg").stdout,
+                  "the new template ready")
     assert alive(pa) and vmm_info(host, da)["state"] in ("running", "blocked")
     assert vmm_info(host, db)["state"] in ("running", "blocked")
     host.xl("create", cfg(tmp_path, "c", "idle"), check=True)

@@ -84,11 +84,25 @@ def preload() -> list[str]:
                 importlib.import_module(info.name)
             except Exception:  # noqa: BLE001
                 failed.append(info.name)
-    from ..arch.x86 import kvm
-    warm = getattr(kvm, "warm_template", None)
-    if warm is not None:
-        warm()
+    warm()
     return failed
+
+
+def warm() -> None:
+    """Run, once, the generic code every VMM runs (an event loop, JSON, a thread), so that
+    what it creates lazily (caches, specialised bytecode) is the template's and shared,
+    not made again in each child. Nothing here touches KVM or any domain."""
+    import asyncio
+    import json as _json
+
+    async def nothing() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+
+    asyncio.run(nothing())
+    _json.loads(_json.dumps({"event": "log", "id": 1, "ok": True, "line": "x"}))
+    t = threading.Thread(target=lambda: None, name="warm")
+    t.start()
+    t.join()
 
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
