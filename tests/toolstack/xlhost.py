@@ -118,13 +118,19 @@ class Host:
             return int((self.root / "xenstored" / "pid").read_text())
         return None
 
+    def template_pid(self) -> int | None:
+        """The VMM template (a fork server: vmm/template.py) is hostd's, like xenstored."""
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.root / "template" / "pid").read_text())
+        return None
+
     def assert_clean(self) -> None:
-        """No domain left: only Domain-0 listed, no domain dirs, only hostd and xenstored
-        running."""
+        """No domain left: only Domain-0 listed, no domain dirs, only hostd, xenstored and
+        the VMM template running."""
         assert list(self.list()) == ["Domain-0"]
         domains = self.root / "domains"
         assert not domains.exists() or not list(domains.iterdir()), list(domains.iterdir())
-        daemons = (self.hostd_pid(), self.xenstored_pid())
+        daemons = (self.hostd_pid(), self.xenstored_pid(), self.template_pid())
         procs = [p for p in processes_of(self.root) if p[0] not in daemons]
         assert procs == [], procs
 

@@ -116,7 +116,10 @@ class Store:
                              mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         self.hva = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        self._free = list(range(pool_pages - 1, -1, -1))  # pool indices, pop() -> lowest
+        # free pool indices: those freed (reused first, last freed first), then the
+        # never-used ones from _next up (a counter, not a 16K-entry list per domain)
+        self._free: list[int] = []
+        self._next = 0
         self.lock = threading.Lock()
 
     def punch(self, offset: int, n: int = PAGE_SIZE) -> None:
@@ -131,9 +134,12 @@ class Store:
 
     def _take(self) -> int:
         with self.lock:
-            if not self._free:
+            if self._free:
+                return self.pool_base + self._free.pop() * PAGE_SIZE
+            if self._next >= self.pool_pages:
                 raise P2MError(E.ENOMEM, "no free page in the domain's pool")
-            return self.pool_base + self._free.pop() * PAGE_SIZE
+            self._next += 1
+            return self.pool_base + (self._next - 1) * PAGE_SIZE
 
     def alloc_page(self, kind: str = "xen") -> Page:
         """A zeroed page of the pool (Xen: a Xen-heap page shared with the guest)."""

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pyxen import paths
@@ -63,9 +64,7 @@ class Builder:
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom, restore_fd)
-            from .schedops import domain_built
-            await domain_built(self, dom)
-            self._write_xenstore(dom)
+            await self._place_and_describe(dom)
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
@@ -86,6 +85,19 @@ class Builder:
                      f"{cfg.memory} MiB, kernel {cfg.kernel}")
         return dom
 
+    async def _place_and_describe(self, dom: Domain) -> None:
+        """Its cgroup, pool and pinning (schedops.domain_built) and its xenstore entries,
+        side by side: both only wait on the kernel or xenstored (a create's largest
+        parts after the VMM's build, bench/create.py), and the domain is still paused."""
+        from .schedops import domain_built
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(domain_built(self, dom),
+                                       loop.run_in_executor(None, self._write_xenstore, dom),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
     def _keep_vmm_log(self, dom: Domain, err: BaseException) -> None:
         """The domain dir goes (nothing left behind); its vmm.log goes to hostd.log."""
         self.xen_log(f"Domain {dom.domid} ({dom.config.name}) creation failed: {err}")
@@ -102,25 +114,15 @@ class Builder:
         ddir.mkdir(parents=True)
         cfg_path = ddir / "config.json"
         cfg_path.write_text(dom.config.dumps() + "\n")
-        vmm_log = open(ddir / "vmm.log", "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, PYXEN_RUNDIR=str(self.root))
+        reader, pipe = await self._start_vmm(dom, cfg_path, restore_fd)
         try:
-            dom.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pyxen.vmm", "--domid", str(dom.domid),
-                "--config", str(cfg_path),
-                *(() if restore_fd is None else ("--restore-fd", str(restore_fd))),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=vmm_log, env=env, start_new_session=True,
-                pass_fds=() if restore_fd is None else (restore_fd,))
-        finally:
-            vmm_log.close()
-        asyncio.create_task(self._watch_process(dom))
-        assert dom.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(dom.proc.stdout.readline(), BUILD_TIMEOUT_S)
+            line = await asyncio.wait_for(reader.readline(), BUILD_TIMEOUT_S)
         except TimeoutError as e:
             raise OpError(f"domain {dom.domid}: the VMM did not report within "
                           f"{BUILD_TIMEOUT_S:.0f} s (see {ddir / 'vmm.log'})") from e
+        finally:
+            if pipe is not None:
+                pipe.close()
         msg: dict[str, Any] = {}
         with contextlib.suppress(ValueError):
             msg = json.loads(line) if line.strip() else {}
@@ -129,16 +131,62 @@ class Builder:
         if msg.get("event") == "error":
             raise OpError(str(msg.get("message") or "the VMM failed to build the domain"))
         if msg.get("event") != "built":
-            await asyncio.wait_for(dom.proc.wait(), 5)
+            status = await self._vmm_exit_status(dom)
             tail = _last_line(ddir / "vmm.log")
             raise OpError(f"domain {dom.domid}: the VMM exited while building the domain"
-                          + (f": {tail}" if tail else f" (status {dom.proc.returncode})"))
+                          + (f": {tail}" if tail else f" ({status})"))
         dom.store = {k: msg[k] for k in ("store_port", "store_mfn", "console_port",
                                          "console_mfn") if isinstance(msg.get(k), int)}
         reader, writer = await asyncio.open_unix_connection(str(ddir / "control.sock"),
                                                             limit=1 << 24)
         dom.ctl = VmmControl(self, dom, reader, writer)
         dom.state = "paused"
+
+    async def _start_vmm(self, dom: Domain, cfg_path: Path, restore_fd: int | None = None
+                         ) -> tuple[asyncio.StreamReader, asyncio.BaseTransport | None]:
+        """Fork the VMM from the template (toolstack/template.py), or else start
+        `python -m pyxen.vmm`; the reader of its stdout (the "built" line). A restore
+        (an image fd to hand over) takes the fresh interpreter: the template's protocol
+        passes only the VMM's stdout and log."""
+        vmm_log = os.open(dom.dir / "vmm.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            rfd, wfd = os.pipe2(os.O_CLOEXEC)
+            try:
+                pid = (None if restore_fd is not None else
+                       await self.template.spawn(dom.domid, cfg_path, wfd, vmm_log))
+            finally:
+                os.close(wfd)
+            if pid is not None:
+                dom.adopted_pid = pid  # not hostd's child: followed by control.sock and pid
+                loop = asyncio.get_running_loop()
+                reader = asyncio.StreamReader()
+                transport, _ = await loop.connect_read_pipe(
+                    lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb", 0))
+                return reader, transport
+            os.close(rfd)
+            env = dict(os.environ, PYXEN_RUNDIR=str(self.root))
+            dom.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pyxen.vmm", "--domid", str(dom.domid),
+                "--config", str(cfg_path),
+                *(() if restore_fd is None else ("--restore-fd", str(restore_fd))),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=vmm_log, env=env, start_new_session=True,
+                pass_fds=() if restore_fd is None else (restore_fd,))
+        finally:
+            os.close(vmm_log)
+        asyncio.create_task(self._watch_process(dom))
+        assert dom.proc.stdout is not None
+        return dom.proc.stdout, None
+
+    async def _vmm_exit_status(self, dom: Domain) -> str:
+        if dom.proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dom.proc.wait(), 5)
+            return f"status {dom.proc.returncode}"
+        if dom.adopted_pid is not None:
+            from .recovery import wait_gone
+            await wait_gone(dom.adopted_pid, 5)
+        return "no status: forked by the template"
 
     def _write_xenstore(self, dom: Domain) -> None:
         if self.xs is None:

@@ -52,7 +52,8 @@ class Domain:
     dir: Path
     state: str = "building"  # building/running/blocked/paused/shutdown/crashed/dying
     proc: asyncio.subprocess.Process | None = None
-    adopted_pid: int | None = None  # a VMM a previous hostd spawned (toolstack/recovery.py)
+    adopted_pid: int | None = None  # a VMM not hostd's child: forked by the template
+    # (toolstack/template.py) or left by a previous hostd (toolstack/recovery.py)
     ctl: VmmControl | None = None
     shutdown_reason: str | None = None
     shutdown_code: int | None = None

@@ -65,6 +65,7 @@ from pyxen.toolstack.domain import (  # noqa: F401 - re-exported: hostd.Domain, 
 )
 from pyxen.toolstack.hostinfo import HostInfo
 from pyxen.toolstack.lifecycle import Lifecycle
+from pyxen.toolstack.template import Template
 
 LOG_RING_LINES = 4096  # Xen's console ring is bounded too (conring_size)
 
@@ -86,6 +87,7 @@ class Hostd(Builder, Lifecycle, HostInfo):
         self.server: asyncio.base_events.Server | None = None
         self.stopping = asyncio.Event()
         self.boot_time = time.time()
+        self.template = Template(root, self.xen_log)  # VMMs by fork (toolstack/template.py)
 
     # ------------------------------------------------------------------ logging
     def xen_log(self, text: str) -> None:
@@ -101,6 +103,7 @@ class Hostd(Builder, Lifecycle, HostInfo):
         host_start(self)  # cgroups, cpupools (toolstack/schedops.py)
         from .recovery import adopt_all
         await adopt_all(self)  # the VMMs a previous hostd left running
+        self.template.begin()
         sock_path = paths.hostd_socket(self.root)
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
@@ -133,6 +136,7 @@ class Hostd(Builder, Lifecycle, HostInfo):
             self.server.close()
         await asyncio.gather(*(self.destroy(d, "destroyed") for d in list(self.domains.values())),
                              return_exceptions=True)
+        await self.template.stop()
         with contextlib.suppress(FileNotFoundError):
             paths.hostd_socket(self.root).unlink()
         if self.xs is not None:
