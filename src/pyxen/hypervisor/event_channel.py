@@ -323,6 +323,8 @@ def _hva(memory: object, gpa: int, n: int) -> int:
     from .memory import GuestMemory
 
     assert isinstance(memory, GuestMemory)
+    if memory.dirty is not None:  # pending bits are written there: log-dirty mode
+        memory.dirty.mark_range(gpa, n)
     return memory.hva + memory._offset(gpa, n)
 
 
