@@ -129,7 +129,7 @@ class DirtyLog:
         Pages are re-armed before the caller reads them, so a write racing with the copy
         shows up in the next fetch (Xen's CLEAN op has the same order)."""
         out: set[int] = set()
-        for s in self.slots:
+        for s in self.slots if self.enabled else ():
             self.vm.get_dirty_log(s.slot, s.bitmap)
             gfns = bitmap_gfns(s.bitmap, s.gfn)
             if gfns and self.manual:
