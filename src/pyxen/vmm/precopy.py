@@ -1,0 +1,215 @@
+"""Live pre-copy, the sending half of live migration (libxc's send_memory_live /
+suspend_and_send_dirty in xc_sr_save.c), on the domain's own VMM.
+
+Iteration 0 sends every RAM page while the guest runs, with log-dirty mode on
+(vmm/dirtylog.py). Each later iteration fetches the pages written since the previous one
+and sends them again, while the guest keeps running. The loop ends when the dirty set is
+small (`target_dirty` pages, libxc's SPP_TARGET_DIRTY_COUNT), when it stops shrinking (the
+guest dirties as fast as we send: more rounds only cost time), or after `max_iters`
+(libxc's default 5). Then the domain is suspended (`suspend`: paused, or the guest's own
+suspend when it has PV control), the last dirty pages and the vCPU/platform state
+(`final_state`) are sent, and the stream ends. The guest is down from the suspend to the
+moment the target unpauses its copy: that is the downtime, bounded by the last dirty set,
+the state records and the target's restore.
+
+A failure (the target died, the link dropped: EPIPE/ECONNRESET on the stream) stops
+logging and resumes the domain in place: the caller sees the exception, the guest carries on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..hypervisor.domain import Domain
+from ..hypervisor.p2m import PAGE_SIZE
+from .dirtylog import DirtyLog
+
+MAX_BATCH = 1024  # pfns per PAGE_DATA record (libxc's MAX_BATCH_SIZE)
+
+
+@dataclass
+class PrecopyPolicy:
+    max_iters: int = 5  # live rounds after which we stop regardless (libxc default)
+    target_dirty: int = 50  # a dirty set this small is sent with the guest stopped
+
+
+@dataclass
+class PrecopyStats:
+    iterations: list[int] = field(default_factory=list)  # pages sent per round (0 first)
+    final_pages: int = 0
+    bytes: int = 0
+    started: float = 0.0  # time.time() when iteration 0 began
+    paused_at: float = 0.0  # time.time() when the guest stopped (downtime begins)
+    stream_done: float = 0.0  # time.time() when the last record was written
+    pyxen_pages: int = 0  # pages logged from pyxen's own writes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"iterations": self.iterations, "final_pages": self.final_pages,
+                "bytes": self.bytes, "started": self.started, "paused_at": self.paused_at,
+                "stream_done": self.stream_done, "pyxen_pages": self.pyxen_pages}
+
+
+def ram_pfns(d: Domain) -> list[int]:
+    """The domain's RAM gfns (populated window pages; placed pages are not RAM)."""
+    p2m = d.memory.p2m
+    out: list[int] = []
+    base = 0
+    pop = p2m._pop
+    for w in p2m.windows:
+        i = pop.find(1, base, base + w.pages)
+        while i >= 0:
+            j = pop.find(0, i, base + w.pages)
+            j = base + w.pages if j < 0 else j
+            out.extend(range(w.gfn + i - base, w.gfn + j - base))
+            i = pop.find(1, j, base + w.pages) if j < base + w.pages else -1
+        base += w.pages
+    if p2m.overlay:
+        overlay = p2m.overlay
+        out = [g for g in out if g not in overlay]
+    return out
+
+
+class PageSender:
+    """Sends RAM pages as PAGE_DATA records straight from the domain's memory mapping."""
+
+    def __init__(self, d: Domain, writer: Any) -> None:
+        self.mem = d.memory
+        self.p2m = d.memory.p2m
+        self.writer = writer
+        self.pages_sent = 0
+
+    def send(self, pfns: Iterable[int], progress: Callable[[int], None] | None = None) -> int:
+        view = self.mem.view
+        batch_pfns: list[int] = []
+        batch: list[memoryview] = []
+        n = 0
+        with self.p2m.lock:  # the p2m may not change under us (ballooning, placements)
+            for gfn in pfns:
+                if not self.p2m.is_populated(gfn):
+                    continue  # ballooned out since: nothing to send
+                off = self.p2m.window_offset(gfn)
+                assert off is not None
+                batch_pfns.append(gfn)
+                batch.append(view[off:off + PAGE_SIZE])
+                if len(batch_pfns) == MAX_BATCH:
+                    self.writer.page_data(batch_pfns, batch)
+                    n += len(batch_pfns)
+                    batch_pfns, batch = [], []
+                    if progress is not None:
+                        progress(n)
+            if batch_pfns:
+                self.writer.page_data(batch_pfns, batch)
+                n += len(batch_pfns)
+        self.pages_sent += n
+        if progress is not None:
+            progress(n)
+        return n
+
+
+def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
+              resume: Callable[[], None], final_state: Callable[[Any], None],
+              policy: PrecopyPolicy | None = None, flush: Callable[[], None] = lambda: None,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> PrecopyStats:
+    """Run pre-copy onto `writer` (a stream.SaveWriter after begin()); returns the figures.
+    On any exception the domain is resumed (if it was suspended here) and it propagates."""
+    policy = policy or PrecopyPolicy()
+    stats = PrecopyStats(started=time.time())
+    log = DirtyLog(vm, d.memory.p2m)
+    sender = PageSender(d, writer)
+    suspended = False
+
+    def report(phase: str, it: int, done: int, total: int) -> None:
+        if progress is not None:
+            progress({"phase": phase, "iteration": it, "done": done, "total": total})
+
+    d.memory.dirty = log
+    try:
+        log.enable()
+        pfns = ram_pfns(d)
+        total = len(pfns)
+        report("live", 0, 0, total)
+        sender.send(pfns, lambda n: report("live", 0, n, total))
+        stats.iterations.append(total)
+        prev = total
+        while True:
+            dirty = log.fetch()
+            if (len(dirty) <= policy.target_dirty or len(stats.iterations) > policy.max_iters
+                    or len(dirty) >= prev):
+                break
+            it, todo = len(stats.iterations), len(dirty)
+            report("live", it, 0, todo)
+            sent = sender.send(dirty, lambda n, it=it, t=todo: report("live", it, n, t))
+            stats.iterations.append(sent)
+            prev = len(dirty)
+        stats.paused_at = time.time()
+        suspend()
+        suspended = True
+        # What was dirty when the loop stopped, and what the guest wrote until it stopped.
+        last = sorted(set(dirty).union(log.fetch()))
+        report("stopped", len(stats.iterations), 0, len(last))
+        stats.final_pages = sender.send(last)
+        final_state(writer)
+        writer.finish()
+        flush()
+        stats.stream_done = time.time()
+        stats.bytes = getattr(writer, "bytes_written", 0)
+        stats.pyxen_pages = log.stats["pyxen_pages"]
+        report("done", len(stats.iterations), stats.final_pages, stats.final_pages)
+        return stats
+    except BaseException:
+        if suspended:
+            resume()
+        raise
+    finally:
+        d.memory.dirty = None
+        try:
+            log.disable()
+        except OSError:
+            pass
+
+
+# --- the VMM's `migrate_send` op ----------------------------------------------------------
+
+
+def vmm_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """The VMM's migration ops: `migrate_send` (below) and `migrate_resume` (the source
+    copy carries on after a failed handshake: libxl_domain_resume; a no-op unless a
+    migration left the domain suspended)."""
+    if req.get("op") == "migrate_resume":
+        from .savestate import resume_domain
+        if getattr(d, "migration_suspended", False):
+            d.migration_suspended = False
+            resume_domain(d)
+            return {"resumed": True}
+        return {"resumed": False}
+    return migrate_send_op(d, vm, req)
+
+
+def migrate_send_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """`{"op": "migrate_send", "stream": {pid, fd}, "config": C, "max_iters"?,
+    "target_dirty"?}`: take the stream's descriptor (toolstack/streamfd.py) and write the
+    whole stream there: xl's header with the domain config C, the libxl stream around the
+    libxc stream, pre-copied live. The domain is left suspended on success (the toolstack
+    destroys it once the target runs, or resumes it); resumed on failure."""
+    from ..toolstack.migration import SaveWriter  # the format layer (stream branch)
+    from ..toolstack.streamfd import take_fd
+    from .savestate import resume_domain, suspend_domain, write_final_state
+
+    stream = req.get("stream")
+    config = req.get("config")
+    if not isinstance(config, dict):
+        raise ValueError("migrate_send needs a 'config' object")
+    policy = PrecopyPolicy(int(req.get("max_iters", 5)), int(req.get("target_dirty", 50)))
+    with open(take_fd(stream), "wb", buffering=1 << 20) as out:
+        writer = SaveWriter(out, config, xl_header=True)
+        writer.begin()
+        stats = live_send(d, vm, writer, suspend=lambda: suspend_domain(d),
+                          resume=lambda: resume_domain(d),
+                          final_state=lambda w: write_final_state(d, w),
+                          policy=policy, flush=out.flush,
+                          progress=lambda p: d.emit({"event": "migrate_progress", **p}))
+    d.migration_suspended = True
+    return stats.as_dict()
