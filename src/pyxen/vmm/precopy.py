@@ -82,30 +82,43 @@ class PageSender:
         self.pages_sent = 0
 
     def send(self, pfns: Iterable[int], progress: Callable[[int], None] | None = None) -> int:
+        """PAGE_DATA records of up to MAX_BATCH pfns: a run of gfns contiguous in the store
+        goes out as one slice of the mapping (no copy), a scattered batch is joined."""
         view = self.mem.view
+        p2m = self.p2m
         batch_pfns: list[int] = []
-        batch: list[memoryview] = []
+        offs: list[int] = []
         n = 0
-        with self.p2m.lock:  # the p2m may not change under us (ballooning, placements)
-            for gfn in pfns:
-                if not self.p2m.is_populated(gfn):
-                    continue  # ballooned out since: nothing to send
-                off = self.p2m.window_offset(gfn)
-                assert off is not None
-                batch_pfns.append(gfn)
-                batch.append(view[off:off + PAGE_SIZE])
-                if len(batch_pfns) == MAX_BATCH:
-                    self.writer.page_data(batch_pfns, batch)
-                    n += len(batch_pfns)
-                    batch_pfns, batch = [], []
-                    if progress is not None:
-                        progress(n)
-            if batch_pfns:
-                self.writer.page_data(batch_pfns, batch)
-                n += len(batch_pfns)
+
+        def flush() -> None:
+            nonlocal n
+            first, last = offs[0], offs[-1]
+            if last - first == (len(offs) - 1) * PAGE_SIZE:
+                data: bytes | memoryview = view[first:last + PAGE_SIZE]
+            else:
+                data = b"".join([view[o:o + PAGE_SIZE] for o in offs])
+            self.writer.page_data(batch_pfns, data)
+            n += len(batch_pfns)
+            batch_pfns.clear()
+            offs.clear()
+            if progress is not None:
+                progress(n)
+
+        pfns = list(pfns)
+        for i in range(0, len(pfns), MAX_BATCH):
+            # The p2m may not change under a batch (ballooning, placements); the guest's
+            # hypercalls wait at most one batch.
+            with p2m.lock:
+                for gfn in pfns[i:i + MAX_BATCH]:
+                    if not p2m.is_populated(gfn):
+                        continue  # ballooned out since: nothing to send
+                    off = p2m.window_offset(gfn)
+                    assert off is not None
+                    batch_pfns.append(gfn)
+                    offs.append(off)
+                if batch_pfns:
+                    flush()
         self.pages_sent += n
-        if progress is not None:
-            progress(n)
         return n
 
 
