@@ -222,6 +222,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
         if op in SCHED_OPS:  # credit scheduler, vCPUs, cpupools: toolstack/schedops.py
             from .schedops import sched_op
             return await sched_op(self, op, req)
+        from .migrate import OPS as MIGRATE_OPS
+        if op in MIGRATE_OPS:  # xl migrate / migrate-receive: toolstack/migrate.py
+            from .migrate import migrate_op
+            return await migrate_op(self, op, req)
         dom = self.find(req.get("domain"))
         if op == "console":
             return {"domid": dom.domid, "path": str(dom.dir / "console.sock")}

@@ -1,0 +1,120 @@
+"""hostd's half of live migration (libxl_domain_suspend with LIBXL_SUSPEND_LIVE on the
+source, libxl_domain_create_restore on the target, libxl_domain_rename and
+libxl_domain_resume around them). xl drives the handshake (cli/xl_migrate.py); the pages
+go from the source VMM straight into the stream (vmm/precopy.py).
+
+| op | arguments | reply |
+|---|---|---|
+| `migrate_send` | `domain`, `stream` ({pid, fd}: toolstack/streamfd.py), `config`? (xl -C: a DomainConfig JSON), `max_iters`?, `target_dirty`? | the VMM's figures (iterations, paused_at, ...); the domain is left suspended |
+| `migrate_resume` | `domain` | the source copy runs again (failed migration) |
+| `domain_rename` | `domain`, `name` | libxl_domain_rename: xenstore's name nodes and config.json |
+| `migrate_receive` | `stream`, `paused`? | `domid`, `name` (NAME--incoming), `common_name` (NAME) |
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .config import DomainConfig
+from .domain import Domain, OpError
+
+if TYPE_CHECKING:
+    from .hostd import Hostd
+
+OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive")
+MIGRATE_TIMEOUT_S = 3600.0  # a live migration of a big, busy guest takes a while
+INCOMING = "--incoming"
+
+
+def stream_config(cfg: DomainConfig) -> dict[str, Any]:
+    """The domain configuration the stream carries (xl's save-file header)."""
+    return cfg.to_json()
+
+
+async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, Any]:
+    if op == "migrate_receive":
+        return await migrate_receive(hostd, req)
+    dom = hostd.find(req.get("domain"))
+    if op == "migrate_send":
+        return await migrate_send(hostd, dom, req)
+    if op == "migrate_resume":
+        reply = await _vmm(dom, "migrate_resume")
+        if reply.get("resumed"):
+            dom.state = "running"
+            hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}) resumed after a failed "
+                          "migration")
+        return {"resumed": bool(reply.get("resumed"))}
+    if op == "domain_rename":
+        name = req.get("name")
+        if not isinstance(name, str) or not name:
+            raise OpError("domain_rename needs a 'name'")
+        rename(hostd, dom, name)
+        return {"name": name}
+    raise OpError(f"unknown request {op!r}")
+
+
+async def _vmm(dom: Domain, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    if dom.ctl is None:
+        raise OpError(f"domain {dom.domid} has no running VMM")
+    reply = await dom.ctl.request(op, timeout=timeout, **args)
+    if not reply.get("ok"):
+        raise OpError(str(reply.get("error") or f"{op} failed"))
+    return reply
+
+
+async def migrate_send(hostd: Hostd, dom: Domain, req: dict[str, Any]) -> dict[str, Any]:
+    if dom.state in ("shutdown", "crashed", "dying", "building"):
+        raise OpError(f"domain {dom.domid} ({dom.config.name}) is {dom.state}: "
+                      "it cannot be migrated")
+    cfg = dom.config
+    if isinstance(req.get("config"), dict):  # xl migrate -C: the config the target gets
+        override = DomainConfig.from_json(req["config"])
+        override.name = cfg.name
+        cfg = override
+    args = {k: req[k] for k in ("max_iters", "target_dirty") if isinstance(req.get(k), int)}
+    hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}): live migration started")
+    try:
+        reply = await _vmm(dom, "migrate_send", timeout=MIGRATE_TIMEOUT_S,
+                           stream=req.get("stream"), config=stream_config(cfg), **args)
+    except OpError as e:
+        hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}): migration failed, "
+                      f"resumed: {e}")
+        raise
+    dom.state = "paused"
+    reply.pop("id", None)
+    reply.pop("ok", None)
+    return reply
+
+
+def rename(hostd: Hostd, dom: Domain, name: str) -> None:
+    """libxl_domain_rename: the new name must be free; xenstore's /local/domain/N/name and
+    /vm/UUID/name change in one transaction, config.json follows (hostd restarts)."""
+    for other in hostd.domains.values():
+        if other is not dom and other.config.name == name:
+            raise OpError(f'Domain with name "{name}" already exists.')
+    old = dom.config.name
+    if hostd.xs is not None:
+        dp, vp = f"/local/domain/{dom.domid}", f"/vm/{dom.config.uuid}"
+
+        def tx(t: int) -> None:
+            hostd.xs.write(f"{dp}/name", name, t)
+            if hostd.xs.exists(vp, t):
+                hostd.xs.write(f"{vp}/name", name, t)
+
+        hostd.xs.run_transaction(tx)
+    dom.config.name = name
+    cfg_path = dom.dir / "config.json"
+    if cfg_path.exists():
+        cfg_path.write_text(json.dumps(dom.config.to_json()))
+    hostd.xen_log(f"Domain {dom.domid} renamed from {old} to {name}")
+
+
+async def migrate_receive(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
+    """libxl_domain_create_restore from the stream, paused, named NAME--incoming as xl's
+    create_domain names a domain it receives (migration_domname)."""
+    from .restore import restore_domain  # the save/restore branch's hostd side
+
+    dom, common = await restore_domain(hostd, req.get("stream"), paused=True,
+                                       name_suffix=INCOMING)
+    return {"domid": dom.domid, "name": dom.config.name, "common_name": common}
