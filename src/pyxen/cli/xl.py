@@ -515,6 +515,9 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
 
 _xl_sched.register(sys.modules[__name__])
+from pyxen.cli import xl_migrate as _xl_migrate  # noqa: E402 - migrate, migrate-receive
+
+_xl_migrate.register(sys.modules[__name__])
 
 
 def main(argv: list[str] | None = None) -> int:
