@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -132,6 +133,7 @@ class VmmServer:
     async def _control_client(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter) -> None:
         self.clients.add(writer)
+        conn: dict[str, Any] = {}  # per connection: a fd taken for `save` (vmm/saveops.py)
         if self.backlog:
             pending, self.backlog = self.backlog, []
             for ev in pending:
@@ -141,16 +143,23 @@ class VmmServer:
                 line = await reader.readline()
                 if not line:
                     break
-                reply = await self._request(line)
+                reply = await self._request(line, conn)
+                if conn.pop("take_fd", False):
+                    from .saveops import take_fd
+                    conn["fd"] = await take_fd(writer, (json.dumps(reply) + "\n").encode())
+                    continue
                 writer.write((json.dumps(reply) + "\n").encode())
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         finally:
+            if "fd" in conn:
+                os.close(conn.pop("fd"))
             self.clients.discard(writer)
             writer.close()
 
-    async def _request(self, line: bytes) -> dict[str, Any]:
+    async def _request(self, line: bytes, conn: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
         try:
             req = json.loads(line)
             if not isinstance(req, dict):
@@ -202,6 +211,19 @@ class VmmServer:
                 from .precopy import vmm_op
                 return {"id": rid, "ok": True, **await self.loop.run_in_executor(
                     None, vmm_op, d, self.machine.vm, req)}
+            elif op in ("take_fd", "save", "resume"):  # save/restore (vmm/saveops.py)
+                from . import saveops
+                conn = conn if conn is not None else {}
+                if op == "take_fd":
+                    conn["take_fd"] = True
+                elif op == "save":
+                    try:
+                        return {"id": rid, "ok": True, **await self.loop.run_in_executor(
+                            None, saveops.save, self, req, conn.pop("fd", None))}
+                    except saveops.SaveFailed as e:
+                        return {"id": rid, "ok": False, "error": str(e)}
+                else:
+                    await self.loop.run_in_executor(None, saveops.resume, self, req)
             else:
                 return {"id": rid, "ok": False, "error": f"unknown op {op!r}"}
         except Exception as e:  # a request must never take the VMM down

@@ -214,6 +214,12 @@ class kvm_mp_state(C.Structure):
     _fields_ = [("mp_state", u32)]
 
 
+class kvm_lapic_state(C.Structure):
+    """The LAPIC's register page as the APIC spec lays it out (what Xen's LAPIC_REGS
+    record holds)."""
+    _fields_ = [("regs", u8 * 1024)]
+
+
 class kvm_xen_hvm_config(C.Structure):
     _fields_ = [("flags", u32), ("msr", u32), ("blob_addr_32", u64), ("blob_addr_64", u64),
                 ("blob_size_32", u8), ("blob_size_64", u8), ("pad2", u8 * 30)]
@@ -247,6 +253,9 @@ KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
 KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
 KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
 KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
+KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
+KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
+KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
 KVM_GET_TSC_KHZ = _io(0xA3)
 KVM_X86_SET_MSR_FILTER = _iow(0xC6, kvm_msr_filter)
 
