@@ -14,6 +14,7 @@ go from the source VMM straight into the stream (vmm/precopy.py).
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from .config import DomainConfig
@@ -110,11 +111,54 @@ def rename(hostd: Hostd, dom: Domain, name: str) -> None:
     hostd.xen_log(f"Domain {dom.domid} renamed from {old} to {name}")
 
 
+def read_stream_config(fd: int) -> DomainConfig:
+    """xl's save-file header at the head of the stream, read exactly (unbuffered: the
+    libxl stream that follows is the restoring VMM's to read)."""
+    from .migration import savefile
+    from .migration.wire import Input
+
+    raw = os.fdopen(fd, "rb", buffering=0, closefd=False)
+    hdr = savefile.read(Input(raw))
+    if hdr.config is None:
+        raise OpError("migration stream has no domain configuration")
+    return config_from_stream(hdr.config)
+
+
+def config_from_stream(data: dict[str, Any]) -> DomainConfig:
+    try:
+        return DomainConfig.from_json(data)
+    except Exception as e:  # noqa: BLE001 - not pyxen's own JSON: libxl's domain_config
+        try:
+            from .libxl_json import from_libxl_json  # type: ignore[attr-defined]
+        except ImportError:
+            raise OpError(f"migration stream: unusable domain configuration: {e}") from None
+        return from_libxl_json(data)
+
+
 async def migrate_receive(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
     """libxl_domain_create_restore from the stream, paused, named NAME--incoming as xl's
-    create_domain names a domain it receives (migration_domname)."""
-    from .restore import restore_domain  # the save/restore branch's hostd side
+    create_domain names a domain it receives (migration_domname). Any failure leaves
+    nothing: the VMM exits before announcing itself (vmm/restore.py) and hostd's create
+    removes what it made."""
+    import asyncio
 
-    dom, common = await restore_domain(hostd, req.get("stream"), paused=True,
-                                       name_suffix=INCOMING)
+    from .migration import StreamError
+    from .streamfd import StreamFdError, take_fd
+
+    try:
+        fd = take_fd(req.get("stream"))
+    except StreamFdError as e:
+        raise OpError(str(e)) from None
+    try:
+        loop = asyncio.get_running_loop()
+        try:
+            cfg = await loop.run_in_executor(None, read_stream_config, fd)
+        except StreamError as e:
+            raise OpError(f"migration stream: {e}") from None
+        common = cfg.name
+        cfg.name = f"{common}{INCOMING}"
+        dom = await hostd.create(cfg, paused=True, restore_fd=fd)
+    finally:
+        os.close(fd)
+    hostd.xen_log(f"Domain {dom.domid} ({cfg.name}) received by migration")
     return {"domid": dom.domid, "name": dom.config.name, "common_name": common}

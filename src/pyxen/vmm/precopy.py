@@ -52,28 +52,19 @@ class PrecopyStats:
                 "stream_done": self.stream_done, "pyxen_pages": self.pyxen_pages}
 
 
-def ram_pfns(d: Domain) -> list[int]:
-    """The domain's RAM gfns (populated window pages; placed pages are not RAM)."""
+def placed_pfns(d: Domain) -> set[int]:
+    """Pages placed in the physmap (shared info, grant frames, special pages, firmware):
+    the hypervisor's, not covered by the dirty log, so resent with the domain stopped."""
+    from .domain_save import NOT_SAVED_KINDS
+
     p2m = d.memory.p2m
-    out: list[int] = []
-    base = 0
-    pop = p2m._pop
-    for w in p2m.windows:
-        i = pop.find(1, base, base + w.pages)
-        while i >= 0:
-            j = pop.find(0, i, base + w.pages)
-            j = base + w.pages if j < 0 else j
-            out.extend(range(w.gfn + i - base, w.gfn + j - base))
-            i = pop.find(1, j, base + w.pages) if j < base + w.pages else -1
-        base += w.pages
-    if p2m.overlay:
-        overlay = p2m.overlay
-        out = [g for g in out if g not in overlay]
-    return out
+    with p2m.lock:
+        return {g for g, p in {**p2m.overlay, **p2m.outside}.items()
+                if p.kind not in NOT_SAVED_KINDS}
 
 
 class PageSender:
-    """Sends RAM pages as PAGE_DATA records straight from the domain's memory mapping."""
+    """Sends pages as PAGE_DATA records straight from the domain's memory mapping."""
 
     def __init__(self, d: Domain, writer: Any) -> None:
         self.mem = d.memory
@@ -110,10 +101,9 @@ class PageSender:
             # hypercalls wait at most one batch.
             with p2m.lock:
                 for gfn in pfns[i:i + MAX_BATCH]:
-                    if not p2m.is_populated(gfn):
+                    off = p2m.page_offset(gfn)
+                    if off is None:
                         continue  # ballooned out since: nothing to send
-                    off = p2m.window_offset(gfn)
-                    assert off is not None
                     batch_pfns.append(gfn)
                     offs.append(off)
                 if batch_pfns:
@@ -122,7 +112,7 @@ class PageSender:
         return n
 
 
-def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
+def live_send(d: Domain, machine: Any, writer: Any, *, suspend: Callable[[], None],
               resume: Callable[[], None], final_state: Callable[[Any], None],
               policy: PrecopyPolicy | None = None, flush: Callable[[], None] = lambda: None,
               progress: Callable[[dict[str, Any]], None] | None = None) -> PrecopyStats:
@@ -130,7 +120,9 @@ def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
     On any exception the domain is resumed (if it was suspended here) and it propagates."""
     policy = policy or PrecopyPolicy()
     stats = PrecopyStats(started=time.time())
-    log = DirtyLog(vm, d.memory.p2m)
+    from .domain_save import saved_pfns
+
+    log = DirtyLog(machine.vm, d.memory.p2m)
     sender = PageSender(d, writer)
     suspended = False
 
@@ -141,7 +133,7 @@ def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
     d.memory.dirty = log
     try:
         log.enable()
-        pfns = ram_pfns(d)
+        pfns = saved_pfns(d)
         total = len(pfns)
         report("live", 0, 0, total)
         sender.send(pfns, lambda n: report("live", 0, n, total))
@@ -161,7 +153,7 @@ def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
         suspend()
         suspended = True
         # What was dirty when the loop stopped, and what the guest wrote until it stopped.
-        last = sorted(set(dirty).union(log.fetch()))
+        last = sorted(set(dirty).union(log.fetch(), placed_pfns(d)))
         report("stopped", len(stats.iterations), 0, len(last))
         stats.final_pages = sender.send(last)
         final_state(writer)
@@ -187,7 +179,7 @@ def live_send(d: Domain, vm: Any, writer: Any, *, suspend: Callable[[], None],
 # --- the VMM's `migrate_send` op ----------------------------------------------------------
 
 
-def vmm_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
+def vmm_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
     """The VMM's migration ops: `migrate_send` (below) and `migrate_resume` (the source
     copy carries on after a failed handshake: libxl_domain_resume; a no-op unless a
     migration left the domain suspended)."""
@@ -198,10 +190,10 @@ def vmm_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
             resume_domain(d)
             return {"resumed": True}
         return {"resumed": False}
-    return migrate_send_op(d, vm, req)
+    return migrate_send_op(d, machine, req)
 
 
-def migrate_send_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
+def migrate_send_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
     """`{"op": "migrate_send", "stream": {pid, fd}, "config": C, "max_iters"?,
     "target_dirty"?}`: take the stream's descriptor (toolstack/streamfd.py) and write the
     whole stream there: xl's header with the domain config C, the libxl stream around the
@@ -209,7 +201,8 @@ def migrate_send_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
     destroys it once the target runs, or resumes it); resumed on failure."""
     from ..toolstack.migration import SaveWriter  # the format layer (stream branch)
     from ..toolstack.streamfd import take_fd
-    from .savestate import resume_domain, suspend_domain, write_final_state
+    from .domain_save import send_state
+    from .savestate import resume_domain, suspend_domain
 
     stream = req.get("stream")
     config = req.get("config")
@@ -219,9 +212,9 @@ def migrate_send_op(d: Domain, vm: Any, req: dict[str, Any]) -> dict[str, Any]:
     with open(take_fd(stream), "wb", buffering=1 << 20) as out:
         writer = SaveWriter(out, config, xl_header=True)
         writer.begin()
-        stats = live_send(d, vm, writer, suspend=lambda: suspend_domain(d),
+        stats = live_send(d, machine, writer, suspend=lambda: suspend_domain(machine),
                           resume=lambda: resume_domain(d),
-                          final_state=lambda w: write_final_state(d, w),
+                          final_state=lambda w: send_state(d, machine, w),
                           policy=policy, flush=out.flush,
                           progress=lambda p: d.emit({"event": "migrate_progress", **p}))
     d.migration_suspended = True

@@ -1,21 +1,22 @@
-"""Stopping the domain for the last round of a migration and writing its state records.
-Placeholder until the save/restore branch's state capture is merged: it pauses and
-resumes in place (a guest without PV control is paused and saved as is)."""
+"""Stopping the domain for the last round of a live migration, and letting it run again
+when the migration fails. A guest without PV control is paused and sent as it is (as
+libxl does for it); the guest-cooperative suspend (control/shutdown = "suspend") is the
+save/restore path's (vmm/domain_save.py) and not used by live migration yet."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..hypervisor.domain import Domain
+from .domain_save import complete_pending_exits
 
 
-def suspend_domain(d: Domain) -> None:
-    d.pause()
+def suspend_domain(machine: Any) -> None:
+    """Pause (Xen's domain_pause: no vCPU in the guest on return), then finish the exits
+    KVM completes only at the next KVM_RUN, so the saved registers are consistent."""
+    machine.domain.pause()
+    complete_pending_exits(machine)
 
 
 def resume_domain(d: Domain) -> None:
     d.unpause()
-
-
-def write_final_state(d: Domain, writer: Any) -> None:
-    raise NotImplementedError("vCPU/platform state records come with the save/restore branch")

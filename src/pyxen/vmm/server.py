@@ -210,7 +210,7 @@ class VmmServer:
             elif op in ("migrate_send", "migrate_resume"):  # xl migrate (vmm/precopy.py)
                 from .precopy import vmm_op
                 return {"id": rid, "ok": True, **await self.loop.run_in_executor(
-                    None, vmm_op, d, self.machine.vm, req)}
+                    None, vmm_op, d, self.machine, req)}
             elif op in ("take_fd", "save", "resume"):  # save/restore (vmm/saveops.py)
                 from . import saveops
                 conn = conn if conn is not None else {}
