@@ -56,6 +56,29 @@ def register(xl_module: Any) -> None:
         xl_module.cli.add_command(cmd, name)
 
 
+class Hostd:
+    """One connection to hostd kept for the whole handshake: the requests made while the
+    domain is down (rename, unpause) cost a round trip each, not a new connection."""
+
+    def __init__(self) -> None:
+        self.client = _xl.connect()
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        from ..toolstack.client import HostdError
+
+        try:
+            return self.client.request(op, **args)
+        except HostdError as e:
+            raise OpFailed(str(e)) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class OpFailed(Exception):
+    pass
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -275,36 +298,33 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
         args["config"] = override
     if max_iters is not None:
         args["max_iters"] = max_iters
+    hostd = Hostd()
     try:
-        with _xl.connect() as c:
-            stats = c.request("migrate_send", **args)
-    except Exception as e:  # noqa: BLE001 - hostd's error line, then xl's
+        stats = hostd.call("migrate_send", **args)
+    except OpFailed as e:  # hostd's error line, then xl's
         progress.stop()
         say(str(e))
         say("migration sender: libxl_domain_suspend failed (rc=-3)")
         close_transport()
         say("Migration failed, resuming at sender.")
-        _resume(domid)
+        _resume(hostd, domid)
         sys.exit(1)
     progress.stop()
     if debug:
         say(f"migration sender: {len(stats['iterations'])} live iteration(s) "
             f"{stats['iterations']}, {stats['final_pages']} page(s) with the domain "
-            f"suspended, {stats['bytes']} bytes")
+            f"suspended, {stats['bytes']} bytes; paused at {stats['paused_at']:.6f}, "
+            f"stream done at {stats['stream_done']:.6f}")
 
-    renamed = False
     try:
         read_fixed(recv_fd, MIGRATE_RECEIVER_READY, "ready message", rune)
         say("migration sender: Target has acknowledged transfer.")
-        _xl.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
-        renamed = True
-    except (HandshakeError, click.ClickException, Exception) as e:  # noqa: BLE001
+        hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
+    except (HandshakeError, OpFailed) as e:
         say(str(e))
         close_transport()
         say("Migration failed, resuming at sender.")
-        if renamed:
-            _rename_back(domid, name)
-        _resume(domid)
+        _resume(hostd, domid)
         sys.exit(1)
 
     # Point of no return: once "go" may have reached the target, resuming here could run
@@ -319,8 +339,8 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
             read_fixed(recv_fd, MIGRATE_PERMISSION_TO_GO, "permission for sender to resume",
                        rune)
             say("migration sender: Trying to resume at our end.")
-            _rename_back(domid, name)
-            if _resume(domid):
+            _rename_back(hostd, domid, name)
+            if _resume(hostd, domid):
                 say("migration sender: Resumed OK.")
             say("Migration failed due to problems at target.")
             close_transport()
@@ -331,7 +351,8 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
         close_transport()
         sys.exit(1)
     say("migration sender: Target reports successful startup.")
-    _xl.call("destroy", domain=domid)
+    hostd.call("destroy", domain=domid)
+    hostd.close()
     close_transport()
     say("Migration successful.")
 
@@ -345,19 +366,21 @@ def _load_config(path: str) -> dict[str, Any]:
         _xl.fail(str(e))
 
 
-def _resume(domid: int) -> bool:
+def _resume(hostd: Hostd, domid: int) -> bool:
+    """libxl_domain_resume, with the name the domain had (hostd's migrate_resume renames
+    NAME--migratedaway back)."""
     try:
-        _xl.call("migrate_resume", domain=domid)
+        hostd.call("migrate_resume", domain=domid)
         return True
-    except Exception as e:  # noqa: BLE001
+    except OpFailed as e:
         say(f"migration sender: resume failed: {e}")
         return False
 
 
-def _rename_back(domid: int, name: str) -> None:
+def _rename_back(hostd: Hostd, domid: int, name: str) -> None:
     try:
-        _xl.call("domain_rename", domain=domid, name=name)
-    except Exception as e:  # noqa: BLE001
+        hostd.call("domain_rename", domain=domid, name=name)
+    except OpFailed as e:
         say(f"migration sender: rename back to {name} failed: {e}")
 
 
@@ -391,10 +414,10 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         write_all(send_fd, MIGRATE_RECEIVER_BANNER, "banner")
     except HandshakeError as e:
         _xl.fail(str(e))
+    hostd = Hostd()
     try:
-        with _xl.connect() as c:
-            r = c.request("migrate_receive", stream=stream_spec(recv_fd))
-    except Exception as e:  # noqa: BLE001
+        r = hostd.call("migrate_receive", stream=stream_spec(recv_fd))
+    except OpFailed as e:
         say(str(e))
         say("migration target: Domain creation failed (code -3).")
         sys.exit(1)
@@ -408,15 +431,15 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         # The source is gone or said something else: it keeps (or resumes) its copy, so
         # ours must go (xl would leave NAME--incoming paused here).
         say(str(e))
-        _destroy_copy(domid)
+        _destroy_copy(hostd, domid)
         sys.exit(1)
     say("migration target: Got permission, starting domain.")
-    try:
-        _xl.call("domain_rename", domain=domid, name=common)
-        if not pause:
-            _xl.call("unpause", domain=domid)
+    try:  # libxl_domain_rename + libxl_domain_unpause, in one request to hostd
+        started = hostd.call("migrate_go", domain=domid, name=common, unpause=not pause)
         say("migration target: Domain started successsfully.")
-    except Exception as e:  # noqa: BLE001
+        if debug:
+            say(f"migration target: unpaused at {started['unpaused_at']:.6f}")
+    except OpFailed as e:
         say(str(e))
         rc = 3
     try:
@@ -424,10 +447,10 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
     except HandshakeError as e:
         say(str(e))
         if rc:
-            _destroy_copy(domid)
+            _destroy_copy(hostd, domid)
         sys.exit(1)
     if rc:
-        _destroy_copy(domid)
+        _destroy_copy(hostd, domid)
         say("migration target: Cleanup OK, granting sender permission to resume.")
         try:
             write_all(send_fd, MIGRATE_PERMISSION_TO_GO, "permission for sender to resume")
@@ -436,10 +459,10 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         sys.exit(1)
 
 
-def _destroy_copy(domid: int) -> None:
+def _destroy_copy(hostd: Hostd, domid: int) -> None:
     say("migration target: Failure, destroying our copy.")
     try:
-        _xl.call("destroy", domain=domid)
-    except Exception as e:  # noqa: BLE001
+        hostd.call("destroy", domain=domid)
+    except OpFailed as e:
         say(f"migration target: Failed to destroy our copy ({e}).")
 

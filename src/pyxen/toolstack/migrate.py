@@ -8,13 +8,15 @@ go from the source VMM straight into the stream (vmm/precopy.py).
 | `migrate_send` | `domain`, `stream` ({pid, fd}: toolstack/streamfd.py), `config`? (xl -C: a DomainConfig JSON), `max_iters`?, `target_dirty`? | the VMM's figures (iterations, paused_at, ...); the domain is left suspended |
 | `migrate_resume` | `domain` | the source copy runs again (failed migration) |
 | `domain_rename` | `domain`, `name` | libxl_domain_rename: xenstore's name nodes and config.json |
-| `migrate_receive` | `stream`, `paused`? | `domid`, `name` (NAME--incoming), `common_name` (NAME) |
+| `migrate_receive` | `stream` | `domid`, `name` (NAME--incoming), `common_name` (NAME); paused |
+| `migrate_go` | `domain`, `name`, `unpause` | the target's copy renamed NAME and unpaused (one round trip while the guest is down); `unpaused_at` (time.time()) |
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from .config import DomainConfig
@@ -23,9 +25,10 @@ from .domain import Domain, OpError
 if TYPE_CHECKING:
     from .hostd import Hostd
 
-OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive")
+OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive", "migrate_go")
 MIGRATE_TIMEOUT_S = 3600.0  # a live migration of a big, busy guest takes a while
 INCOMING = "--incoming"
+MIGRATEDAWAY = "--migratedaway"
 
 
 def stream_config(cfg: DomainConfig) -> dict[str, Any]:
@@ -39,7 +42,18 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
     dom = hostd.find(req.get("domain"))
     if op == "migrate_send":
         return await migrate_send(hostd, dom, req)
+    if op == "migrate_go":
+        name = req.get("name")
+        if not isinstance(name, str) or not name:
+            raise OpError("migrate_go needs a 'name'")
+        rename(hostd, dom, name)
+        if req.get("unpause", True):
+            await hostd.pause(dom, False)
+        return {"unpaused_at": time.time()}
     if op == "migrate_resume":
+        away = dom.config.name
+        if away.endswith(MIGRATEDAWAY):  # the name it had (xl renames back, then resumes)
+            rename(hostd, dom, away[:-len(MIGRATEDAWAY)])
         reply = await _vmm(dom, "migrate_resume")
         if reply.get("resumed"):
             dom.state = "running"
