@@ -38,6 +38,14 @@ int pv_evtchn_init(void)
     return 0;
 }
 
+/* After a resume in a new domain (SCHEDOP_shutdown(SHUTDOWN_suspend) returned 0): the
+ * shared_info page is no longer mapped and the ports are new. */
+void pv_evtchn_reset(void)
+{
+    si = NULL;
+    nwatched = 0;
+}
+
 void pv_evtchn_watch(evtchn_port_t port)
 {
     if (!port || nwatched == sizeof(watched) / sizeof(watched[0])) return;

@@ -57,7 +57,7 @@ def test_create_returns_and_list_shows_domain(host: Host, tmp_path: Path) -> Non
     assert list(host.list()) == ["Domain-0", "idle"]
     r = host.xl("list", "-l", "idle", check=True)
     (entry,) = json.loads(r.stdout)
-    assert entry["domid"] == 1 and entry["config"]["name"] == "idle"
+    assert entry["domid"] == 1 and entry["config"]["c_info"]["name"] == "idle"
     # the same name again: Xen's error, and nothing new left behind
     r = host.xl("create", cfg(tmp_path, "idle", "idle"))
     assert r.returncode != 0 and r.stderr.strip() == 'Domain with name "idle" already exists.'
@@ -243,7 +243,7 @@ def test_sigterm_destroys_running_domains(host: Host, tmp_path: Path) -> None:
 @needs_xenstored
 def test_xenstore_entries_while_running_and_gone_after(host: Host, tmp_path: Path) -> None:
     host.xl("create", cfg(tmp_path, "xs", "idle"), check=True)
-    uuid = json.loads(host.xl("list", "-l", "xs", check=True).stdout)[0]["config"]["uuid"]
+    uuid = json.loads(host.xl("list", "-l", "xs", check=True).stdout)[0]["config"]["c_info"]["uuid"]
     read = lambda p: host.xenstore("xenstore-read", p)  # noqa: E731
     assert read("/local/domain/1/name").stdout.strip() == "xs"
     assert read("/local/domain/1/domid").stdout.strip() == "1"

@@ -117,8 +117,9 @@ def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str 
             cfg = domconfig.from_xlconfig(xc)
         else:
             cfg = domconfig.load(cfgfile, overrides)
-        if dryrun:
-            click.echo(cfg.dumps())
+        if dryrun:  # libxl's domain_config JSON, as xl prints it
+            from pyxen.toolstack.libxl_json import dumps as libxl_dumps
+            click.echo(libxl_dumps(cfg))
             return
         cfg.check_files()
     except (XlCfgError, ConfigError) as e:
@@ -145,7 +146,9 @@ def list_(long_: bool, verbose: bool, domains: tuple[str, ...]) -> None:
     """List information about all/some domains."""
     doms = call("list", domains=list(domains))["domains"]
     if long_:
-        out = [{"domid": d["domid"], "config": d["config"]} for d in doms if d["config"]]
+        from pyxen.toolstack.libxl_json import config_json
+        out = [{"domid": d["domid"], "config": config_json(d["config"])}
+               for d in doms if d["config"]]
         click.echo(json.dumps(out, indent=4))
         return
     header = LIST_HEADER + ("   UUID                            Reason-Code\tSecurity Label"
@@ -518,6 +521,10 @@ _xl_sched.register(sys.modules[__name__])
 from pyxen.cli import xl_migrate as _xl_migrate  # noqa: E402 - migrate, migrate-receive
 
 _xl_migrate.register(sys.modules[__name__])
+
+from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
+
+_xl_save.register(sys.modules[__name__])
 
 
 def main(argv: list[str] | None = None) -> int:

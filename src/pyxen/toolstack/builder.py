@@ -32,7 +32,7 @@ class Builder:
     domains: dict[int, Domain]
 
     async def create(self, cfg: DomainConfig, paused: bool = False,
-                     domid: int | None = None) -> Domain:
+                     domid: int | None = None, restore_fd: int | None = None) -> Domain:
         if self.stopping.is_set():
             raise OpError("hostd is stopping: no new domains")
         cfg.check_files()
@@ -54,7 +54,7 @@ class Builder:
         dom = Domain(domid=domid, config=cfg, dir=ddir)
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
-            await self._build(dom)
+            await self._build(dom, restore_fd)
             from .schedops import domain_built
             await domain_built(self, dom)
             self._write_xenstore(dom)
@@ -87,7 +87,7 @@ class Builder:
                 print(f"--- vmm.log of domain {dom.domid} ---\n{text.rstrip()}\n---",
                       flush=True)
 
-    async def _build(self, dom: Domain) -> None:
+    async def _build(self, dom: Domain, restore_fd: int | None = None) -> None:
         ddir = dom.dir
         with contextlib.suppress(FileNotFoundError):
             _rmtree(ddir)
@@ -100,8 +100,10 @@ class Builder:
             dom.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyxen.vmm", "--domid", str(dom.domid),
                 "--config", str(cfg_path),
+                *(() if restore_fd is None else ("--restore-fd", str(restore_fd))),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=vmm_log, env=env, start_new_session=True)
+                stderr=vmm_log, env=env, start_new_session=True,
+                pass_fds=() if restore_fd is None else (restore_fd,))
         finally:
             vmm_log.close()
         asyncio.create_task(self._watch_process(dom))

@@ -218,6 +218,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
             return await debug_keys(self, req.get("keys"))
         if op == "wait":
             return {"reason": await self.wait(int(req.get("domid", -1)))}
+        from .saverestore import OPS as SAVERESTORE_OPS
+        if op in SAVERESTORE_OPS:  # xl save / restore: toolstack/saverestore.py
+            from .saverestore import saverestore_op
+            return await saverestore_op(self, op, req)
         from .schedops import OPS as SCHED_OPS
         if op in SCHED_OPS:  # credit scheduler, vCPUs, cpupools: toolstack/schedops.py
             from .schedops import sched_op

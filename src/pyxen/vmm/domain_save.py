@@ -69,7 +69,8 @@ def complete_pending_exits(machine: Any) -> None:
     for i, kv in enumerate(machine.vcpus):
         v = d.vcpus[i]
         run = kv.run_struct
-        if machine.watches[i].exits and (run.exit_reason in COMPLETED_AT_NEXT_RUN
+        last = run.exit_reason
+        if machine.watches[i].exits and (last in COMPLETED_AT_NEXT_RUN
                                          or run.kvm_dirty_regs):
             run.immediate_exit = 1
             try:
@@ -77,6 +78,12 @@ def complete_pending_exits(machine: Any) -> None:
             except KvmError:
                 pass
             run.kvm_dirty_regs = 0
+            if v.blocked and last == K.KVM_EXIT_IO:
+                # Parked inside SCHEDOP_block/poll: on Xen the hypercall has returned 0
+                # already and the vCPU is descheduled; that is the state to save.
+                regs = kv.get_regs()
+                regs.rax = 0
+                kv.set_regs(regs)
         if v.pending_context is not None:
             ctx, v.pending_context = v.pending_context, None
             regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
@@ -112,22 +119,29 @@ def saved_pfns(d: Any) -> list[int]:
 
 def page_batches(d: Any, pfns: Iterable[int]) -> Iterator[tuple[list[int], bytes]]:
     """(pfns, their pages) in batches of at most BATCH; pfns that became holes are
-    skipped."""
+    skipped. Runs of pfns contiguous in the store are copied with one slice."""
     p2m = d.memory.p2m
     view = d.memory.store.view
     batch: list[int] = []
-    data = bytearray()
+    parts: list[memoryview] = []
+    run_start = run_end = -1
     for pfn in pfns:
         off = p2m.page_offset(pfn)
         if off is None:
             continue
+        if off != run_end:
+            if run_end > run_start >= 0:
+                parts.append(view[run_start:run_end])
+            run_start = off
+        run_end = off + PAGE_SIZE
         batch.append(pfn)
-        data += view[off:off + PAGE_SIZE]
         if len(batch) == BATCH:
-            yield batch, bytes(data)
-            batch, data = [], bytearray()
+            parts.append(view[run_start:run_end])
+            yield batch, b"".join(parts)
+            batch, parts, run_start, run_end = [], [], -1, -1
     if batch:
-        yield batch, bytes(data)
+        parts.append(view[run_start:run_end])
+        yield batch, b"".join(parts)
 
 
 def send_pages(d: Any, out: StreamOut, pfns: Iterable[int] | None = None) -> int:
@@ -182,13 +196,13 @@ def save_domain(d: Any, machine: Any, out: BinaryIO, domain_config: dict[str, An
 
 # --- restore ---------------------------------------------------------------------------------
 
-def load_pages(d: Any, pfns: list[int], data: memoryview | bytes, where: str) -> None:
+def load_pages(d: Any, pages: Iterable[tuple[int, memoryview]], where: str) -> list[int]:
     """PAGE_DATA into the domain: a pfn that is a hole now is populated first (libxc
-    populates every pfn it receives)."""
+    populates every pfn it receives). Returns the pfns written."""
     p2m = d.memory.p2m
     view = d.memory.store.view
-    mv = memoryview(data)
-    for i, pfn in enumerate(pfns):
+    done = []
+    for pfn, data in pages:
         off = p2m.page_offset(pfn)
         if off is None:
             try:
@@ -198,7 +212,31 @@ def load_pages(d: Any, pfns: list[int], data: memoryview | bytes, where: str) ->
             off = p2m.page_offset(pfn) if ok else None
             if off is None:
                 raise RestoreError(f"{where}: cannot populate pfn {pfn:#x}")
-        view[off:off + PAGE_SIZE] = mv[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+        view[off:off + PAGE_SIZE] = data
+        done.append(pfn)
+    return done
+
+
+def load_runs(d: Any, runs: Iterable[tuple[int, memoryview]], where: str) -> list[int]:
+    """load_pages for runs of consecutive pfns: a run that is contiguous RAM in the store
+    (the usual case) is one copy."""
+    p2m = d.memory.p2m
+    view = d.memory.store.view
+    done: list[int] = []
+    for first, data in runs:
+        n = len(data) // PAGE_SIZE
+        off = p2m.page_offset(first)
+        last = p2m.page_offset(first + n - 1)
+        if (off is not None and last == off + (n - 1) * PAGE_SIZE
+                and p2m.window_offset(first + n - 1) == last
+                and p2m.window_offset(first) == off
+                and all(p2m.page_offset(first + k) is not None for k in range(n))):
+            view[off:off + n * PAGE_SIZE] = data
+            done.extend(range(first, first + n))
+        else:
+            done += load_pages(d, ((first + k, data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+                                   for k in range(n)), where)
+    return done
 
 
 def release_unsent(d: Any, received: set[int]) -> int:
@@ -282,11 +320,7 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     n = 0
     for rec in r.records():
         if isinstance(rec, PageData):
-            idx = [i for i, t in enumerate(rec.types) if t not in _NO_DATA] \
-                if rec.types is not None else None
-            pfns = rec.pfns if idx is None else [rec.pfns[i] for i in idx]
-            load_pages(d, pfns, rec.data, f"PAGE_DATA record {n}")
-            received.update(pfns)
+            received.update(load_runs(d, rec.runs(), f"PAGE_DATA record {n}"))
             n += 1
         elif isinstance(rec, TscInfo):
             tsc_khz = rec.khz
@@ -307,9 +341,6 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         load_params(d, params)
     return {"pages": len(received), "released": released,
             "seconds": round(time.monotonic() - t0, 6)}
-
-
-_NO_DATA = {0xF << 28, 0xE << 28, 0xD << 28}  # XTAB, BROKEN, XALLOC: no page follows
 
 
 def resume(machine: Any, cancelled: bool) -> None:

@@ -34,7 +34,8 @@ def host_memory_mib() -> int:
     return 1 << 30
 
 
-def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machine]:
+def build(domid: int, cfg: VmmConfig, log: list[dict],
+          restore: bool = False) -> tuple[Domain, X86Machine]:
     kvm = Kvm()
     host = host_memory_mib()
     for key, mib in (("memory", cfg.memory_mib), ("maxmem", cfg.maxmem_mib)):
@@ -59,6 +60,11 @@ def build(domid: int, cfg: VmmConfig, log: list[dict]) -> tuple[Domain, X86Machi
     d.console = Console()
     machine = X86Machine(d, kvm)
     init_event_services(d, machine.vm.fd)
+    if restore:  # no kernel: memory and vCPUs come from the image (vmm/domain_save.py)
+        d.log(f"d{domid}: PVH domain '{cfg.name}' being restored: {cfg.memory_mib} MiB, "
+              f"{cfg.max_vcpus} vCPU(s)")
+        machine.boot(0, 0)
+        return d, machine
     boot = build_pvh(mem, cfg.kernel, cfg.ramdisk, cfg.cmdline, cfg.vcpus, cfg.max_vcpus,
                      vnuma=cfg.vnuma)
     d.log(f"d{domid}: PVH domain '{cfg.name}': {cfg.memory_mib} MiB, "
@@ -96,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
                                  description="pyxen domain process (one per domain)")
     ap.add_argument("--domid", type=int, required=True)
     ap.add_argument("--config", required=True)
+    ap.add_argument("--restore-fd", type=int, default=None,
+                    help="build from a save image read from this fd (libxl stream on)")
     args = ap.parse_args(argv)
     ddir = paths.domain_dir(args.domid)
     install_kick_handler()
     backlog: list[dict] = []
     try:
         cfg = load_config(args.config)
-        domain, machine = build(args.domid, cfg, backlog)
+        domain, machine = build(args.domid, cfg, backlog, args.restore_fd is not None)
         server = VmmServer(domain, machine, ddir, backlog)
         server.bind()
         try:  # PV console ring + xenstore page (Xen's special pages), served from here
@@ -111,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             server.cleanup()
             raise
         server.backends.append(pv)  # closed at destruction with the other backends
+        if args.restore_fd is not None:
+            from .restore import restore_or_cleanup
+            restore_or_cleanup(domain, machine, server, args.restore_fd)
         bus = start_device_backends(domain)
         if bus is not None:
             server.backends.append(bus)

@@ -270,7 +270,7 @@ def load_vcpu(kv: Vcpu, recs: dict[int, bytes]) -> bool:
         blob = recs[S.CPU_XSAVE_CODE]
         hdr = S.hvm_hw_cpu_xsave.from_buffer_copy(blob[:ctypes.sizeof(S.hvm_hw_cpu_xsave)])
         area = blob[24:]
-        ctypes.memmove(xs, area, min(len(area), ctypes.sizeof(xs)))
+        ctypes.memmove(ctypes.addressof(xs), area, min(len(area), ctypes.sizeof(xs)))
         if hdr.xcr0:
             x = K.kvm_xcrs(nr_xcrs=1)
             x.xcrs[0].xcr, x.xcrs[0].value = 0, hdr.xcr0
@@ -279,7 +279,7 @@ def load_vcpu(kv: Vcpu, recs: dict[int, bytes]) -> bool:
             except KvmError:
                 pass
     elif cpu is not None:
-        ctypes.memmove(xs, bytes(cpu.fpu_regs), 512)
+        ctypes.memmove(ctypes.addressof(xs), bytes(cpu.fpu_regs), 512)
         ctypes.memmove(ctypes.addressof(xs) + XSAVE_HDR, XSTATE_FP_SSE.to_bytes(8, "little"), 8)
     if S.CPU_XSAVE_CODE in recs or cpu is not None:
         ioctl(kv.fd, K.KVM_SET_XSAVE, xs)

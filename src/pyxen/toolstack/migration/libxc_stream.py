@@ -297,6 +297,34 @@ def decode_hvm_params(rec: RawRecord) -> dict[int, int]:
     return dict(HVM_PARAM.iter_unpack(body[HVM_PARAMS_HDR.size:]))
 
 
+HVM_SAVE_DESC = struct.Struct("<HHI")  # public/hvm/save.h: typecode, instance, length
+HVM_SAVE_CODE_END, HVM_SAVE_CODE_HEADER = 0, 1
+
+
+def check_hvm_context(rec: RawRecord) -> None:
+    """The blob's framing (public/hvm/save.h): descriptors chained from HEADER to an
+    empty END that ends the blob. The entries themselves are the restorer's to check."""
+    body, pos, first = rec.body, 0, True
+    while True:
+        if pos + HVM_SAVE_DESC.size > len(body):
+            raise rec.error(f"HVM context: descriptor at octet {pos} runs past the "
+                            f"{len(body)}-octet blob (no END)")
+        code, _inst, length = HVM_SAVE_DESC.unpack_from(body, pos)
+        if first and code != HVM_SAVE_CODE_HEADER:
+            raise rec.error(f"HVM context starts with typecode {code}, not HEADER")
+        first = False
+        pos += HVM_SAVE_DESC.size
+        if length > len(body) - pos:
+            raise rec.error(f"HVM context: entry of typecode {code} at octet "
+                            f"{pos - HVM_SAVE_DESC.size} has length {length}, past the blob")
+        pos += length
+        if code == HVM_SAVE_CODE_END:
+            if length or pos != len(body):
+                raise rec.error(f"HVM context: END at octet {pos - length - 8} is not the "
+                                f"empty last entry of the blob")
+            return
+
+
 def decode_cpuid_policy(rec: RawRecord) -> list[tuple[int, ...]]:
     if len(rec.body) % CPUID_LEAF.size:
         raise rec.error(f"body length {len(rec.body)} is not a whole number of "

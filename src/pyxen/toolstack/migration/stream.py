@@ -24,7 +24,7 @@ from . import libxc_stream as xc
 from . import libxl_stream as xl
 from . import savefile
 from .errors import StreamError
-from .wire import Input, Output
+from .wire import Input, Output, RawRecord
 
 # --- records as the reader yields them --------------------------------------------------
 
@@ -45,6 +45,26 @@ class PageData:
             if t not in xc.PFINFO_NO_DATA:
                 yield pfn, view[i:i + xc.PAGE_SIZE]
                 i += xc.PAGE_SIZE
+
+
+    def runs(self) -> Iterator[tuple[int, memoryview]]:
+        """(first pfn, view of n pages) for each run of consecutive pfns with data: one
+        copy per run into guest memory instead of one per page."""
+        view = memoryview(self.data)
+        i = 0
+        start = prev = -2
+        begin = 0
+        for pfn, t in zip(self.pfns, self.types, strict=True):
+            if t in xc.PFINFO_NO_DATA:
+                continue
+            if pfn != prev + 1:
+                if start >= 0:
+                    yield start, view[begin:i]
+                start, begin = pfn, i
+            prev = pfn
+            i += xc.PAGE_SIZE
+        if start >= 0:
+            yield start, view[begin:i]
 
 
 @dataclass
@@ -101,8 +121,8 @@ class SaveWriter:
     """Writes one xl save image / migration stream onto a binary file object.
 
     Call begin(), then any number of page_data() (the same pfn may be sent again, as live
-    migration resends dirtied pages), tsc_info(), hvm_params(), hvm_context(), then
-    finish(). cpuid_policy()/msr_policy() (optional) go before the first page_data().
+    migration resends dirtied pages), then tsc_info(), hvm_context(), hvm_params() (Xen's
+    order; page_data() after them is refused), then finish(). cpuid_policy()/msr_policy() (optional) go before the first page_data().
     Write failures (disk full, a dropped connection) raise StreamError from the OSError.
     """
 
@@ -123,13 +143,18 @@ class SaveWriter:
         if self._state not in states:
             raise RuntimeError(f"SaveWriter.{what}() called in state {self._state!r}")
 
-    def _body(self, what: str) -> None:
-        """Records after the static data: emit STATIC_DATA_END on the first one."""
-        self._need("static", "body", what=what)
+    def _body(self, what: str, state: str = "body") -> None:
+        """Records after the static data: emit STATIC_DATA_END on the first one. The
+        domain state records (TSC, HVM params and context) come after all PAGE_DATA, as
+        Xen's saver writes them."""
+        if state == "body":
+            self._need("static", "body", what=what)
+        else:
+            self._need("static", "body", "state", what=what)
         if self._state == "static":
             self._out.write(xc.static_data_end())
             self.records_written += 1
-            self._state = "body"
+        self._state = state
 
     def begin(self) -> None:
         self._need("new", what="begin")
@@ -169,18 +194,24 @@ class SaveWriter:
         self.records_written += 1
 
     def tsc_info(self, mode: int, khz: int, nsec: int, incarnation: int) -> None:
-        self._body("tsc_info")
+        self._body("tsc_info", "state")
         self._out.write(xc.tsc_info(mode, khz, nsec, incarnation))
         self.records_written += 1
 
     def hvm_params(self, params: dict[int, int]) -> None:
-        self._body("hvm_params")
+        self._body("hvm_params", "state")
         if params:  # the spec: data records with no content are elided
             self._out.write(xc.hvm_params(params))
             self.records_written += 1
 
     def hvm_context(self, blob: bytes) -> None:
-        self._body("hvm_context")
+        try:  # a malformed blob is the caller's bug: refuse it before writing anything
+            xc.check_hvm_context(RawRecord(xc.REC_TYPE_HVM_CONTEXT, "HVM_CONTEXT",
+                                           bytes(blob), self.records_written,
+                                           self.bytes_written, "libxc"))
+        except StreamError as e:
+            raise ValueError(str(e)) from None
+        self._body("hvm_context", "state")
         self._out.write(xc.hvm_context(blob))
         self.records_written += 1
 
@@ -188,7 +219,7 @@ class SaveWriter:
         self._out.flush()
 
     def finish(self) -> None:
-        self._body("finish")
+        self._body("finish", "state")
         self._out.write(xc.end() + xl.end())
         self.records_written += 2
         self._state = "done"
@@ -297,8 +328,7 @@ class SaveReader:
             elif t == xc.REC_TYPE_X86_TSC_INFO:
                 yield TscInfo(*xc.decode_tsc_info(rec))
             elif t == xc.REC_TYPE_HVM_CONTEXT:
-                if not rec.body:
-                    raise rec.error("empty HVM context")
+                xc.check_hvm_context(rec)
                 seen.hvm_context = True
                 yield HvmContext(rec.body)
             elif t == xc.REC_TYPE_HVM_PARAMS:

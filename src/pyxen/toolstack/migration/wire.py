@@ -111,11 +111,13 @@ def read_record(inp: Input, layer: str, names: dict[int, str], limits: dict[int,
         name, limit = f"optional {rtype:#010x}", OPTIONAL_MAX
     else:
         limit = limits[rtype]
+    where = f"{layer} record {index} ({name}) at offset {offset}"
     if length > limit:
-        raise StreamError(f"{where} ({name}): body length {length} is more than a {name} "
+        raise StreamError(f"{where}: body length {length} is more than a {name} "
                           f"record can hold ({limit}): corrupt stream")
-    body = inp.read(length + padding(length), f"{where} ({name})")
-    return RawRecord(rtype, name, body[:length], index, offset, layer)
+    pad = padding(length)
+    body = inp.read(length + pad, where)
+    return RawRecord(rtype, name, body[:length] if pad else body, index, offset, layer)
 
 
 def record_header(rtype: int, length: int) -> bytes:

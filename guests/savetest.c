@@ -1,0 +1,189 @@
+/*
+ * savetest: a guest for xl save / restore / migrate (tests/migration). It counts in
+ * ring 3 (native speed on kvm_pvm) and keeps a memory pattern; on request it reports
+ * the counter and the pattern's checksum, and it cooperates with suspend as a Xen guest
+ * with PV drivers does (Linux's drivers/xen/manage.c):
+ *
+ *   mode=pv (default)  watches control/shutdown and data/request. "suspend": acknowledge,
+ *                      SCHEDOP_shutdown(SHUTDOWN_suspend); it returns 1 (cancelled, or a
+ *                      checkpoint: carry on) or 0 (a new domain: map shared_info again,
+ *                      take the new store/console channels, watch again, re-advertise).
+ *                      data/request = S -> data/report = "seq=S counter=C sum=X dom=D
+ *                      resumed=R cancelled=K" and the same line on the console.
+ *   mode=nopv          no PV drivers at all (HVM_PARAM_CALLBACK_IRQ stays 0): a report
+ *                      line on the debug port (xl dmesg) every `every` chunks.
+ *   pattern_mb=N       size of the pattern (default 16), at 16 MiB.
+ *   dirty=1            the counting loop rewrites one pattern word per page as it goes
+ *                      (same value: pages get dirty, the checksum stays).
+ */
+#include "pv.h"
+
+#define PATTERN_BASE (16ull << 20)
+#define CHUNK 20000000ull
+
+static char user_stack[16384] __attribute__((aligned(16)));
+static volatile uint64_t counter;
+static uint64_t pattern_words, seed = 0x5EED5EED, dirty_cursor;
+static unsigned int opt_dirty, domid, resumed, cancelled;
+void ap_main(unsigned int id) { (void)id; for (;;) asm volatile("cli; hlt"); }
+
+void exception_report(uint64_t *frame)
+{
+    printk("savetest: unexpected exception %lu (error %lx) at rip %lx cs %lx\n",
+           frame[0], frame[1], frame[2], frame[3]);
+    shutdown(SHUTDOWN_crash);
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* --- ring 3 ------------------------------------------------------------------------ */
+
+static uint64_t user_fill(uint64_t unused)
+{
+    (void)unused;
+    uint64_t *w = (uint64_t *)PATTERN_BASE;
+    for (uint64_t i = 0; i < pattern_words; i++) w[i] = mix(seed ^ i);
+    return 0;
+}
+
+static uint64_t user_sum(uint64_t unused)
+{
+    (void)unused;
+    const uint64_t *w = (const uint64_t *)PATTERN_BASE;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint64_t i = 0; i < pattern_words; i++) { h ^= w[i]; h *= 0x100000001b3ULL; }
+    return h;
+}
+
+static uint64_t user_count(uint64_t n)
+{
+    volatile uint64_t *w = (volatile uint64_t *)PATTERN_BASE;
+    uint64_t pages = pattern_words / 512, cur = dirty_cursor;
+    for (uint64_t i = 0; i < n; i++) {
+        counter++;
+        if (opt_dirty && !(i & 255) && pages) {  /* same value: dirty, checksum kept */
+            uint64_t k = (cur % pages) * 512;
+            w[k] = w[k];
+            cur++;
+        }
+    }
+    dirty_cursor = cur;
+    return 0;
+}
+
+static uint64_t ring3(uint64_t (*fn)(uint64_t), uint64_t arg)
+{ return run_user(fn, arg, user_stack + sizeof(user_stack)); }
+
+/* --- PV part ------------------------------------------------------------------------ */
+
+static void report_line(char *buf, size_t size, const char *seq)
+{
+    uint64_t sum = ring3(user_sum, 0);
+    snprintf(buf, size, "seq=%s counter=%lu sum=%016lx dom=%u resumed=%u cancelled=%u",
+             seq, (unsigned long)counter, (unsigned long)sum, domid, resumed, cancelled);
+}
+
+static void pv_connect(void)
+{
+    long rc = cons_init();
+    if (!rc) rc = xb_init();
+    if (!rc) rc = pv_control_init();
+    if (!rc) rc = xb_write("control/feature-suspend", "1");
+    if (!rc) rc = xb_watch("data/request", "req");
+    if (rc) {
+        printk("savetest: PV set-up failed: %ld\n", rc);
+        shutdown(SHUTDOWN_crash);
+    }
+}
+
+static unsigned int read_domid(void)
+{
+    uint32_t base = find_xen_leaves(), a, b, c, d;
+    cpuid(base + 4, &a, &b, &c, &d);
+    return (a & XEN_HVM_CPUID_DOMID_PRESENT) ? c : ~0u;
+}
+
+static void do_suspend(void)
+{
+    struct sched_shutdown s = { .reason = SHUTDOWN_suspend };
+    cprintf("savetest: suspending at counter=%lu\n", (unsigned long)counter);
+    long rc = sched_op(SCHEDOP_shutdown, &s);
+    if (rc == 0) {  /* a new domain: everything Xen-side is new */
+        resumed++;
+        pv_evtchn_reset();
+        xb_reset_state();
+        domid = read_domid();
+        pv_connect();
+        cprintf("savetest: resumed in domain %u at counter=%lu\n", domid,
+                (unsigned long)counter);
+    } else {
+        cancelled++;
+        cprintf("savetest: suspend cancelled (%ld), carrying on\n", rc);
+    }
+}
+
+static void handle_xenstore(void)
+{
+    char path[128], token[32], value[32], line[200];
+    while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+        if (!strncmp(token, "control", 8)) {
+            if (xb_read("control/shutdown", value, sizeof(value)) < 0) continue;
+            if (!strncmp(value, "suspend", 8)) {
+                xb_write("control/shutdown", "");
+                do_suspend();
+            } else if (!strncmp(value, "poweroff", 9) || !strncmp(value, "reboot", 7)) {
+                xb_write("control/shutdown", "");
+                shutdown(value[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
+            }
+        } else if (!strncmp(token, "req", 4)) {
+            if (xb_read("data/request", value, sizeof(value)) <= 0) continue;
+            report_line(line, sizeof(line), value);
+            xb_write("data/report", line);
+            cprintf("savetest: %s\n", line);
+        }
+    }
+}
+
+void kmain(uint32_t start_info_paddr)
+{
+    cpu_tables_init();
+    asm volatile("lidt idt_ptr(%%rip)" ::: "memory");
+    uint32_t base = find_xen_leaves(), a, b, c, d;
+    if (!base) for (;;) asm volatile("cli; hlt");
+    cpuid(base + 2, &a, &b, &c, &d);
+    wrmsr(b, (uint64_t)hypercall_page);
+    domid = read_domid();
+    struct hvm_start_info *si = (struct hvm_start_info *)(uint64_t)start_info_paddr;
+    cmdline_load(si->cmdline_paddr);
+    char mode[16] = "pv";
+    opt("mode", mode, sizeof(mode));
+    pattern_words = opt_ul("pattern_mb", 16) << 17;
+    opt_dirty = (unsigned int)opt_ul("dirty", 0);
+    ring3(user_fill, 0);
+    char line[200];
+    if (streq(mode, "nopv")) {
+        unsigned long every = opt_ul("every", 10), n = 0;
+        debug_port_printk("savetest: no PV drivers, reporting every %lu chunks\n", every);
+        for (;;) {
+            ring3(user_count, CHUNK);
+            if (++n % every == 0) {
+                report_line(line, sizeof(line), "-");
+                debug_port_printk("savetest: %s\n", line);
+            }
+        }
+    }
+    pv_connect();
+    report_line(line, sizeof(line), "0");
+    cprintf("savetest: ready, %s\n", line);
+    for (;;) {
+        ring3(user_count, CHUNK);
+        pv_ack();
+        handle_xenstore();
+    }
+}
