@@ -32,8 +32,11 @@ MIGRATEDAWAY = "--migratedaway"
 
 
 def stream_config(cfg: DomainConfig) -> dict[str, Any]:
-    """The domain configuration the stream carries (xl's save-file header)."""
-    return cfg.to_json()
+    """The domain configuration the stream carries (xl's save-file header): libxl's
+    domain_config JSON, as xl save writes it."""
+    from .saverestore import libxl_config
+
+    return libxl_config(cfg)
 
 
 async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -139,14 +142,13 @@ def read_stream_config(fd: int) -> DomainConfig:
 
 
 def config_from_stream(data: dict[str, Any]) -> DomainConfig:
+    from .config import ConfigError
+    from .saverestore import config_from_libxl
+
     try:
-        return DomainConfig.from_json(data)
-    except Exception as e:  # noqa: BLE001 - not pyxen's own JSON: libxl's domain_config
-        try:
-            from .libxl_json import from_libxl_json  # type: ignore[attr-defined]
-        except ImportError:
-            raise OpError(f"migration stream: unusable domain configuration: {e}") from None
-        return from_libxl_json(data)
+        return config_from_libxl(data)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise OpError(f"migration stream: bad domain configuration: {e}") from None
 
 
 async def migrate_receive(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
