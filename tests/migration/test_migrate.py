@@ -45,9 +45,11 @@ def wait_reports(h: MigHost, domid: int, count: int, after: int = -1):
                       timeout=90)
 
 
-def rune_for(target: MigHost) -> list[str]:
-    """`-s` and HOST such that `SSHCOMMAND HOST xl migrate-receive` runs target's xl here."""
-    return ["-s", "env", f"PYXEN_RUNDIR={target.root}"]
+def migrate_to(source: MigHost, target: MigHost, domain: str, *opts: str):
+    """xl migrate with `-s env` and HOST `PYXEN_RUNDIR=<target's>`, so xl's transport
+    `exec SSHCOMMAND HOST xl migrate-receive` runs the target host's xl on this machine."""
+    return source.xl("migrate", *opts, "-s", "env", domain, f"PYXEN_RUNDIR={target.root}",
+                     timeout=240)
 
 
 def test_live_migration_while_dirtying(hosts, tmp_path) -> None:
@@ -55,7 +57,8 @@ def test_live_migration_while_dirtying(hosts, tmp_path) -> None:
     domid = create_dirty(a, tmp_path)
     before = wait_reports(a, domid, 3)
     assert before[-1][1] == 0, before
-    r = a.xl("migrate", "--debug", *rune_for(b), "mig", timeout=240)
+    r = migrate_to(a, b, "mig", "--debug")
+    print(r.stderr)
     assert r.returncode == 0, r.stderr
     err = r.stderr
     for msg in ("migration target: Ready to receive domain.",
