@@ -13,7 +13,7 @@ import time
 
 import pytest
 from mighost import MigHost
-from xlhost import HELLO, needs_vmm
+from xlhost import HELLO, needs_vmm, processes_of
 
 pytestmark = [needs_vmm, pytest.mark.timeout(300)]
 
@@ -87,20 +87,33 @@ def test_live_migration_while_dirtying(hosts, tmp_path) -> None:
 
 
 def test_target_dies_mid_stream(hosts, tmp_path) -> None:
-    """The receiver is killed while pages flow: the source resumes, same domain, same
-    name, memory intact; the target has no domain, no directories, no xenstore entries."""
+    """The target's receiver and its VMM are killed while pages flow: the source resumes,
+    same domain, same name, memory intact; the target has no domain, no directories, no
+    xenstore entries."""
     a, b = hosts
     domid = create_dirty(a, tmp_path, memory=256, mib=200, rate=200000)
     wait_reports(a, domid, 2)
-    b.xl("list", check=True)  # start the target's hostd first
-    # The target's receiver is killed (with its VMM's stream) after a moment.
-    killer = tmp_path / "die.sh"
-    killer.write_text("#!/bin/sh\n(sleep 1.0; kill -9 $$) &\nexec env "
-                      f"PYXEN_RUNDIR={b.root} xl migrate-receive\n")
-    killer.chmod(0o755)
-    r = a.xl("migrate", "-s", "", "mig", str(killer), timeout=240)
-    assert r.returncode != 0
-    assert "Migration failed, resuming at sender." in r.stderr, r.stderr
+    b.xl("list", check=True)  # the target's hostd runs before the migration starts
+    mig = subprocess.Popen([*a.xl_argv(), "migrate", "-s", "env", "mig",
+                            f"PYXEN_RUNDIR={b.root}"], env=a.env, cwd=a.workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victims = b.wait_for(lambda: [p for p, cmd in processes_of(b.root)
+                                      if "pyxen.vmm" in cmd or "migrate-receive" in cmd][1:]
+                             and [p for p, cmd in processes_of(b.root)
+                                  if "pyxen.vmm" in cmd or "migrate-receive" in cmd],
+                             "the target's receiver and VMM")
+        time.sleep(0.3)  # pages are flowing
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _, err = mig.communicate(timeout=120)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode != 0
+    assert "migration sender: libxl_domain_suspend failed" in err, err
+    assert "Migration failed, resuming at sender." in err, err
     la = a.list()
     assert "mig" in la and int(la["mig"]["id"]) == domid, la
     last = max(n for n, _, _ in reports(a, domid))
@@ -126,6 +139,7 @@ def test_link_drops_before_handshake(hosts, tmp_path) -> None:
                      f"env PYXEN_RUNDIR={b.root} xl migrate-receive | head -c 54\n")
     relay.chmod(0o755)
     r = a.xl("migrate", "-s", "", "mig", str(relay), timeout=240)
+    print(r.stderr)
     assert r.returncode != 0, r.stderr
     assert "Migration failed, resuming at sender." in r.stderr, r.stderr
     la = a.list()

@@ -141,7 +141,7 @@ def live_send(d: Domain, machine: Any, writer: Any, *, suspend: Callable[[], Non
         prev = total
         while True:
             dirty = log.fetch()
-            if (len(dirty) <= policy.target_dirty or len(stats.iterations) > policy.max_iters
+            if (len(dirty) <= policy.target_dirty or len(stats.iterations) >= policy.max_iters
                     or len(dirty) >= prev):
                 break
             it, todo = len(stats.iterations), len(dirty)
