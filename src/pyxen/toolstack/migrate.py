@@ -7,6 +7,7 @@ go from the source VMM straight into the stream (vmm/precopy.py).
 |---|---|---|
 | `migrate_send` | `domain`, `stream` ({pid, fd}: toolstack/streamfd.py), `config`? (xl -C: a DomainConfig JSON), `max_iters`?, `target_dirty`? | the VMM's figures (iterations, paused_at, ...); the domain is left suspended |
 | `migrate_resume` | `domain` | the source copy runs again (failed migration) |
+| `migrate_probe` | `domain`, `stream`, `bytes` | `seconds`: the VMM wrote that much guest memory to the stream, nothing else (bench/migrate.py's baseline) |
 | `domain_rename` | `domain`, `name` | libxl_domain_rename: xenstore's name nodes and config.json |
 | `migrate_receive` | `stream` | `domid`, `name` (NAME--incoming), `common_name` (NAME); paused |
 | `migrate_go` | `domain`, `name`, `unpause` | the target's copy renamed NAME and unpaused (one round trip while the guest is down); `unpaused_at` (time.time()) |
@@ -25,7 +26,8 @@ from .domain import Domain, OpError
 if TYPE_CHECKING:
     from .hostd import Hostd
 
-OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive", "migrate_go")
+OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive", "migrate_go",
+       "migrate_probe")
 MIGRATE_TIMEOUT_S = 3600.0  # a live migration of a big, busy guest takes a while
 INCOMING = "--incoming"
 MIGRATEDAWAY = "--migratedaway"
@@ -53,6 +55,10 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
         if req.get("unpause", True):
             await hostd.pause(dom, False)
         return {"unpaused_at": time.time()}
+    if op == "migrate_probe":  # bench/migrate.py: the transport alone, from the VMM
+        reply = await _vmm(dom, "migrate_probe", timeout=MIGRATE_TIMEOUT_S,
+                           stream=req.get("stream"), bytes=int(req.get("bytes", 512 << 20)))
+        return {"seconds": reply["seconds"], "bytes": reply["bytes"]}
     if op == "migrate_resume":
         away = dom.config.name
         if away.endswith(MIGRATEDAWAY):  # the name it had (xl renames back, then resumes)

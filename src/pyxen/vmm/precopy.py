@@ -180,9 +180,9 @@ def live_send(d: Domain, machine: Any, writer: Any, *, suspend: Callable[[], Non
 
 
 def vmm_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
-    """The VMM's migration ops: `migrate_send` (below) and `migrate_resume` (the source
+    """The VMM's migration ops: `migrate_send` (below), `migrate_resume` (the source
     copy carries on after a failed handshake: libxl_domain_resume; a no-op unless a
-    migration left the domain suspended)."""
+    migration left the domain suspended) and `migrate_probe` (the bench's baseline)."""
     if req.get("op") == "migrate_resume":
         from .savestate import resume_domain
         if getattr(d, "migration_suspended", False):
@@ -190,7 +190,28 @@ def vmm_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
             resume_domain(d)
             return {"resumed": True}
         return {"resumed": False}
+    if req.get("op") == "migrate_probe":
+        return probe_op(d, req)
     return migrate_send_op(d, machine, req)
+
+
+def probe_op(d: Domain, req: dict[str, Any]) -> dict[str, Any]:
+    """`migrate_probe` with `stream`, `bytes`: write that many octets of guest memory to
+    the stream the way pre-copy does (1 MiB buffered writes of 4 MiB slices), nothing
+    else. bench/migrate.py's baseline: what the transport itself costs."""
+    from ..toolstack.streamfd import take_fd
+
+    total = int(req.get("bytes", 512 << 20))
+    view = d.memory.view
+    span = min(len(view), 4 << 20)
+    t0 = time.monotonic()
+    with open(take_fd(req.get("stream")), "wb", buffering=1 << 20) as out:
+        left = total
+        while left:
+            n = min(left, span)
+            out.write(view[:n])
+            left -= n
+    return {"seconds": time.monotonic() - t0, "bytes": total}
 
 
 def migrate_send_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
