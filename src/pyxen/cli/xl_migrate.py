@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,8 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
 
     try:
         read_fixed(recv_fd, MIGRATE_RECEIVER_READY, "ready message", rune)
+        if debug:
+            say(f"migration sender: target ready at {time.time():.6f}")
         say("migration sender: Target has acknowledged transfer.")
         hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
     except (HandshakeError, OpFailed) as e:
@@ -422,6 +425,8 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         say("migration target: Domain creation failed (code -3).")
         sys.exit(1)
     domid, common = r["domid"], r["common_name"]
+    if debug:
+        say(f"migration target: restored at {time.time():.6f}")
     say("migration target: Transfer complete, requesting permission to start domain.")
     rc = 0
     try:
@@ -433,6 +438,8 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         say(str(e))
         _destroy_copy(hostd, domid)
         sys.exit(1)
+    if debug:
+        say(f"migration target: permission at {time.time():.6f}")
     say("migration target: Got permission, starting domain.")
     try:  # libxl_domain_rename + libxl_domain_unpause, in one request to hostd
         started = hostd.call("migrate_go", domain=domid, name=common, unpause=not pause)

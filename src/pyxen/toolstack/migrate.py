@@ -51,10 +51,17 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
         name = req.get("name")
         if not isinstance(name, str) or not name:
             raise OpError("migrate_go needs a 'name'")
-        rename(hostd, dom, name)
+        # The guest is down until the unpause: the name is checked first, the unpause
+        # goes first, the renaming (xenstore, config.json) after it.
+        for other in hostd.domains.values():
+            if other is not dom and other.config.name == name:
+                raise OpError(f'Domain with name "{name}" already exists.')
+        unpaused_at = None
         if req.get("unpause", True):
             await hostd.pause(dom, False)
-        return {"unpaused_at": time.time()}
+            unpaused_at = time.time()
+        rename(hostd, dom, name)
+        return {"unpaused_at": unpaused_at or time.time()}
     if op == "migrate_probe":  # bench/migrate.py: the transport alone, from the VMM
         reply = await _vmm(dom, "migrate_probe", timeout=MIGRATE_TIMEOUT_S,
                            stream=req.get("stream"), bytes=int(req.get("bytes", 512 << 20)))

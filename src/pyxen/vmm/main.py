@@ -119,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             server.cleanup()
             raise
         server.backends.append(pv)  # closed at destruction with the other backends
-        if args.restore_fd is not None:
-            from .restore import restore_or_cleanup
-            restore_or_cleanup(domain, machine, server, args.restore_fd)
+        # The backend bus first: when the image comes from a live migration, everything
+        # done after its last record is guest downtime (docs/migration.md).
         bus = start_device_backends(domain)
         if bus is not None:
             server.backends.append(bus)
+        if args.restore_fd is not None:
+            from .restore import restore_or_cleanup
+            restore_or_cleanup(domain, machine, server, args.restore_fd)
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
