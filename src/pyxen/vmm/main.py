@@ -124,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         bus = start_device_backends(domain)
         if bus is not None:
             server.backends.append(bus)
-        if args.restore_fd is not None:
-            from .restore import restore_or_cleanup
-            restore_or_cleanup(domain, machine, server, args.restore_fd)
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
@@ -139,5 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"internal error while building the domain: {type(e).__name__}: {e}"
         announce({"event": "error", "message": msg.splitlines()[0]})
         return 2
+    if args.restore_fd is not None:  # the image streams in while hostd sets up (restore.py)
+        from .restore import restore_in_background
+        announce({"event": "built", "restoring": True, **pv.announce()})
+        restore_in_background(domain, machine, args.restore_fd)
+        return server.serve()
     announce({"event": "built", **pv.announce()})
     return server.serve()
