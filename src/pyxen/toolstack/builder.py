@@ -142,6 +142,7 @@ class Builder:
         VMM's `restored` (or `restore_failed`: an OpError, the caller tears down), then
         the introduction (xenstored maps the store ring as the image left it)."""
         fut = dom.restore_done  # type: ignore[attr-defined]
+        from . import netops  # noqa: F401 - imported while waiting, not after the image
         if self.xs is not None:
             xsdomain.write_domain(self.xs, dom.domid, dom.config,
                                   store_port=dom.store.get("store_port"),
