@@ -316,6 +316,8 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
             f"{stats['iterations']}, {stats['final_pages']} page(s) with the domain "
             f"suspended, {stats['bytes']} bytes; paused at {stats['paused_at']:.6f}, "
             f"stream done at {stats['stream_done']:.6f}")
+        phases = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in stats["stop_phases"].items())
+        say(f"migration sender: domain suspended: {phases}")
 
     try:
         read_fixed(recv_fd, MIGRATE_RECEIVER_READY, "ready message", rune)

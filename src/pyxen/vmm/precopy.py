@@ -45,11 +45,15 @@ class PrecopyStats:
     paused_at: float = 0.0  # time.time() when the guest stopped (downtime begins)
     stream_done: float = 0.0  # time.time() when the last record was written
     pyxen_pages: int = 0  # pages logged from pyxen's own writes
+    # Where the stopped phase goes (seconds): pausing, the last pages, the state records
+    # and the end (with the flush of what is buffered).
+    stop_phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"iterations": self.iterations, "final_pages": self.final_pages,
                 "bytes": self.bytes, "started": self.started, "paused_at": self.paused_at,
-                "stream_done": self.stream_done, "pyxen_pages": self.pyxen_pages}
+                "stream_done": self.stream_done, "pyxen_pages": self.pyxen_pages,
+                "stop_phases": {k: round(v, 6) for k, v in self.stop_phases.items()}}
 
 
 def placed_pfns(d: Domain) -> set[int]:
@@ -149,17 +153,22 @@ def live_send(d: Domain, machine: Any, writer: Any, *, suspend: Callable[[], Non
             sent = sender.send(dirty, lambda n, it=it, t=todo: report("live", it, n, t))
             stats.iterations.append(sent)
             prev = len(dirty)
-        stats.paused_at = time.time()
+        stats.paused_at = t0 = time.time()
         suspend()
         suspended = True
+        t1 = time.time()
         # What was dirty when the loop stopped, and what the guest wrote until it stopped.
         last = sorted(set(dirty).union(log.fetch(), placed_pfns(d)))
         report("stopped", len(stats.iterations), 0, len(last))
         stats.final_pages = sender.send(last)
+        t2 = time.time()
         final_state(writer)
+        t3 = time.time()
         writer.finish()
         flush()
-        stats.stream_done = time.time()
+        stats.stream_done = t4 = time.time()
+        stats.stop_phases = {"suspend": t1 - t0, "pages": t2 - t1, "state": t3 - t2,
+                             "end": t4 - t3}
         stats.bytes = getattr(writer, "bytes_written", 0)
         stats.pyxen_pages = log.stats["pyxen_pages"]
         report("done", len(stats.iterations), stats.final_pages, stats.final_pages)
