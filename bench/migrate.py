@@ -131,6 +131,7 @@ def main() -> int:
         paused = float(re.search(r"paused at ([\d.]+)", r.stderr).group(1))  # type: ignore[union-attr]
         done = float(re.search(r"stream done at ([\d.]+)", r.stderr).group(1))  # type: ignore[union-attr]
         unpaused = float(re.search(r"unpaused at ([\d.]+)", r.stderr).group(1))  # type: ignore[union-attr]
+        phases = re.search(r"domain suspended: (.*)", r.stderr)
         rounds = re.search(r"(\d+) live iteration\(s\) (\[[\d, ]*\]), (\d+) page", r.stderr)
         assert rounds is not None
         base2 = baseline(b, int(b.request("list", domains=["migbench"])["domains"][0]["domid"]),
@@ -143,6 +144,7 @@ def main() -> int:
         print(f"downtime: {downtime * 1000:.1f} ms (paused -> running on the target; "
               f"of which last pages + state + end: {(done - paused) * 1000:.1f} ms, "
               f"restore end + handshake + unpause: {(unpaused - done) * 1000:.1f} ms)")
+        print(f"stopped phase on the source: {phases.group(1) if phases else '?'}")
         print(f"total:    {total:.2f} s (xl migrate, banner to 'Migration successful.')")
         print(f"baseline: {base:.2f} s to copy {args.memory} MiB source VMM -> receiver "
               f"({nbytes / base / 2**20:.0f} MiB/s); again from the target's VMM after: "
