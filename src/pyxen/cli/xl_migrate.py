@@ -177,8 +177,8 @@ class Progress:
     def _run_lines(self) -> None:
         for ev in self._events():
             phase, it, done, total = ev["phase"], ev["iteration"], ev["done"], ev["total"]
-            if phase == "done":
-                break
+            if phase == "done":  # the stopped round is complete
+                phase, done, total = "stopped", total, total
             # libxc's xc_report_progress_step: one line at the start and end of a round.
             if done not in (0, total) or (phase, it, done) == self._last:
                 continue
@@ -187,6 +187,8 @@ class Progress:
                     else "Frames (domain suspended)")
             pct = 100 * done // total if total else 100
             say(f"xc: progress: {what}: {done}/{total}  {pct:3d}%")
+            if ev["phase"] == "done":
+                break
 
     def _run_rich(self) -> None:
         from rich.console import Console
@@ -199,6 +201,8 @@ class Progress:
             key = None
             for ev in self._events():
                 if ev["phase"] == "done":
+                    if task is not None:
+                        bar.update(task, completed=ev["total"])
                     break
                 k = (ev["phase"], ev["iteration"])
                 if k != key:
