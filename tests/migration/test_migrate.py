@@ -126,6 +126,42 @@ def test_target_dies_mid_stream(hosts, tmp_path) -> None:
     a.xl("destroy", "mig", check=True)
 
 
+def test_link_drops_mid_stream(hosts, tmp_path) -> None:
+    """The link carries 3 MB of the image and then drops: the source's write fails and it
+    resumes; the target's VMM sees the image end early and hostd removes the domain."""
+    a, b = hosts
+    domid = create_dirty(a, tmp_path)
+    wait_reports(a, domid, 2)
+    link = tmp_path / "cut.sh"
+    link.write_text("#!/bin/sh\n"
+                    f"head -c 3000000 | env PYXEN_RUNDIR={b.root} xl migrate-receive\n")
+    link.chmod(0o755)
+    r = a.xl("migrate", "-s", "", "mig", str(link), timeout=240)
+    assert r.returncode != 0, r.stderr
+    assert "migration sender: libxl_domain_suspend failed" in r.stderr, r.stderr
+    assert "migration target: Domain creation failed" in r.stderr, r.stderr
+    assert "Migration failed, resuming at sender." in r.stderr, r.stderr
+    la = a.list()
+    assert "mig" in la and int(la["mig"]["id"]) == domid, la
+    last = max(n for n, _, _ in reports(a, domid))
+    after = wait_reports(a, domid, 2, after=last)
+    assert all(bad == 0 for _, bad, _ in after), after
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.assert_clean()
+    a.xl("destroy", "mig", check=True)
+
+
+def test_foreign_stream_on_receive(hosts) -> None:
+    """Something that is not a migration stream: one error line, nothing created."""
+    _, b = hosts
+    r = b.xl("migrate-receive", input="this is not a Xen save image, just text" * 10)
+    assert r.returncode != 0
+    assert "migration target: Domain creation failed" in r.stderr, r.stderr
+    assert "wrong magic number" in r.stderr, r.stderr
+    assert r.stdout.startswith("xl migration receiver ready, send binary domain data.\n")
+    b.assert_clean()
+
+
 def test_link_drops_before_handshake(hosts, tmp_path) -> None:
     """The transport ends right after the stream (the link drops before the target says it
     is ready): the source resumes; the target's half-made copy is destroyed."""
