@@ -82,6 +82,7 @@ def test_live_migration_while_dirtying(hosts, tmp_path) -> None:
     assert all(bad == 0 for _, bad, _ in after), after
     assert after[-1][0] > last_before
     a.assert_clean()
+    assert (b.root / "console" / "guest-mig.log").exists()
     b.xl("destroy", "mig", check=True)
     b.assert_clean()
 
@@ -121,6 +122,7 @@ def test_target_dies_mid_stream(hosts, tmp_path) -> None:
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
     b.assert_clean()
+    assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     assert b.xenstore("xenstore-ls", "/local/domain").stdout.strip() in ("", "0 = \"\""), \
         b.xenstore("xenstore-ls", "/local/domain").stdout
     a.xl("destroy", "mig", check=True)
@@ -148,6 +150,7 @@ def test_link_drops_mid_stream(hosts, tmp_path) -> None:
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
     b.assert_clean()
+    assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
 
 
@@ -185,6 +188,7 @@ def test_link_drops_before_handshake(hosts, tmp_path) -> None:
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
     b.assert_clean()
+    assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
 
 

@@ -475,7 +475,7 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
 def _destroy_copy(hostd: Hostd, domid: int) -> None:
     say("migration target: Failure, destroying our copy.")
     try:
-        hostd.call("destroy", domain=domid)
+        hostd.call("migrate_abort", domain=domid)
     except OpFailed as e:
         say(f"migration target: Failed to destroy our copy ({e}).")
 

@@ -10,11 +10,13 @@ go from the source VMM straight into the stream (vmm/precopy.py).
 | `migrate_probe` | `domain`, `stream`, `bytes` | `seconds`: the VMM wrote that much guest memory to the stream, nothing else (bench/migrate.py's baseline) |
 | `domain_rename` | `domain`, `name` | libxl_domain_rename: xenstore's name nodes and config.json |
 | `migrate_receive` | `stream` | `domid`, `name` (NAME--incoming), `common_name` (NAME); paused |
+| `migrate_abort` | `domain` | the target's copy is destroyed and its console log removed: a failed migration leaves nothing |
 | `migrate_go` | `domain`, `name`, `unpause` | the target's copy renamed NAME and unpaused (one round trip while the guest is down); `unpaused_at` (time.time()) |
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .hostd import Hostd
 
 OPS = ("migrate_send", "migrate_resume", "domain_rename", "migrate_receive", "migrate_go",
-       "migrate_probe")
+       "migrate_abort", "migrate_probe")
 MIGRATE_TIMEOUT_S = 3600.0  # a live migration of a big, busy guest takes a while
 INCOMING = "--incoming"
 MIGRATEDAWAY = "--migratedaway"
@@ -60,8 +62,16 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
         if req.get("unpause", True):
             await hostd.pause(dom, False)
             unpaused_at = time.time()
+        incoming = dom.config.name
         rename(hostd, dom, name)
+        _rename_console_log(hostd, incoming, name)
         return {"unpaused_at": unpaused_at or time.time()}
+    if op == "migrate_abort":
+        name = dom.config.name
+        dom.destroy_requested = True
+        await hostd.destroy(dom, "destroyed")
+        _remove_console_log(hostd, name)
+        return {}
     if op == "migrate_probe":  # bench/migrate.py: the transport alone, from the VMM
         reply = await _vmm(dom, "migrate_probe", timeout=MIGRATE_TIMEOUT_S,
                            stream=req.get("stream"), bytes=int(req.get("bytes", 512 << 20)))
@@ -186,8 +196,31 @@ async def migrate_receive(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
             raise OpError(f"migration stream: {e}") from None
         common = cfg.name
         cfg.name = f"{common}{INCOMING}"
-        dom = await hostd.create(cfg, paused=True, restore_fd=fd)
+        try:
+            dom = await hostd.create(cfg, paused=True, restore_fd=fd)
+        except BaseException:
+            _remove_console_log(hostd, cfg.name)
+            raise
     finally:
         os.close(fd)
     hostd.xen_log(f"Domain {dom.domid} ({cfg.name}) received by migration")
     return {"domid": dom.domid, "name": dom.config.name, "common_name": common}
+
+
+def _remove_console_log(hostd: Hostd, name: str) -> None:
+    """The console log of a copy that never ran (NAME--incoming): nothing may be left."""
+    from ..backends.pvdevices import console_log_path
+
+    with contextlib.suppress(OSError):
+        console_log_path(hostd.root, name).unlink()
+
+
+def _rename_console_log(hostd: Hostd, old: str, new: str) -> None:
+    """The received copy's console log follows its name (the VMM's open file goes along);
+    an older log of that name is kept, the new one then keeps its incoming name."""
+    from ..backends.pvdevices import console_log_path
+
+    src, dst = console_log_path(hostd.root, old), console_log_path(hostd.root, new)
+    if src.exists() and not dst.exists():
+        with contextlib.suppress(OSError):
+            src.rename(dst)
