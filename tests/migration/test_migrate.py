@@ -87,6 +87,54 @@ def test_live_migration_while_dirtying(hosts, tmp_path) -> None:
     b.assert_clean()
 
 
+def test_live_migration_pv_guest_suspends(hosts, tmp_path) -> None:
+    """A guest with PV control (guests/savetest.c mode=pv, dirtying its pattern pages) is
+    asked to suspend for the last round, as libxl does; on the target its suspend returns
+    0 (a new domain), it reconnects, its counter goes on and its pattern checksum is the
+    same."""
+    from test_saverestore import report, write_cfg
+
+    a, b = hosts
+    cfg = write_cfg(tmp_path, "st", "mode=pv dirty=1")
+    a.xl("create", str(cfg), check=True)
+    domid = int(a.list()["st"]["id"])
+    before = report(a, domid, "1")
+    r = migrate_to(a, b, "st", "--debug")
+    assert r.returncode == 0, r.stderr
+    assert f"Domain {domid} (st): suspend requested" in "\n".join(a.dmesg())
+    new = int(b.list()["st"]["id"])
+    after = report(b, new, "2")
+    assert after["sum"] == before["sum"]
+    assert after["counter"] > before["counter"]  # type: ignore[operator]
+    assert after["dom"] == new and after["resumed"] == 1 and after["cancelled"] == 0
+    a.assert_clean()
+    b.xl("destroy", "st", check=True)
+
+
+def test_pv_guest_resumes_cancelled_when_the_link_drops(hosts, tmp_path) -> None:
+    """The PV guest suspended for the last round, then the link dropped before the
+    handshake: its suspend is cancelled (SCHEDOP_shutdown returns 1) and it carries on in
+    place with the same memory."""
+    from test_saverestore import report, write_cfg
+
+    a, b = hosts
+    a.xl("create", str(write_cfg(tmp_path, "st", "mode=pv dirty=1")), check=True)
+    domid = int(a.list()["st"]["id"])
+    before = report(a, domid, "1")
+    relay = tmp_path / "drop.sh"
+    relay.write_text(f"#!/bin/sh\nenv PYXEN_RUNDIR={b.root} xl migrate-receive | head -c 54\n")
+    relay.chmod(0o755)
+    r = a.xl("migrate", "-s", "", "st", str(relay), timeout=240)
+    assert r.returncode != 0 and "Migration failed, resuming at sender." in r.stderr, r.stderr
+    assert a.list()["st"]["id"] == str(domid)
+    after = report(a, domid, "2")
+    assert after["sum"] == before["sum"] and after["cancelled"] == 1, after
+    assert after["counter"] > before["counter"]  # type: ignore[operator]
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.assert_clean()
+    a.xl("destroy", "st", check=True)
+
+
 def test_target_dies_mid_stream(hosts, tmp_path) -> None:
     """The target's receiver and its VMM are killed while pages flow: the source resumes,
     same domain, same name, memory intact; the target has no domain, no directories, no

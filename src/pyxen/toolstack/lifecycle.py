@@ -208,6 +208,9 @@ class Lifecycle:
             line = str(msg.get("line", "")).rstrip("\n")
             if line:
                 self.log.append(line)
+        elif ev == "migrate_suspend":  # end of pre-copy: toolstack/migrate.py
+            from .migrate import suspend_requested
+            suspend_requested(self, dom)  # type: ignore[arg-type]
         elif ev in ("restored", "restore_failed"):  # restore mode: builder._restored
             fut = getattr(dom, "restore_done", None)
             if fut is not None and not fut.done():

@@ -73,8 +73,8 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
         _remove_console_log(hostd, name)
         return {}
     if op == "migrate_probe":  # bench/migrate.py: the transport alone, from the VMM
-        reply = await _vmm(dom, "migrate_probe", timeout=MIGRATE_TIMEOUT_S,
-                           stream=req.get("stream"), bytes=int(req.get("bytes", 512 << 20)))
+        reply = await _vmm_long(dom, "migrate_probe", stream=req.get("stream"),
+                                bytes=int(req.get("bytes", 512 << 20)))
         return {"seconds": reply["seconds"], "bytes": reply["bytes"]}
     if op == "migrate_resume":
         away = dom.config.name
@@ -82,7 +82,7 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
             rename(hostd, dom, away[:-len(MIGRATEDAWAY)])
         reply = await _vmm(dom, "migrate_resume")
         if reply.get("resumed"):
-            dom.state = "running"
+            _not_suspended(dom)
             hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}) resumed after a failed "
                           "migration")
         return {"resumed": bool(reply.get("resumed"))}
@@ -114,18 +114,80 @@ async def migrate_send(hostd: Hostd, dom: Domain, req: dict[str, Any]) -> dict[s
         override.name = cfg.name
         cfg = override
     args = {k: req[k] for k in ("max_iters", "target_dirty") if isinstance(req.get(k), int)}
+    info = await _vmm(dom, "info")
+    # libxl__domain_suspend: a guest with PV control suspends itself for the last round.
+    pv = bool(info.get("pv_control")) and hostd.xs is not None and dom.state != "paused"
     hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}): live migration started")
     try:
-        reply = await _vmm(dom, "migrate_send", timeout=MIGRATE_TIMEOUT_S,
-                           stream=req.get("stream"), config=stream_config(cfg), **args)
+        reply = await _vmm_long(dom, "migrate_send", stream=req.get("stream"),
+                                config=stream_config(cfg), pv_suspend=pv, **args)
     except OpError as e:
+        _not_suspended(dom)
         hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}): migration failed, "
                       f"resumed: {e}")
         raise
     dom.state = "paused"
-    reply.pop("id", None)
-    reply.pop("ok", None)
     return reply
+
+
+async def _vmm_long(dom: Domain, op: str, **args: Any) -> dict[str, Any]:
+    """A long request on its own connection to the VMM's control.sock: hostd's usual
+    connection stays free for `info`, `xl list` and the suspend dialogue meanwhile."""
+    import asyncio
+
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(dom.dir / "control.sock"),
+                                                            limit=1 << 24)
+    except OSError as e:
+        raise OpError(f"domain {dom.domid}: VMM not reachable: {e}") from None
+    try:
+        writer.write(json.dumps({"id": 1, "op": op, **args}).encode() + b"\n")
+        await writer.drain()
+        while True:
+            line = await asyncio.wait_for(reader.readline(), MIGRATE_TIMEOUT_S)
+            if not line:
+                raise OpError(f"domain {dom.domid}: the VMM went away during {op}")
+            msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("id") == 1:
+                break
+    except (OSError, ConnectionError, ValueError, TimeoutError) as e:
+        raise OpError(f"domain {dom.domid}: {op}: {e}") from None
+    finally:
+        writer.close()
+    if not msg.get("ok"):
+        raise OpError(str(msg.get("error") or f"{op} failed"))
+    msg.pop("id", None)
+    msg.pop("ok", None)
+    return msg
+
+
+def _not_suspended(dom: Domain) -> None:
+    """The guest's suspend was cancelled (SCHEDOP_shutdown returned 1): running again."""
+    if dom.shutdown_reason == "suspend":
+        dom.handled_shutdown = False
+        dom.shutdown_reason = dom.shutdown_code = None
+    dom.state = "running"
+
+
+def suspend_requested(hostd: Hostd, dom: Domain) -> None:
+    """The VMM's migrate_suspend event (end of pre-copy): control/shutdown = "suspend" and
+    the wait for the guest, as for xl save (toolstack/saverestore.py); if that fails the
+    VMM is told, and resumes the domain."""
+    import asyncio
+
+    async def run() -> None:
+        from .saverestore import _suspend
+
+        try:
+            if await _suspend(hostd, dom):
+                return
+            why = "the guest cannot be asked to suspend"
+        except OpError as e:
+            why = str(e)
+        with contextlib.suppress(OpError):
+            await _vmm(dom, "migrate_suspend_abort", message=why)
+
+    asyncio.create_task(run())
 
 
 def rename(hostd: Hostd, dom: Domain, name: str) -> None:

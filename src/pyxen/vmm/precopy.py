@@ -18,6 +18,7 @@ logging and resumes the domain in place: the caller sees the exception, the gues
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ from ..hypervisor.p2m import PAGE_SIZE
 from .dirtylog import DirtyLog
 
 MAX_BATCH = 1024  # pfns per PAGE_DATA record (libxc's MAX_BATCH_SIZE)
+SUSPEND_WAIT_S = 130.0  # hostd's wait for the acknowledgement and the suspend, and some
+SHUTDOWN_suspend = 2
+
+
+class MigrationError(Exception):
+    """The migration cannot go on (the guest did not suspend); the domain runs on."""
 
 
 @dataclass
@@ -196,9 +203,17 @@ def vmm_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, Any]:
         from .savestate import resume_domain
         if getattr(d, "migration_suspended", False):
             d.migration_suspended = False
-            resume_domain(d)
+            resume_domain(machine, getattr(d, "migration_pv", False))
             return {"resumed": True}
         return {"resumed": False}
+    if req.get("op") == "migrate_suspend_abort":  # hostd's suspend request failed
+        abort = getattr(d, "migration_abort", None)
+        if abort is not None:
+            d.migration_abort_why = str(req.get("message") or "suspend failed")
+            with d.cond:
+                abort.set()
+                d.cond.notify_all()
+        return {}
     if req.get("op") == "migrate_probe":
         return probe_op(d, req)
     return migrate_send_op(d, machine, req)
@@ -239,11 +254,31 @@ def migrate_send_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, A
     if not isinstance(config, dict):
         raise ValueError("migrate_send needs a 'config' object")
     policy = PrecopyPolicy(int(req.get("max_iters", 5)), int(req.get("target_dirty", 50)))
+    pv = bool(req.get("pv_suspend"))
+    d.migration_pv = pv
+    d.migration_abort = threading.Event()
+
+    def suspend() -> None:
+        """libxl's suspend for the last round: a guest with PV control is asked (by hostd,
+        on the migrate_suspend event: control/shutdown = "suspend") and suspends itself
+        with SCHEDOP_shutdown(SHUTDOWN_suspend); then the domain is paused."""
+        if pv:
+            d.emit({"event": "migrate_suspend"})
+            with d.cond:
+                d.cond.wait_for(lambda: d.shutdown_reason is not None
+                                or d.migration_abort.is_set(), SUSPEND_WAIT_S)
+                reason = d.shutdown_reason
+            if reason != SHUTDOWN_suspend:
+                why = getattr(d, "migration_abort_why", None) or (
+                    "guest did not suspend" if reason is None
+                    else f"the domain shut down ({reason}) instead of suspending")
+                raise MigrationError(why)
+        suspend_domain(machine)
     with open(take_fd(stream), "wb", buffering=1 << 20) as out:
         writer = SaveWriter(out, config, xl_header=True)
         writer.begin()
-        stats = live_send(d, machine, writer, suspend=lambda: suspend_domain(machine),
-                          resume=lambda: resume_domain(d),
+        stats = live_send(d, machine, writer, suspend=suspend,
+                          resume=lambda: resume_domain(machine, pv),
                           final_state=lambda w: send_state(d, machine, w),
                           policy=policy, flush=out.flush,
                           progress=lambda p: d.emit({"event": "migrate_progress", **p}))

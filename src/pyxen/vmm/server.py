@@ -207,7 +207,8 @@ class VmmServer:
                     return {"id": rid, "ok": False, "error": "debug_key needs one 'key'"}
                 return {"id": rid, "ok": True,
                         **await self.loop.run_in_executor(None, debug_key, d, key)}
-            elif op in ("migrate_send", "migrate_resume", "migrate_probe"):  # vmm/precopy.py
+            elif op in ("migrate_send", "migrate_resume", "migrate_probe",
+                        "migrate_suspend_abort"):  # live migration: vmm/precopy.py
                 from .precopy import vmm_op
                 return {"id": rid, "ok": True, **await self.loop.run_in_executor(
                     None, vmm_op, d, self.machine, req)}
