@@ -346,6 +346,16 @@ int blkfront_raw(struct blkfront *bf, const struct blkif_request *req)
 
 /* Close as Linux's blkfront does when the backend goes Closing (or we are asked to):
  * Closing, wait for the backend to let go of our grants, revoke them, Closed. */
+/* After a resume in a new domain: the backend, rings, grants and channels belonged to
+ * the old domain and are gone; forget them without talking to anyone (Linux's blkfront
+ * frees its rings on resume the same way), then blkfront_connect() again. */
+void blkfront_forget(struct blkfront *bf)
+{
+    if (bf->slot < BLKFRONT_MAX_DEVICES) slot_used[bf->slot] = 0;
+    bf->connected = 0;
+    gnttab = NULL;  /* blkfront_init() maps the new domain's table and grants again */
+}
+
 void blkfront_close(struct blkfront *bf)
 {
     if (!bf->connected) return;

@@ -81,6 +81,7 @@ int blkfront_simple(struct blkfront *bf, uint8_t op, uint64_t sector, uint64_t n
 /* One raw request as the caller built it (hostile tests), its status. */
 int blkfront_raw(struct blkfront *bf, const struct blkif_request *req);
 void blkfront_close(struct blkfront *bf);
+void blkfront_forget(struct blkfront *bf);  /* after a resume in a new domain */
 int blkfront_backend_state(struct blkfront *bf);
 struct blkif_sring_hdr { RING_IDX req_prod, req_event, rsp_prod, rsp_event; };
 grant_ref_t blkfront_iobuf_ref(unsigned int page);

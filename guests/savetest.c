@@ -9,14 +9,19 @@
  *                      checkpoint: carry on) or 0 (a new domain: map shared_info again,
  *                      take the new store/console channels, watch again, re-advertise).
  *                      data/request = S -> data/report = "seq=S counter=C sum=X dom=D
- *                      resumed=R cancelled=K" and the same line on the console.
+ *                      resumed=R cancelled=K time=T" (T: Xen system time, ns) and the
+ *                      same line on the console.
  *   mode=nopv          no PV drivers at all (HVM_PARAM_CALLBACK_IRQ stays 0): a report
  *                      line on the debug port (xl dmesg) every `every` chunks.
  *   pattern_mb=N       size of the pattern (default 16), at 16 MiB.
  *   dirty=1            the counting loop rewrites one pattern word per page as it goes
  *                      (same value: pages get dirty, the checksum stays).
+ *   disk=1             (mode=pv) connects blkfront to device/vbd/51712 (xvda), writes
+ *                      a 64 KiB pattern at sector 0; each report reads it back and says
+ *                      disk=ok or disk=bad (disk=- without a disk). After a resume in a
+ *                      new domain it forgets the old rings and grants and connects again.
  */
-#include "pv.h"
+#include "blkfront.h"
 
 #define PATTERN_BASE (16ull << 20)
 #define CHUNK 20000000ull
@@ -24,7 +29,10 @@
 static char user_stack[16384] __attribute__((aligned(16)));
 static volatile uint64_t counter;
 static uint64_t pattern_words, seed = 0x5EED5EED, dirty_cursor;
-static unsigned int opt_dirty, domid, resumed, cancelled;
+static unsigned int opt_dirty, opt_disk, domid, resumed, cancelled;
+static struct blkfront disk;
+#define DISK_DEVID 51712
+#define DISK_SECTORS 128
 void ap_main(unsigned int id) { (void)id; for (;;) asm volatile("cli; hlt"); }
 
 void exception_report(uint64_t *frame)
@@ -77,16 +85,59 @@ static uint64_t user_count(uint64_t n)
     return 0;
 }
 
+/* arg 0: fill the disk buffer with its pattern; 1: 0 if it holds it, else 1 */
+static uint64_t user_disk(uint64_t check)
+{
+    uint64_t *w = (uint64_t *)blkfront_iobuf;
+    for (uint64_t i = 0; i < DISK_SECTORS * 512 / 8; i++) {
+        uint64_t want = mix(0xD15C ^ i);
+        if (!check) w[i] = want;
+        else if (w[i] != want) return 1;
+    }
+    return 0;
+}
+
+static uint64_t user_zero(uint64_t unused)
+{
+    (void)unused;
+    uint64_t *w = (uint64_t *)blkfront_iobuf;
+    for (uint64_t i = 0; i < DISK_SECTORS * 512 / 8; i++) w[i] = 0;
+    return 0;
+}
+
 static uint64_t ring3(uint64_t (*fn)(uint64_t), uint64_t arg)
 { return run_user(fn, arg, user_stack + sizeof(user_stack)); }
 
 /* --- PV part ------------------------------------------------------------------------ */
 
+static const char *disk_state(void)
+{
+    if (!opt_disk) return "-";
+    if (!disk.connected) return "down";
+    ring3(user_zero, 0);
+    if (blkfront_rw(&disk, 0, 0, DISK_SECTORS, 0, 0) != BLKIF_RSP_OKAY) return "ioerror";
+    return ring3(user_disk, 1) ? "bad" : "ok";
+}
+
 static void report_line(char *buf, size_t size, const char *seq)
 {
     uint64_t sum = ring3(user_sum, 0);
-    snprintf(buf, size, "seq=%s counter=%lu sum=%016lx dom=%u resumed=%u cancelled=%u",
-             seq, (unsigned long)counter, (unsigned long)sum, domid, resumed, cancelled);
+    const char *dstate = disk_state();
+    snprintf(buf, size, "seq=%s counter=%lu sum=%016lx dom=%u resumed=%u cancelled=%u "
+             "time=%lu disk=%s", seq, (unsigned long)counter, (unsigned long)sum, domid,
+             resumed, cancelled, (unsigned long)pv_time_ns(), dstate);
+}
+
+static void disk_connect(int write_pattern)
+{
+    int rc = blkfront_init();
+    if (!rc) rc = blkfront_connect(&disk, DISK_DEVID, 1, 0, 0);
+    if (rc) { cprintf("savetest: blkfront: %d\n", rc); return; }
+    if (write_pattern) {
+        ring3(user_disk, 0);
+        int st = blkfront_rw(&disk, 1, 0, DISK_SECTORS, 0, 0);
+        cprintf("savetest: disk pattern written (%d)\n", st);
+    }
 }
 
 static void pv_connect(void)
@@ -120,6 +171,10 @@ static void do_suspend(void)
         xb_reset_state();
         domid = read_domid();
         pv_connect();
+        if (opt_disk) {
+            blkfront_forget(&disk);
+            disk_connect(0);
+        }
         cprintf("savetest: resumed in domain %u at counter=%lu\n", domid,
                 (unsigned long)counter);
     } else {
@@ -179,6 +234,8 @@ void kmain(uint32_t start_info_paddr)
         }
     }
     pv_connect();
+    opt_disk = (unsigned int)opt_ul("disk", 0);
+    if (opt_disk) disk_connect(1);
     report_line(line, sizeof(line), "0");
     cprintf("savetest: ready, %s\n", line);
     for (;;) {

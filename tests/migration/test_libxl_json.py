@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyxen.toolstack.config import ConfigError, from_xlconfig, load
 from pyxen.toolstack.cpulist import Topology
@@ -164,3 +166,50 @@ def test_config_json_for_xl_list_long() -> None:
     c = conf(FULL.replace('cpus = ["0-1", "nodes:1", "3"]\n', "").replace(
         'cpus_soft = "all"\n', ""))
     assert config_json(c.to_json())["c_info"]["name"] == "full"
+
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=6)
+    | st.floats(allow_nan=False),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids,
+                                                              max_size=3),
+    max_leaves=8)
+
+
+def _doc() -> dict:
+    d = copy.deepcopy(XEN_STYLE)
+    d["b_info"]["vnuma_nodes"] = [{"memkb": 65536, "distances": [10], "pnode": 0,
+                                   "vcpus": [0, 1]}]
+    d["b_info"]["vcpu_hard_affinity"] = [[0, 1], [2]]
+    d["b_info"]["nodemap"] = [0]
+    d["c_info"]["pool_name"] = "Pool-0"
+    d["disks"][0].update(colo_port=7, grant_usage="True", is_cdrom=1)
+    d["nics"][0].update(mtu=1500, rate_bytes_per_interval=100)
+    return d
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    items = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        yield from _paths(v, (*prefix, k))
+
+
+PATHS = [p for p in _paths(_doc()) if p]
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=st.sampled_from(PATHS), value=json_value)
+def test_any_malformed_document_is_a_config_error(path, value) -> None:
+    """An image's configuration is untrusted input: whatever it holds, the answer is a
+    DomainConfig or a ConfigError, nothing else."""
+    d = _doc()
+    node = d
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    try:
+        from_libxl_json(d, TOPO)
+    except ConfigError:
+        pass

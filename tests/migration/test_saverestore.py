@@ -17,14 +17,16 @@ pytestmark = pytest.mark.skipif(not have_vmm(), reason="needs /dev/kvm and the t
 
 GUEST = REPO / "guests" / "build" / "savetest.elf"
 REPORT = re.compile(r"seq=(\S+) counter=(\d+) sum=([0-9a-f]{16}) dom=(\d+) resumed=(\d+) "
-                    r"cancelled=(\d+)")
+                    r"cancelled=(\d+) time=(\d+) disk=(\S+)")
 
 
-def write_cfg(tmp_path: Path, name: str = "st", cmdline: str = "mode=pv") -> Path:
+def write_cfg(tmp_path: Path, name: str = "st", cmdline: str = "mode=pv",
+              kernel: Path = GUEST, disk: Path | None = None) -> Path:
     f = tmp_path / f"{name}.cfg"
-    f.write_text(f'name = "{name}"\ntype = "pvh"\nkernel = "{GUEST}"\nmemory = 64\n'
+    f.write_text(f'name = "{name}"\ntype = "pvh"\nkernel = "{kernel}"\nmemory = 64\n'
                  f'vcpus = 1\ncmdline = "{cmdline}"\non_poweroff = "destroy"\n'
-                 'on_crash = "preserve"\n')
+                 'on_crash = "preserve"\n'
+                 + (f"disk = [ '{disk},raw,xvda,rw' ]\n" if disk else ""))
     return f
 
 
@@ -46,7 +48,8 @@ def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
 
     m = host.wait_for(answered, f"the guest's report {seq}", timeout=60)
     return {"counter": int(m.group(2)), "sum": m.group(3), "dom": int(m.group(4)),
-            "resumed": int(m.group(5)), "cancelled": int(m.group(6))}
+            "resumed": int(m.group(5)), "cancelled": int(m.group(6)), "time": int(m.group(7)),
+            "disk": m.group(8)}
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -79,10 +82,31 @@ def test_save_restore_continues_exactly(host: Host, tmp_path: Path) -> None:
     assert after["sum"] == before["sum"]
     assert after["counter"] > before["counter"]
     assert after["dom"] == new and after["resumed"] == 1 and after["cancelled"] == 0
+    # Xen system time went on from where it was (monotonic for the guest)
+    assert after["time"] > before["time"]
     log = (host.root / "console" / "guest-st.log").read_text()
     assert f"savetest: resumed in domain {new}" in log
     print(f"\nsave {t_save:.2f} s, restore {t_restore:.2f} s (xl wall clock), image "
           f"{img.stat().st_size} bytes for a 64 MiB guest")
+    host.xl("destroy", "st", check=True)
+    host.assert_clean()
+
+
+def test_disk_reconnects_after_restore(host: Host, tmp_path: Path) -> None:
+    """A guest with a PV disk: after restore its blkfront forgets the old domain's rings
+    and grants, connects to the new domain's backend and reads back what it wrote."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    domid = create(host, write_cfg(tmp_path, cmdline="mode=pv disk=1", disk=disk))
+    before = report(host, domid, "1")
+    assert before["disk"] == "ok"
+    host.xl("save", "st", str(tmp_path / "d.img"), check=True)
+    host.xl("restore", str(tmp_path / "d.img"), check=True)
+    new = int(host.list()["st"]["id"])
+    after = report(host, new, "2")
+    assert after["disk"] == "ok" and after["resumed"] == 1 and after["sum"] == before["sum"]
+    rows = host.xl("block-list", "st", check=True).stdout.splitlines()
+    assert len(rows) == 2 and rows[1].split()[3] == "4", rows  # Connected
     host.xl("destroy", "st", check=True)
     host.assert_clean()
 
@@ -101,6 +125,18 @@ def test_checkpoint_and_paused(host: Host, tmp_path: Path) -> None:
     assert after_c["counter"] > first["counter"] and after_c["sum"] == first["sum"]
     r = host.xl("restore", str(img))
     assert 'Domain with name "st" already exists' in one_line_error(r)
+    # xl restore CONFIG FILE: the same image as a second domain beside the original (a
+    # restore loads no kernel: the configuration's need not exist here)
+    clone_cfg = write_cfg(tmp_path, name="clone", kernel=tmp_path / "gone.elf")
+    host.xl("restore", str(clone_cfg), str(img), check=True)
+    clone = report(host, int(host.list()["clone"]["id"]), "c1")
+    assert clone["resumed"] == 1 and clone["cancelled"] == 0
+    assert clone["sum"] == first["sum"] and clone["counter"] > first["counter"]
+    host.xl("destroy", "clone", check=True)
+    host.xl("pause", "st", check=True)
+    line = one_line_error(host.xl("save", "st", str(tmp_path / "x.img")))
+    assert "is paused and has PV drivers" in line and not (tmp_path / "x.img").exists()
+    host.xl("unpause", "st", check=True)
     host.xl("save", "-p", "st", str(tmp_path / "p.img"), check=True)
     assert host.list()["st"]["state"] == "--p---"
     host.xl("unpause", "st", check=True)
@@ -145,6 +181,25 @@ def test_guest_without_pv_control_is_saved_as_is(host: Host, tmp_path: Path) -> 
     assert later[0][1] == reports[0][1]  # the pattern survived
     assert later[0][0] > last[0]
     host.xl("destroy", "st", check=True)
+    host.assert_clean()
+
+
+def test_blocked_guest_restores_blocked(host: Host, tmp_path: Path) -> None:
+    """A vCPU parked in SCHEDOP_block (hello.elf mode=block, no PV control) is saved as
+    Xen has it (the hypercall returned 0, the vCPU descheduled): restored, it is a running
+    domain that blocks again, not a crashed one."""
+    cfg = tmp_path / "blk.cfg"
+    cfg.write_text(f'name = "blk"\ntype = "pvh"\nkernel = "{REPO}/guests/build/hello.elf"\n'
+                   'memory = 32\nvcpus = 1\ncmdline = "mode=block"\non_crash = "preserve"\n')
+    host.xl("create", str(cfg), check=True)
+    host.wait_for(lambda: "blocked, no PV drivers" in host.xl("dmesg").stdout, "the guest")
+    host.wait_for(lambda: host.list()["blk"]["state"] == "-b----", "state b")
+    host.xl("save", "blk", str(tmp_path / "b.img"), check=True)
+    host.xl("restore", str(tmp_path / "b.img"), check=True)
+    time.sleep(1)
+    assert host.list()["blk"]["state"] == "-b----"
+    assert "crash" not in host.xl("dmesg").stdout.split("restored from")[-1]
+    host.xl("destroy", "blk", check=True)
     host.assert_clean()
 
 
@@ -196,6 +251,36 @@ def saved_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return img
 
 
+def _with_far_pfn(data: bytes) -> bytes:
+    """The same image re-written with one extra page at pfn 2^40."""
+    import io
+
+    from pyxen.toolstack.migration import (
+        HvmContext,
+        HvmParams,
+        PageData,
+        SaveWriter,
+        TscInfo,
+        read_image,
+    )
+    config, records = read_image(io.BytesIO(data))
+    out = io.BytesIO()
+    w = SaveWriter(out, config)
+    w.begin()
+    w.page_data([1 << 40], bytes(4096))
+    for rec in records:
+        if isinstance(rec, PageData):
+            w.page_data(rec.pfns, rec.data, types=rec.types)
+        elif isinstance(rec, TscInfo):
+            w.tsc_info(rec.mode, rec.khz, rec.nsec, rec.incarnation)
+        elif isinstance(rec, HvmContext):
+            w.hvm_context(rec.blob)
+        elif isinstance(rec, HvmParams):
+            w.hvm_params(rec.params)
+    w.finish()
+    return out.getvalue()
+
+
 def test_bad_images_create_nothing(host: Host, tmp_path: Path, saved_image: Path) -> None:
     data = saved_image.read_bytes()
     cases = {
@@ -210,6 +295,12 @@ def test_bad_images_create_nothing(host: Host, tmp_path: Path, saved_image: Path
     bad = bytearray(data)
     bad[pos + 24:pos + 26] = b"\xff\xff"  # the descriptor after HEADER: type 65535
     cases["corrupt.img"] = (bytes(bad), "HVM context record 1 (type 65535)")
+    # a CPU record KVM refuses (CR0.PG without CR0.PE)
+    bad = bytearray(data)
+    cr0 = pos + 24 + 8 + 512 + 18 * 8  # HEADER, CPU's descriptor, fpu_regs, 18 registers
+    bad[cr0:cr0 + 8] = (0x80000000).to_bytes(8, "little")
+    cases["badcpu.img"] = (bytes(bad), "vCPU 0: KVM refused the state")
+    cases["farpfn.img"] = (_with_far_pfn(data), "beyond the guest's physical address width")
     for name, (blob, what) in cases.items():
         f = tmp_path / name
         f.write_bytes(blob)

@@ -331,10 +331,17 @@ def test_random_corruption_never_escapes_stream_error() -> None:
     import random
     rng = random.Random(9)
     data = image([[0, 5], [9, 1]], policies=True)
-    for _ in range(600):
+    for _ in range(900):
         b = bytearray(data)
         for _ in range(rng.randint(1, 3)):
-            b[rng.randrange(len(b))] = rng.randrange(256)
+            at = rng.randrange(len(b))
+            op = rng.randrange(3)
+            if op == 0:
+                b[at] = rng.randrange(256)
+            elif op == 1:
+                del b[at:at + rng.randint(1, 16)]
+            else:
+                b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         try:
             read_all(bytes(b))
         except StreamError:
@@ -486,3 +493,91 @@ def test_page_runs() -> None:
     assert runs == [(4, page(4) + page(5)), (9, page(9) + page(10)), (2, page(2) + page(3))]
     assert [(p, bytes(v)) for p, v in rec.pages()] == \
         [(p, page(p)) for p in (4, 5, 9, 10, 2, 3)]
+
+
+def test_header_read_leaves_a_raw_fd_at_the_libxl_stream(tmp_path) -> None:
+    """hostd reads the xl header, then hands the descriptor on: nothing read ahead."""
+    from pyxen.toolstack.migration import savefile
+    from pyxen.toolstack.migration.wire import Input
+    f = tmp_path / "img"
+    data = image([[1]])
+    f.write_bytes(data)
+    with open(f, "rb", buffering=0) as raw:
+        hdr = savefile.read(Input(raw))
+        assert hdr.config == CONFIG
+        pos = raw.tell()
+        assert data[pos:pos + 8] == b"LibxlFmt"
+        _, recs = read_image(raw, xl_header=False)
+    assert isinstance(recs[-1], End)
+
+
+def test_deeply_nested_config_is_a_stream_error() -> None:
+    from pyxen.toolstack.migration import savefile
+    deep = b"[" * 200000 + b"]" * 200000 + b"\0"
+    hdr = struct.pack("<32sIIII", savefile.MAGIC, 0x01020304, 3, 0, 4 + len(deep))
+    with pytest.raises(StreamError, match="not valid JSON"):
+        read_all(hdr + struct.pack("<I", len(deep)) + deep)
+
+
+def test_a_silent_peer_is_a_stream_error_not_a_hang() -> None:
+    """Over a socket with a timeout (as migration uses), a peer that stops sending mid
+    record gives StreamError naming the record."""
+    import socket
+    data = image([[0, 1]])
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data[:700])  # inside the first PAGE_DATA
+        b.settimeout(0.5)
+        with b.makefile("rb") as f, pytest.raises(StreamError,
+                                                 match=r"PAGE_DATA\).*timed out"):
+            read_image(f)
+
+
+def test_emulator_records_are_decoded() -> None:
+    """A stream from a Xen HVM guest with a device model carries emulator records after
+    libxc's END: handed up, the restorer decides (pyxen writes none)."""
+    from pyxen.toolstack.migration import EmulatorData
+    from pyxen.toolstack.migration import libxl_stream as xl
+    data = image([[0]])
+    end = boundaries(data)[-1][0]
+    xs = xl.emulator_record(xl.REC_TYPE_EMULATOR_XENSTORE_DATA, 2, 0,
+                            xl.xenstore_data({"physmap/1/size": "800", "state": "running"}))
+    ctx = xl.emulator_record(xl.REC_TYPE_EMULATOR_CONTEXT, 2, 0, b"QEVM" + bytes(9))
+    image_ = data[:end] + xs + ctx + data[end:]
+    recs = records_of(image_)
+    assert recs[-3] == EmulatorData(2, 0, xl.xenstore_data(
+        {"physmap/1/size": "800", "state": "running"}),
+        {"physmap/1/size": "800", "state": "running"})
+    assert recs[-2] == EmulatorData(2, 0, b"QEVM" + bytes(9))
+    assert [e["type"] for e in check_stream(io.BytesIO(image_))][-3:] == [
+        "EMULATOR_XENSTORE_DATA", "EMULATOR_CONTEXT", "END"]
+    bad = xl.emulator_record(xl.REC_TYPE_EMULATOR_XENSTORE_DATA, 2, 0, b"key\0")
+    with pytest.raises(StreamError, match=r"EMULATOR_XENSTORE_DATA\).*key without a value"):
+        read_all(data[:end] + bad + data[end:])
+
+
+def test_what_the_spec_reader_accepts_pyxen_reads_alike() -> None:
+    """Differential: on corrupted images, whenever the independent (stricter) reader
+    accepts, pyxen's reader must accept too and see the same pfns and state."""
+    import random
+    rng = random.Random(4)
+    data = image([[0, 5], [9, 1]], policies=True)
+    accepted = 0
+    for _ in range(1500):
+        b = bytearray(data)
+        b[rng.randrange(len(b))] = rng.randrange(256)
+        try:
+            summary = check_stream(io.BytesIO(bytes(b)))
+        except ImageError:
+            continue
+        accepted += 1
+        _, recs = read_all(bytes(b))
+        assert [r.pfns for r in recs if isinstance(r, PageData)] == \
+            [e["pfns"] for e in summary if e["type"] == "PAGE_DATA"]
+        # (a record whose type became optional is skipped by both)
+        assert [TscInfo(e["mode"], e["khz"], e["nsec"], e["incarnation"])
+                for e in summary if e["type"] == "X86_TSC_INFO"] == \
+            [r for r in recs if isinstance(r, TscInfo)]
+        assert [e["params"] for e in summary if e["type"] == "HVM_PARAMS"] == \
+            [r.params for r in recs if isinstance(r, HvmParams)]
+    assert accepted > 100  # most flips land in page contents, which no reader can check

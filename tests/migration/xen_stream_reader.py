@@ -108,6 +108,14 @@ def check_stream(f: BinaryIO, *, xl_header: bool = True,
                  whole_file: bool = True) -> list[dict[str, Any]]:
     """Check one image read from ``f``; see the module docstring."""
     r = _Reader(f)
+    try:
+        return _check(r, f, xl_header, whole_file)
+    except (struct.error, ValueError) as e:  # a field too short to unpack, bad JSON
+        raise ImageError(f"offset {r.pos}: malformed: {e}") from None
+
+
+def _check(r: _Reader, f: BinaryIO, xl_header: bool, whole_file: bool
+           ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     if xl_header:

@@ -35,7 +35,15 @@ class Builder:
                      domid: int | None = None, restore_fd: int | None = None) -> Domain:
         if self.stopping.is_set():
             raise OpError("hostd is stopping: no new domains")
-        cfg.check_files()
+        if restore_fd is None:
+            cfg.check_files()
+        else:  # a restored domain boots no kernel: only its disks must be there
+            from .config import DiskSpecError, check_disk_target
+            for disk in cfg.disk_specs():
+                try:
+                    check_disk_target(disk)
+                except DiskSpecError as e:
+                    raise OpError(str(e)) from None
         if not os.path.exists("/dev/kvm"):
             raise OpError("/dev/kvm not found: pyxen needs KVM (load kvm_intel or kvm_amd, "
                           "or run on a host with virtualization)")

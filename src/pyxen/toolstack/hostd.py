@@ -24,6 +24,8 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   network_attach domain, nic (NicSpec JSON)  -> devid, mac
   network_detach domain, device (devid or MAC), force
   network_list   domain       -> nics: [{devid, backend_id, mac, state, evtch, ...}]
+  save    domain, file, checkpoint, paused, config?  -> pages, bytes, ... (saverestore.py)
+  restore file, paused, config?                      -> domid, name, seconds
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
 the sockets.

@@ -3,7 +3,8 @@
 This is what Xen 4.17's ``xl create -n`` and ``xl list -l`` print and what ``xl save``
 puts in the save-file header, so the schema is libxl's: ``c_info`` (create info),
 ``b_info`` (build info), ``disks``, ``nics``, ``on_*`` actions. As libxl's generator
-does, fields at their default are left out; enums are libxl's names ("restart_rename",
+(gentypes.py) does, fields at their default are left out but aggregates are always
+written (``sched_params``, ``arch_x86``, the keyed union as ``"type.pvh": {}``); enums are libxl's names ("restart_rename",
 "qdisk"), bitmaps are lists of the set bits, defbools are "True"/"False".
 
 Where xl resolves a setting at parse time, so does this: ``cpus="all"`` or
@@ -116,10 +117,17 @@ def _disk_json(d: dict[str, Any]) -> dict[str, Any]:
 def _disk_cfg(j: Any) -> dict[str, Any]:
     if not isinstance(j, dict):
         raise ConfigError("disks: each disk must be a JSON object")
-    d: dict[str, Any] = {ours: j.get(theirs) for ours, theirs in DISK_FIELDS.items()}
+    d: dict[str, Any] = {ours: _str(j, theirs, "disks[]")
+                         for ours, theirs in DISK_FIELDS.items()}
+    if not d["vdev"]:
+        raise ConfigError("disks[]: a disk without a vdev")
     for key in DISK_INTS:
+        if not isinstance(j.get(key, 0), int):
+            raise ConfigError(f"disks[].{key} must be a number")
         d[key] = bool(j.get(key, 0))
-    d["direct_io_safe"] = bool(j.get("direct_io_safe", False))
+    if not isinstance(j.get("direct_io_safe", False), bool):
+        raise ConfigError("disks[].direct_io_safe must be true or false")
+    d["direct_io_safe"] = j.get("direct_io_safe", False)
     d["discard"] = _from_defbool(j.get("discard_enable"))
     d["trusted"] = _from_defbool(j.get("trusted"))
     extra: dict[str, str] = {}
@@ -185,7 +193,9 @@ def to_libxl_json(cfg: DomainConfig, topo: cpulist.Topology | None = None) -> di
         b_info["cmdline"] = cfg.cmdline
     if cfg.ramdisk is not None:
         b_info["ramdisk"] = cfg.ramdisk
-    b_info[f"type.{cfg.type}"] = {}
+    b_info[f"type.{cfg.type}"] = {}  # the keyed union u, keyed by type (gentypes.py)
+    b_info["arch_arm"] = {}  # aggregates: libxl always generates them, defaults left out
+    b_info["arch_x86"] = {}
     out: dict[str, Any] = {"c_info": c_info, "b_info": b_info}
     if cfg.disks:
         out["disks"] = [_disk_json(d) for d in cfg.disks]
@@ -216,8 +226,28 @@ def _str(d: dict[str, Any], key: str, where: str) -> str | None:
 
 def from_libxl_json(d: Any, topo: cpulist.Topology | None = None) -> DomainConfig:
     """A validated DomainConfig from libxl_domain_config JSON (ConfigError if it is not
-    one, or describes a domain pyxen cannot run)."""
+    one, or describes a domain pyxen cannot run). The document comes from a save image or
+    a migration stream: untrusted, so any malformed value is a ConfigError too."""
     topo = topo or cpulist.Topology.from_sysfs()
+    try:
+        return _from_libxl_json(d, topo)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+            OverflowError) as e:  # a value of a shape the checks above did not foresee
+        raise ConfigError(f"malformed domain configuration: {e}") from None
+
+
+def _vnode(n: Any, i: int) -> dict[str, Any]:
+    where = f"b_info.vnuma_nodes[{i}]"
+    if not isinstance(n, dict):
+        raise ConfigError(f"{where} must be a JSON object")
+    vcpus, dist = n.get("vcpus", []), n.get("distances", [])
+    if not _is_bitmap(vcpus) or not _is_bitmap(dist):
+        raise ConfigError(f"{where}: vcpus and distances must be lists of numbers")
+    return {"pnode": _int(n, "pnode", where, 0), "size": _int(n, "memkb", where, 0) // 1024,
+            "vcpus": sorted(vcpus), "vdistances": list(dist)}
+
+
+def _from_libxl_json(d: Any, topo: cpulist.Topology) -> DomainConfig:
     if not isinstance(d, dict):
         raise ConfigError("the domain configuration is not a JSON object")
     c_info, b_info = d.get("c_info"), d.get("b_info")
@@ -250,13 +280,7 @@ def from_libxl_json(d: Any, topo: cpulist.Topology | None = None) -> DomainConfi
     if not isinstance(vnodes, list):
         raise ConfigError("b_info.vnuma_nodes must be a list")
     for i, n in enumerate(vnodes):
-        if not isinstance(n, dict):
-            raise ConfigError(f"b_info.vnuma_nodes[{i}] must be a JSON object")
-        vnuma.append({"pnode": _int(n, "pnode", f"vnuma_nodes[{i}]", 0),
-                      "size": _int(n, "memkb", f"vnuma_nodes[{i}]", 0) // 1024,
-                      "vcpus": sorted(n.get("vcpus", [])) if _is_bitmap(n.get("vcpus", []))
-                      else [],
-                      "vdistances": list(n.get("distances", []))})
+        vnuma.append(_vnode(n, i))
     nodemap = b_info.get("nodemap", [])
     actions = {}
     for key, default in (("on_poweroff", "destroy"), ("on_reboot", "restart"),

@@ -120,8 +120,13 @@ async def save(hostd: Hostd, dom: Domain, req: dict[str, Any]) -> dict[str, Any]
 async def _suspend(hostd: Hostd, dom: Domain) -> bool:
     """libxl__domain_suspend for a PVH domain: True if the guest suspended itself."""
     info = await hostd._vmm(dom, "info")
-    if not info.get("pv_control") or hostd.xs is None or dom.state == "paused":
+    if not info.get("pv_control") or hostd.xs is None:
         return False  # paused and saved as it is
+    if info.get("state") == "paused":
+        # It could not answer: libxl would wait out its timeout. Saving it without its
+        # cooperation would leave its PV drivers talking to the old domain after restore.
+        raise OpError(f"domain {dom.domid} ({dom.config.name}) is paused and has PV "
+                      "drivers: it cannot suspend itself (xl unpause it first)")
     path = f"{xsdomain.dom_path(dom.domid)}/control/shutdown"
     hostd.xen_log(f"Domain {dom.domid} ({dom.config.name}): suspend requested "
                   "(control/shutdown)")
@@ -218,7 +223,13 @@ async def restore(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
                               "give one (xl restore CONFIG FILE)")
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise OpError(f"{path}: bad domain configuration in the image: {e}") from None
-        dom = await hostd.create(cfg, paused=bool(req.get("paused")), restore_fd=f.fileno())
+        try:
+            dom = await hostd.create(cfg, paused=bool(req.get("paused")),
+                                     restore_fd=f.fileno())
+        except OpError as e:  # the VMM's "cannot restore: <record>: ..." names the file too
+            msg = str(e)
+            raise OpError(f"{path}: {msg}" if msg.startswith("cannot restore") else msg) \
+                from None
     elapsed = round(time.monotonic() - t0, 6)
     hostd.xen_log(f"Domain {dom.domid} ({cfg.name}) restored from {path} in {elapsed} s")
     return {"domid": dom.domid, "name": cfg.name, "seconds": elapsed,

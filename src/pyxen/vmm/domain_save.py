@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
 from ..arch.x86 import kvm_abi as K
+from ..arch.x86.hypercall_page import HYPERCALL_PORT
 from ..arch.x86.kvm import KvmError
 from ..arch.x86.vcpu_save import MSR_TSC, get_msrs, load_vcpu, save_vcpu, set_tsc
 from ..hypervisor import hvm_save
@@ -70,6 +71,15 @@ def complete_pending_exits(machine: Any) -> None:
         v = d.vcpus[i]
         run = kv.run_struct
         last = run.exit_reason
+        if (last == K.KVM_EXIT_IO and run.u.io.port == HYPERCALL_PORT
+                and not run.kvm_dirty_regs and not v.blocked):
+            # Parked inside a long hypercall (preempt_check) that has not returned: Xen
+            # would save a continuation, RIP at the hypercall, so that the restored guest
+            # issues it again. The exit stays pending (this domain finishes the call if it
+            # resumes); the saved RIP is put back on the `out` where KVM's emulator has
+            # already moved past it.
+            _rewind_to_hypercall(machine, kv)
+            continue
         if machine.watches[i].exits and (last in COMPLETED_AT_NEXT_RUN
                                          or run.kvm_dirty_regs):
             run.immediate_exit = 1
@@ -90,6 +100,28 @@ def complete_pending_exits(machine: Any) -> None:
             kv.set_sregs(sregs)
             kv.set_regs(regs)
             kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+
+
+def _rewind_to_hypercall(machine: Any, kv: Any) -> None:
+    """RIP back on the stub's `out %eax, $HYPERCALL_PORT` (e7 9e, then c3: docs/
+    hypercalls.md) if it is just past it. Only KVM's copy changes: the vCPU thread's
+    registers (the sync area, written back when its handler returns) keep the real RIP."""
+    from ..arch.x86.paging import EFER_LMA, PagingState, translate
+    from ..hypervisor.guest_access import GuestAccess
+
+    regs, s = kv.get_regs(), kv.get_sregs()
+    long_mode = bool(s.efer & EFER_LMA) and bool(s.cs.l)
+    va = regs.rip if long_mode else (s.cs.base + regs.rip) & 0xFFFFFFFF
+    mem = machine.domain.memory
+    st = PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+    g = GuestAccess(mem, lambda a, wr: translate(mem.read, st, a, wr), compat=not long_mode)
+    try:
+        before = g.read(va - 2, 3)
+    except Exception:  # noqa: BLE001 - not mapped: leave it
+        return
+    if before == bytes([0xE7, HYPERCALL_PORT, 0xC3]):
+        regs.rip -= 2
+        kv.set_regs(regs)
 
 
 def saved_pfns(d: Any) -> list[int]:
@@ -265,6 +297,10 @@ def load_context(machine: Any, blob: bytes) -> None:
             saved_tsc[r.instance] = S.hvm_hw_cpu.from_buffer_copy(r.data).tsc
     if 0 not in saved_tsc:
         raise RestoreError("HVM context: no CPU record for vCPU 0")
+    # Xen latches the shared_info layout when the guest installs its hypercall page or
+    # callback (hvm_latch_shinfo_size); a restored guest does neither again.
+    efer = S.hvm_hw_cpu.from_buffer_copy(by_vcpu[0][S.HVM_SAVE_CPU]).msr_efer
+    d.has_32bit_shinfo = not efer & (1 << 10)  # EFER.LMA
     with d.cond:
         for i, kv in enumerate(machine.vcpus):
             try:
@@ -317,13 +353,14 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     received: set[int] = set()
     context = params = None
     tsc_khz = 0
+    tsc_nsec: int | None = None
     n = 0
     for rec in r.records():
         if isinstance(rec, PageData):
             received.update(load_runs(d, rec.runs(), f"PAGE_DATA record {n}"))
             n += 1
         elif isinstance(rec, TscInfo):
-            tsc_khz = rec.khz
+            tsc_khz, tsc_nsec = rec.khz, rec.nsec
         elif isinstance(rec, HvmContext):
             context = rec.blob
         elif isinstance(rec, HvmParams):
@@ -336,6 +373,10 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         d.log(f"d{d.domid}: restore: the image's TSC runs at {tsc_khz} kHz, this host's at "
               f"{machine.tsc_khz} kHz (no TSC scaling: the guest sees this host's rate)")
     released = release_unsent(d, received)
+    if tsc_nsec is not None:
+        # Xen system time goes on from the saved point, as the TSC does: the guest sees
+        # no time pass while it was saved (its clocks stay monotonic).
+        d.created_ns = time.monotonic_ns() - tsc_nsec
     load_context(machine, context)
     if params:
         load_params(d, params)

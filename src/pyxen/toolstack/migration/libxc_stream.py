@@ -251,8 +251,9 @@ def read(inp: Input, index: int) -> RawRecord:
     return rec
 
 
-def decode_page_data(rec: RawRecord) -> tuple[list[int], list[int], bytes]:
-    """pfns, their types, and the concatenated data of the pages that carry data."""
+def decode_page_data(rec: RawRecord) -> tuple[list[int], list[int], memoryview]:
+    """pfns, their types, and the concatenated data of the pages that carry data (a view
+    into the record's body: the pages are copied once, into guest memory)."""
     body = rec.body
     if len(body) < PAGE_DATA_HDR.size:
         raise rec.error(f"body of {len(body)} octets is shorter than its count field")
@@ -273,7 +274,7 @@ def decode_page_data(rec: RawRecord) -> tuple[list[int], list[int], bytes]:
     if len(body) != want:
         raise rec.error(f"body length {len(body)}, but {count} pfns with {npages} pages of "
                         f"data need {want}")
-    return pfns, types, body[words_end:]
+    return pfns, types, memoryview(body)[words_end:]
 
 
 def decode_tsc_info(rec: RawRecord) -> tuple[int, int, int, int]:

@@ -94,9 +94,9 @@ def read(inp: Input) -> SaveFileHeader:
         try:
             text = data.rstrip(b"\0").decode("utf-8")
             config = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise StreamError(f"{where}: the domain configuration is not valid JSON: "
-                              f"{e}") from None
+                              f"{str(e) or type(e).__name__}") from None
         if not isinstance(config, dict):
             raise StreamError(f"{where}: the domain configuration is not a JSON object")
         return SaveFileHeader(mflags, oflags, config)

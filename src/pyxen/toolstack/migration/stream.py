@@ -31,11 +31,13 @@ from .wire import Input, Output, RawRecord
 @dataclass
 class PageData:
     """One PAGE_DATA record: ``data`` holds, in order, the pages of the pfns whose type
-    carries data (NOTAB and the page-table types); XTAB/XALLOC/BROKEN pfns have none."""
+    carries data (NOTAB and the page-table types); XTAB/XALLOC/BROKEN pfns have none.
+    The reader gives a read-only memoryview into the record (no copy); compare it with
+    bytes as bytes, or copy it out with bytes()."""
 
     pfns: list[int]
     types: list[int]
-    data: bytes
+    data: bytes | memoryview
 
     def pages(self) -> Iterator[tuple[int, memoryview]]:
         """(pfn, 4096-octet view) for each page that has data."""

@@ -45,7 +45,11 @@ class Output:
 
 
 class Input:
-    """A binary file object read exactly, with the offset of the next octet."""
+    """A binary file object read exactly, with the offset of the next octet.
+
+    It never asks for more than the field or record it is reading, so on an unbuffered
+    file or socket the position afterwards is exactly past it: hostd reads the xl header
+    and hands the descriptor to the VMM, which reads on from the libxl header."""
 
     def __init__(self, inp: BinaryIO) -> None:
         self.inp = inp
