@@ -130,7 +130,8 @@ def test_pv_guest_resumes_cancelled_when_the_link_drops(hosts, tmp_path) -> None
     after = report(a, domid, "2")
     assert after["sum"] == before["sum"] and after["cancelled"] == 1, after
     assert after["counter"] > before["counter"]  # type: ignore[operator]
-    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"],
+               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
     b.assert_clean()
     a.xl("destroy", "st", check=True)
 
@@ -160,7 +161,7 @@ def test_target_dies_mid_stream(hosts, tmp_path) -> None:
         if mig.poll() is None:
             mig.kill()
             mig.wait()
-    assert mig.returncode != 0
+    assert mig.returncode != 0, err
     assert "migration sender: libxl_domain_suspend failed" in err, err
     assert "Migration failed, resuming at sender." in err, err
     la = a.list()
@@ -168,7 +169,8 @@ def test_target_dies_mid_stream(hosts, tmp_path) -> None:
     last = max(n for n, _, _ in reports(a, domid))
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
-    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"],
+               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     assert b.xenstore("xenstore-ls", "/local/domain").stdout.strip() in ("", "0 = \"\""), \
@@ -196,7 +198,8 @@ def test_link_drops_mid_stream(hosts, tmp_path) -> None:
     last = max(n for n, _, _ in reports(a, domid))
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
-    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"],
+               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
@@ -234,7 +237,8 @@ def test_link_drops_before_handshake(hosts, tmp_path) -> None:
     last = max(n for n, _, _ in reports(a, domid))
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
-    b.wait_for(lambda: list(b.list()) == ["Domain-0"], "target cleaned up")
+    b.wait_for(lambda: list(b.list()) == ["Domain-0"],
+               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
