@@ -131,7 +131,7 @@ def test_pv_guest_resumes_cancelled_when_the_link_drops(hosts, tmp_path) -> None
     assert after["sum"] == before["sum"] and after["cancelled"] == 1, after
     assert after["counter"] > before["counter"]  # type: ignore[operator]
     b.wait_for(lambda: list(b.list()) == ["Domain-0"],
-               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
+               f"target cleaned up (it lists {list(b.list())})")
     b.assert_clean()
     a.xl("destroy", "st", check=True)
 
@@ -170,7 +170,7 @@ def test_target_dies_mid_stream(hosts, tmp_path) -> None:
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"],
-               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
+               f"target cleaned up (it lists {list(b.list())})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     assert b.xenstore("xenstore-ls", "/local/domain").stdout.strip() in ("", "0 = \"\""), \
@@ -199,7 +199,7 @@ def test_link_drops_mid_stream(hosts, tmp_path) -> None:
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"],
-               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
+               f"target cleaned up (it lists {list(b.list())})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
@@ -238,7 +238,7 @@ def test_link_drops_before_handshake(hosts, tmp_path) -> None:
     after = wait_reports(a, domid, 2, after=last)
     assert all(bad == 0 for _, bad, _ in after), after
     b.wait_for(lambda: list(b.list()) == ["Domain-0"],
-               f"target cleaned up (now {b.list()}; source said: {locals().get('err') or r.stderr})")
+               f"target cleaned up (it lists {list(b.list())})")
     b.assert_clean()
     assert not list((b.root / "console").glob("guest-mig*")), "console log left behind"
     a.xl("destroy", "mig", check=True)
