@@ -266,6 +266,25 @@ def test_tcp_mode(hosts, tmp_path) -> None:
     b.xl("destroy", "mig", check=True)
 
 
+def test_config_override(hosts, tmp_path) -> None:
+    """-C CONFIG: the target gets that configuration (here on_crash), the name stays."""
+    import json
+
+    a, b = hosts
+    create_dirty(a, tmp_path)
+    other = tmp_path / "other.cfg"
+    other.write_text((tmp_path / "mig.cfg").read_text().replace('name = "mig"',
+                                                                'name = "ignored"')
+                     + 'on_crash = "preserve"\n')
+    r = a.xl("migrate", "-C", str(other), "-s", "env", "mig", f"PYXEN_RUNDIR={b.root}",
+             timeout=240)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(b.xl("list", "-l", "mig", check=True).stdout)
+    assert listed[0]["config"]["on_crash"] == "preserve", listed
+    assert listed[0]["config"]["c_info"]["name"] == "mig"
+    b.xl("destroy", "mig", check=True)
+
+
 def test_bad_arguments(hosts) -> None:
     a, _ = hosts
     r = a.xl("migrate", "nosuch", "somewhere")
