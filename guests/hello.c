@@ -23,6 +23,7 @@
  *   mode=balloond            balloons to xenstore memory/target (xl mem-set; balloond.c)
  *   mode=vnuma               its vNUMA topology: XENMEM_get_vnumainfo, SRAT, SLIT (vnuma.c)
  *   mode=disk                blkfront: pattern/checksum tests on every vbd, hot-plug (disk.c)
+ *   mode=dirty [mib= rate=]  dirties memory from ring 3, checks it, reports (dirty.c)
  */
 #include "guest.h"
 #include "pv.h"
@@ -33,6 +34,7 @@ void balloon_main(const struct hvm_start_info *si);  /* balloon.c */
 void balloond_main(const struct hvm_start_info *si); /* balloond.c */
 void vnuma_main(const struct hvm_start_info *si);    /* vnuma.c */
 void disk_main(unsigned int domid);                  /* disk.c */
+void dirty_main(uint64_t ram_end);                   /* dirty.c */
 void fuzz_main(uint64_t seed, unsigned long n, uint64_t ram_end, unsigned int domid);
 
 #define MAX_VCPUS 32
@@ -474,6 +476,7 @@ void kmain(uint32_t start_info_paddr)
         fuzz_main(seed, opt_ul("n", 2000), ram_end(), domid);
     }
     if (streq(mode, "disk")) disk_main(domid);
+    if (streq(mode, "dirty")) dirty_main(ram_end());
     if (streq(mode, "xenbus") || streq(mode, "badconsole") || streq(mode, "xsflood"))
         pv_main(mode, domid);
     printk("pyxen hello: unknown mode \"%s\"\n", mode);

@@ -428,6 +428,9 @@ from pyxen.cli import xl_top as _xl_top  # noqa: E402 - xl top
 
 _xl_dom.register(sys.modules[__name__])
 _xl_top.register(sys.modules[__name__])
+from pyxen.cli import xl_migrate as _xl_migrate  # noqa: E402 - migrate, migrate-receive
+
+_xl_migrate.register(sys.modules[__name__])
 
 from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
 

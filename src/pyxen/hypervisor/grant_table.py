@@ -398,6 +398,9 @@ class GrantTable:
             act.readers -= 1
         else:
             act.writers -= 1
+            dirty = self.domain.memory.dirty
+            if dirty is not None:  # Xen's gnttab_mark_dirty on a writable unmap
+                dirty.mark(act.gfn)
         bits = 0
         if act.writers == 0 and not readonly:
             bits |= G.GTF_writing

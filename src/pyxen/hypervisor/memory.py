@@ -70,6 +70,9 @@ class GuestMemory:
         self.regions = [Region(w.gfn << PAGE_SHIFT, w.pages * PAGE_SIZE, w.offset)
                         for w in windows]
         self._e820 = default_e820(size)
+        # Log-dirty mode (vmm/dirtylog.py) while a migration runs: pyxen's own writes to
+        # guest RAM are marked there, as Xen's copy_to_guest marks them (paging_mark_dirty).
+        self.dirty = None
 
     # --- accounting (Xen's d->tot_pages, d->max_pages) ------------------------------------
 
@@ -114,6 +117,8 @@ class GuestMemory:
 
     def write(self, gpa: int, data: bytes) -> None:
         n = len(data)
+        if self.dirty is not None:
+            self.dirty.mark_range(gpa, n)
         if gpa >= 0 and gpa + n <= self.p2m.fast_end:
             self.view[gpa:gpa + n] = data
             return
@@ -134,8 +139,11 @@ class GuestMemory:
             n -= c
 
     def page(self, gfn: int) -> memoryview:
-        """The page the guest sees at gfn (GuestFault for a hole)."""
+        """The page the guest sees at gfn (GuestFault for a hole); the caller may write it
+        (grant mappings), so it counts as dirtied while logging."""
         off = self._offset(gfn << PAGE_SHIFT, PAGE_SIZE)
+        if self.dirty is not None:
+            self.dirty.mark(gfn)
         return self.view[off:off + PAGE_SIZE]
 
     # --- pages that are not RAM (the p2m's API, see p2m.py) -------------------------------

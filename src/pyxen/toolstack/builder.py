@@ -64,7 +64,12 @@ class Builder:
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom, restore_fd)
-            await self._place_and_describe(dom)
+            if restore_fd is not None:  # the VMM reads the image now (vmm/restore.py)
+                from .schedops import domain_built
+                await domain_built(self, dom)
+                await self._restored(dom)
+            else:
+                await self._place_and_describe(dom)
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
@@ -135,6 +140,8 @@ class Builder:
             tail = _last_line(ddir / "vmm.log")
             raise OpError(f"domain {dom.domid}: the VMM exited while building the domain"
                           + (f": {tail}" if tail else f" ({status})"))
+        if msg.get("restoring"):  # resolved by the VMM's restored/restore_failed event
+            dom.restore_done = asyncio.get_running_loop().create_future()  # type: ignore[attr-defined]
         dom.store = {k: msg[k] for k in ("store_port", "store_mfn", "console_port",
                                          "console_mfn") if isinstance(msg.get(k), int)}
         reader, writer = await asyncio.open_unix_connection(str(ddir / "control.sock"),
@@ -187,6 +194,24 @@ class Builder:
             from .recovery import wait_gone
             await wait_gone(dom.adopted_pid, 5)
         return "no status: forked by the template"
+
+    async def _restored(self, dom: Domain) -> None:
+        """A restored domain: its xenstore entries while the image streams in, then the
+        VMM's `restored` (or `restore_failed`: an OpError, the caller tears down), then
+        the introduction (xenstored maps the store ring as the image left it)."""
+        fut = dom.restore_done  # type: ignore[attr-defined]
+        from . import netops  # noqa: F401 - imported while waiting, not after the image
+        if self.xs is not None:
+            xsdomain.write_domain(self.xs, dom.domid, dom.config,
+                                  store_port=dom.store.get("store_port"),
+                                  store_mfn=dom.store.get("store_mfn"),
+                                  console_port=dom.store.get("console_port"),
+                                  console_mfn=dom.store.get("console_mfn"))
+        msg = await fut
+        if msg.get("event") != "restored":
+            raise OpError(str(msg.get("message") or "the VMM could not restore the image"))
+        if self.xs is not None:
+            self._introduce(dom)
 
     def _write_xenstore(self, dom: Domain) -> None:
         if self.xs is None:

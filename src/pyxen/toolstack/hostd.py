@@ -236,6 +236,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
         if op in DOM_OPS:  # domid, rename, uptime, sysrq, trigger, dump-core, top: domops.py
             from .domops import dom_op
             return await dom_op(self, op, req)
+        from .migrate import OPS as MIGRATE_OPS
+        if op in MIGRATE_OPS:  # xl migrate / migrate-receive: toolstack/migrate.py
+            from .migrate import migrate_op
+            return await migrate_op(self, op, req)
         dom = self.find(req.get("domain"))
         if op == "console":
             return {"domid": dom.domid, "path": str(dom.dir / "console.sock")}

@@ -208,6 +208,13 @@ class Lifecycle:
             line = str(msg.get("line", "")).rstrip("\n")
             if line:
                 self.log.append(line)
+        elif ev == "migrate_suspend":  # end of pre-copy: toolstack/migrate.py
+            from .migrate import suspend_requested
+            suspend_requested(self, dom)  # type: ignore[arg-type]
+        elif ev in ("restored", "restore_failed"):  # restore mode: builder._restored
+            fut = getattr(dom, "restore_done", None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
         elif ev == "shutdown":
             reason = msg.get("reason")
             if reason not in REASON_LETTERS:
@@ -217,6 +224,10 @@ class Lifecycle:
 
     def vmm_gone(self, dom: Domain, why: str) -> None:
         """The VMM went away without being asked to: Xen would call that a crash."""
+        fut = getattr(dom, "restore_done", None)
+        if fut is not None and not fut.done():  # died while reading an image
+            fut.set_result({"event": "restore_failed",
+                            "message": f"the VMM exited while restoring ({why})"})
         if dom.destroying or dom.state == "building" or dom.domid not in self.domains:
             return
         if dom.handled_shutdown and dom.state in ("shutdown", "crashed"):

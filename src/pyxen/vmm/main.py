@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             server.cleanup()
             raise
         server.backends.append(pv)  # closed at destruction with the other backends
-        if args.restore_fd is not None:
-            from .restore import restore_or_cleanup
-            restore_or_cleanup(domain, machine, server, args.restore_fd)
+        # The backend bus first: when the image comes from a live migration, everything
+        # done after its last record is guest downtime (docs/migration.md).
         bus = start_device_backends(domain)
         if bus is not None:
             server.backends.append(bus)
@@ -138,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"internal error while building the domain: {type(e).__name__}: {e}"
         announce({"event": "error", "message": msg.splitlines()[0]})
         return 2
+    if args.restore_fd is not None:  # the image streams in while hostd sets up (restore.py)
+        from .restore import restore_in_background
+        announce({"event": "built", "restoring": True, **pv.announce()})
+        restore_in_background(domain, machine, args.restore_fd)
+        return server.serve()
     announce({"event": "built", **pv.announce()})
     trim_heap()
     return server.serve()

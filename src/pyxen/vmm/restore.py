@@ -1,10 +1,15 @@
-"""Restore mode of the VMM (`--restore-fd FD`): the image is read before "built" is
-announced, so a bad image leaves nothing behind: one error line, exit 2."""
+"""Restore mode of the VMM (`--restore-fd FD`). "built" is announced before the image is
+read (with `"restoring": true`), so the toolstack sets the domain up (cgroups, xenstore)
+while the pages stream in: for a live migration everything after the image's last record
+is guest downtime. The image is read on its own thread; the end is the `restored` event,
+a failure the `restore_failed` event with one line naming the record, after which the
+toolstack destroys the domain, so a bad image leaves nothing behind."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Any
 
 from ..arch.x86.pvh import BuildError
@@ -29,3 +34,28 @@ def restore_or_cleanup(domain: Any, machine: Any, server: Any, fd: int) -> None:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BuildError(f"cannot restore: {msg}") from None
     domain.log(f"d{domain.domid}: restored {stats['pages']} pages in {stats['seconds']} s")
+
+
+def restore_in_background(domain: Any, machine: Any, fd: int) -> threading.Thread:
+    """Read the image on a thread (the domain stays paused); announce the outcome."""
+    def run() -> None:
+        try:
+            restore_or_cleanup(domain, machine, _NoServer(), fd)
+        except BuildError as e:
+            domain.emit({"event": "restore_failed", "message": str(e)})
+            return
+        domain.emit({"event": "restored"})
+
+    t = threading.Thread(target=run, name=f"d{domain.domid}-restore", daemon=True)
+    t.start()
+    return t
+
+
+class _NoServer:
+    """restore_or_cleanup's server when the VMM already serves: the toolstack's destroy
+    closes the backends and sockets, not the failed restore."""
+
+    backends: list[Any] = []
+
+    def cleanup(self) -> None:
+        pass

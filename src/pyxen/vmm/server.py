@@ -207,6 +207,11 @@ class VmmServer:
                     return {"id": rid, "ok": False, "error": "debug_key needs one 'key'"}
                 return {"id": rid, "ok": True,
                         **await self.loop.run_in_executor(None, debug_key, d, key)}
+            elif op in ("migrate_send", "migrate_resume", "migrate_probe",
+                        "migrate_suspend_abort"):  # live migration: vmm/precopy.py
+                from .precopy import vmm_op
+                return {"id": rid, "ok": True, **await self.loop.run_in_executor(
+                    None, vmm_op, d, self.machine, req)}
             elif op in ("take_fd", "save", "resume"):  # save/restore (vmm/saveops.py)
                 from . import saveops
                 conn = conn if conn is not None else {}

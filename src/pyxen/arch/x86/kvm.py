@@ -111,6 +111,20 @@ class Vm:
                                                memory_size=size, userspace_addr=hva)
         ioctl(self.fd, K.KVM_SET_USER_MEMORY_REGION, region)
 
+    def get_dirty_log(self, slot: int, bitmap: ctypes.Array) -> None:
+        """KVM_GET_DIRTY_LOG: the slot's dirty bitmap (one bit per page) into `bitmap`.
+        Without manual protection this also clears the log and write-protects again."""
+        ioctl(self.fd, K.KVM_GET_DIRTY_LOG,
+              K.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap)))
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int,
+                        bitmap: ctypes.Array) -> None:
+        """KVM_CLEAR_DIRTY_LOG (manual protection): re-arm logging of the pages whose bits
+        are set; first_page and num_pages are multiples of 64 except at the slot's end."""
+        ioctl(self.fd, K.KVM_CLEAR_DIRTY_LOG,
+              K.kvm_clear_dirty_log(slot=slot, num_pages=num_pages, first_page=first_page,
+                                    dirty_bitmap=ctypes.addressof(bitmap)))
+
     def set_msr_filter(self, ranges: list[tuple[int, int, int, bytes]]) -> None:
         """ranges: (flags, base, nmsrs, bitmap); a clear bit sends the access to user space."""
         f = K.kvm_msr_filter(flags=K.KVM_MSR_FILTER_DEFAULT_ALLOW)

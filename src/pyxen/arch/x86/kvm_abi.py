@@ -325,3 +325,21 @@ KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
 KVM_SYSTEM_EVENT_SHUTDOWN = 1
 KVM_SYSTEM_EVENT_RESET = 2
 KVM_SYSTEM_EVENT_CRASH = 3
+
+
+# --- dirty logging (live migration: vmm/dirtylog.py) -------------------------------------
+
+class kvm_dirty_log(C.Structure):
+    _fields_ = [("slot", u32), ("padding1", u32), ("dirty_bitmap", u64)]
+
+
+class kvm_clear_dirty_log(C.Structure):
+    _fields_ = [("slot", u32), ("num_pages", u32), ("first_page", u64), ("dirty_bitmap", u64)]
+
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_GET_DIRTY_LOG = _iow(0x42, kvm_dirty_log)
+KVM_CLEAR_DIRTY_LOG = _iowr(0xC0, kvm_clear_dirty_log)
+KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
