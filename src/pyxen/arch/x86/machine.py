@@ -57,6 +57,10 @@ _IMMEDIATE_EXIT = _RUN.immediate_exit.offset
 _EXIT_HDR = struct.Struct(f"<I{_RUN.u.offset - _RUN.exit_reason.offset - 4}xBBHIQ")
 assert _RUN.exit_reason.offset + _EXIT_HDR.size == _RUN.u.offset + ctypes.sizeof(K.kvm_run_io)
 _U32 = struct.Struct("<I")
+# KVM leaves exit_reason as it was when KVM_RUN returns EINTR (immediate_exit), although
+# the exit it names is complete by then; the save path (vmm/domain_save.py) tells a vCPU
+# parked mid-hypercall from one that merely stopped by it, so a kick rewrites it.
+_EXIT_REASON = _RUN.exit_reason.offset
 _SYNC_SREGS = _RUN.s.offset + K.kvm_sync_regs.sregs.offset
 _CS_L = _SYNC_SREGS + K.kvm_sregs.cs.offset + K.kvm_segment.l.offset
 _SS_DPL = _SYNC_SREGS + K.kvm_sregs.ss.offset + K.kvm_segment.dpl.offset
@@ -255,6 +259,7 @@ class X86Machine:
                 except OSError as e:
                     raise KvmError(e.errno or 0, f"KVM_RUN: {e.strerror}") from None
                 if rc < 0 and rc != ARMED:  # kicked: the vCPU's state is complete here
+                    _U32.pack_into(m, _EXIT_REASON, EXIT_INTR)  # no exit left half done
                     if w.now:
                         work(v, kv, w)
                     continue
@@ -306,6 +311,7 @@ class X86Machine:
         fd = kv.fd
         ioctl, get_errno, exit_hdr, u32 = _ioctl, ctypes.get_errno, _EXIT_HDR.unpack_from, \
             _U32.unpack_from
+        u32_into = _U32.pack_into
         may_run, hypercall, handle_exit, work = d.may_run, self._hypercall, self._exit, \
             self._work
         KVM_RUN, EXIT_IO, IO_OUT, EXIT_INTR = (K.KVM_RUN, K.KVM_EXIT_IO, K.KVM_EXIT_IO_OUT,
@@ -325,6 +331,7 @@ class X86Machine:
                     if e in (errno.EINTR, errno.EAGAIN):
                         # kicked: the vCPU's state is complete here (pending I/O
                         # finished, registers in the sync area), so it can be looked at
+                        u32_into(m, _EXIT_REASON, EXIT_INTR)  # no exit left half done
                         if w.now:
                             work(v, kv, w)
                         continue
