@@ -25,6 +25,7 @@ from .domain import (
     _last_line,
     _rmtree,
 )
+from .recovery import CREATING
 
 
 class Builder:
@@ -64,18 +65,21 @@ class Builder:
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom, restore_fd)
+            await self._test_hold(dom, "built")
             if restore_fd is not None:  # the VMM reads the image now (vmm/restore.py)
                 from .schedops import domain_built
                 await domain_built(self, dom)
                 await self._restored(dom)
             else:
                 await self._place_and_describe(dom)
+            await self._test_hold(dom, "described")
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
             if not paused:
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
+            (dom.dir / CREATING).unlink(missing_ok=True)  # done: a new hostd adopts it from here on
         except BaseException as e:
             self._keep_vmm_log(dom, e)
             await self._teardown(dom)
@@ -89,6 +93,16 @@ class Builder:
         self.xen_log(f"Domain {domid} ({cfg.name}) created: {cfg.vcpus} vCPU(s), "
                      f"{cfg.memory} MiB, kernel {cfg.kernel}")
         return dom
+
+    async def _test_hold(self, dom: Domain, stage: str) -> None:
+        """Tests only: PYXEN_TEST_HOLD_CREATE=STAGE (spawned, built, described) in
+        hostd's environment stops every creation there for an hour, once it has touched
+        $RUNDIR/domains/N/held: a test kills hostd mid-create at a known point."""
+        if os.environ.get("PYXEN_TEST_HOLD_CREATE") != stage:
+            return
+        (dom.dir / "held").touch()
+        self.xen_log(f"Domain {dom.domid}: creation held at {stage!r} (PYXEN_TEST_HOLD_CREATE)")
+        await asyncio.sleep(3600)
 
     async def _place_and_describe(self, dom: Domain) -> None:
         """Its cgroup, pool and pinning (schedops.domain_built) and its xenstore entries,
@@ -117,9 +131,11 @@ class Builder:
         with contextlib.suppress(FileNotFoundError):
             _rmtree(ddir)
         ddir.mkdir(parents=True)
+        (ddir / CREATING).touch()  # a new hostd removes what a dead one half built
         cfg_path = ddir / "config.json"
         cfg_path.write_text(dom.config.dumps() + "\n")
         reader, pipe = await self._start_vmm(dom, cfg_path, restore_fd)
+        await self._test_hold(dom, "spawned")
         try:
             line = await asyncio.wait_for(reader.readline(), BUILD_TIMEOUT_S)
         except TimeoutError as e:

@@ -28,7 +28,9 @@ answered by exactly one ``{"id", "ok", ...}`` (``"error"`` when not ok). Ops:
   restore file, paused, config?                      -> domid, name, seconds
 
 Run as ``python -m pyxen.toolstack.hostd``; SIGTERM destroys every domain and removes
-the sockets.
+the sockets. SIGUSR1 is the upgrade path: hostd stops serving and exits, leaving every
+domain, xenstored and the VMM template running, for the next hostd (perhaps a newer
+checkout's) to adopt (docs/internals.md).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Hostd(Builder, Lifecycle, HostInfo):
         self.xs: Any = None
         self.server: asyncio.base_events.Server | None = None
         self.stopping = asyncio.Event()
+        self.detaching = False  # SIGUSR1: leave everything running (an upgrade)
         self.boot_time = time.time()
         self.template = Template(root, self.xen_log)  # VMMs by fork (toolstack/template.py)
 
@@ -129,6 +132,23 @@ class Hostd(Builder, Lifecycle, HostInfo):
         self.xs_server = xenstored.XsDomains(self.xs)
         self.xen_log(f"xenstored {'found' if adopted else 'started'} (pid {self.xs_pid}), "
                      f"listening on {paths.xenstored_socket(self.root)}")
+
+    def detach(self) -> None:
+        """SIGUSR1: exit as soon as possible, leaving the domains to the next hostd."""
+        self.detaching = True
+        self.stopping.set()
+
+    async def leave(self) -> None:
+        """hostd goes, nothing else: what a kill -9 would leave, minus its socket and pid
+        file. A creation in progress is cut short; the next hostd removes it."""
+        if self.server is not None:
+            self.server.close()
+        for p in (paths.hostd_socket(self.root), self.root / "hostd.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        if self.xs is not None:
+            with contextlib.suppress(Exception):
+                self.xs.close()
 
     async def stop(self) -> None:
         """SIGTERM: destroy every domain, stop serving, remove the sockets."""
@@ -300,8 +320,14 @@ async def amain(root: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hostd.stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, hostd.detach)
     await hostd.start()
     await hostd.stopping.wait()
+    if hostd.detaching:
+        hostd.xen_log(f"hostd exiting on SIGUSR1: {len(hostd.domains)} domain(s), xenstored "
+                      "and the VMM template keep running for the next hostd")
+        await hostd.leave()
+        return 0
     hostd.xen_log("hostd stopping: destroying all domains")
     await hostd.stop()
     return 0

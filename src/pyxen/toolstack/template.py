@@ -7,6 +7,10 @@ milliseconds, all pages private). The VMM is the same program either way, and it
 hostd's child either way that matters: hostd follows it through its control.sock and its
 pid (Domain.adopted_pid), as it follows VMMs adopted after a hostd restart.
 
+A template is adopted only if it runs hostd's own code (pyxen/codeid.py: after an
+upgrade in place it does not): otherwise a new one is started and, once it serves the
+socket, the old one is stopped; the VMMs it forked earlier run on, untouched.
+
 Whenever the template is not there (not started yet, dead and being restarted, refused
 with PYXEN_TEMPLATE=0), hostd starts the VMM the old way: creation never depends on it.
 """
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyxen.codeid import fingerprint
 from pyxen.vmm.template import TITLE_ROOM
 
 START_TIMEOUT_S = 30.0
@@ -100,12 +105,29 @@ class Template:
     async def _adopt_or_start(self) -> int:
         loop = asyncio.get_running_loop()
         path = socket_path(self.root)
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((await loop.run_in_executor(None, _request, path, {"op": "ping"}))["pid"])
-            self.log(f"VMM template adopted: pid {pid}")
-            return pid
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        old: int | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            reply = await loop.run_in_executor(None, _request, path, {"op": "ping"})
+            pid = int(reply["pid"])
+            if reply.get("code") == fingerprint():
+                self.log(f"VMM template adopted: pid {pid}")
+                return pid
+            # an upgrade in place: it would fork its own (older) code for new domains
+            self.log(f"VMM template (pid {pid}) runs other code ({reply.get('code')}; "
+                     f"hostd runs {fingerprint()}): replacing it")
+            old = pid
+        if old is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        pid = await self._start_new(path)
+        if old is not None:  # the new one holds the socket now: the old one may go
+            await _terminate(old)
+            self.log(f"VMM template (pid {old}) stopped; the domains it forked run on")
+        return pid
+
+    async def _start_new(self, path: Path) -> int:
+        """Start a template; it takes `path` over (os.replace) once it is ready."""
+        loop = asyncio.get_running_loop()
         logf = open(self.root / "template.log", "ab")  # noqa: SIM115 - the child's
         try:
             self.popen = subprocess.Popen(
@@ -122,10 +144,11 @@ class Template:
             if self.popen.poll() is not None:
                 raise OSError(f"the template exited with status {self.popen.returncode} "
                               f"(see {self.root / 'template.log'})")
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 reply = await loop.run_in_executor(None, _request, path, {"op": "ping"})
-                self.log(f"VMM template started: pid {reply['pid']}")
-                return int(reply["pid"])
+                if int(reply["pid"]) == self.popen.pid:  # not a predecessor still there
+                    self.log(f"VMM template started: pid {reply['pid']}")
+                    return self.popen.pid
             await asyncio.sleep(0.02)
         self.popen.kill()
         self.popen.wait()
@@ -203,16 +226,7 @@ class Template:
             pid = self.popen.pid  # started, not ready yet
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            if self.popen is not None:
-                self.popen.poll()  # reap it if it is ours
-            await asyncio.sleep(0.01)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await _terminate(pid, self.popen)
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(5)
@@ -224,6 +238,22 @@ class Template:
         for path in (socket_path(self.root), pid_path(self.root)):  # if it could not
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+async def _terminate(pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM a template (it leaves the socket to a successor: vmm/template.py), then
+    SIGKILL after 5 s. Only that process: its children, the VMMs, are in sessions of
+    their own and run on."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        if popen is not None:
+            popen.poll()  # reap it if it is ours
+        await asyncio.sleep(0.01)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

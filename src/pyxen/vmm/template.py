@@ -12,7 +12,10 @@ at a time, single-threaded:
     -> {"op": "spawn", "domid": N, "config": PATH, "env": {...}}   + 2 fds (SCM_RIGHTS):
        the VMM's stdout (hostd reads the "built" line there) and stderr (vmm.log)
     <- {"ok": true, "pid": P}
-    -> {"op": "ping"}  <- {"ok": true, "pid": TEMPLATE_PID}
+    -> {"op": "ping"}  <- {"ok": true, "pid": TEMPLATE_PID, "code": FINGERPRINT}
+
+FINGERPRINT (pyxen/codeid.py) says which pyxen code the template imported, and so which
+code its children run: a hostd of other code replaces the template rather than adopt it.
 
 The child becomes the VMM exactly as ``python -m pyxen.vmm --domid N --config PATH``
 would (vmm/main.py): its own session, its own sockets. Before that it closes every
@@ -171,6 +174,8 @@ def spawn(listener: socket.socket, conn: socket.socket, req: dict, fds: list[int
 
 
 def serve(listener: socket.socket) -> None:
+    from pyxen.codeid import fingerprint
+    code = fingerprint()
     while True:
         conn, _ = listener.accept()
         fds: list[int] = []
@@ -181,7 +186,7 @@ def serve(listener: socket.socket) -> None:
             if op == "spawn":
                 reply = spawn(listener, conn, req, fds)
             elif op == "ping":
-                reply = {"ok": True, "pid": os.getpid()}
+                reply = {"ok": True, "pid": os.getpid(), "code": code}
             else:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
             conn.sendall(json.dumps(reply).encode() + b"\n")
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYXEN_RUNDIR"] = args.rundir
     tdir = Path(args.rundir) / "template"
     tdir.mkdir(parents=True, exist_ok=True)
+    from pyxen.codeid import fingerprint
+    fingerprint()  # of the code imported now, before anything on disk can change
     failed = preload()
     if failed:
         print(f"template: not preloaded: {', '.join(failed)}", file=sys.stderr, flush=True)
