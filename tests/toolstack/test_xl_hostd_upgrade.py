@@ -221,3 +221,22 @@ def test_kill9_mid_create_leaves_nothing(host: Host, tmp_path: Path, stage: str)
             cr.wait()
         with contextlib.suppress(ProcessLookupError):
             os.kill(old, signal.SIGKILL)
+
+
+def test_a_vmm_no_directory_leads_to_is_destroyed(host: Host, tmp_path: Path) -> None:
+    """Its hostd gone for good and its directory too (removed by hand, say): the next
+    hostd still finds the VMM, by its command line, and destroys it with its entries."""
+    host.xl("create", cfg(tmp_path, "a", "idle"), check=True)
+    da = pv_ready(host, "a")
+    vmm = vmm_pid(host, da)
+    old = host.hostd_pid()
+    assert old is not None
+    kill9(old)
+    shutil.rmtree(host.root / "domains" / str(da))
+    assert alive(vmm)  # nothing else would ever find it
+    assert list(host.list()) == ["Domain-0"]
+    host.wait_for(lambda: not alive(vmm), "the orphan VMM's end")
+    assert f"Domain {da}: VMM(s) [{vmm}] with no domain directory: destroying" in \
+        host.xl("dmesg", check=True).stdout
+    assert host.xenstore("xenstore-read", f"/local/domain/{da}").returncode != 0
+    host.assert_clean()
