@@ -49,8 +49,6 @@ def path() -> str:
 
 def load() -> XlConf:
     """Read xl.conf into CONF (defaults when there is none)."""
-    from pyxen.toolstack.xlcfg import XlCfgError, parse
-
     name = path()
     try:
         with open(name, encoding="utf-8", errors="surrogateescape") as f:
@@ -59,6 +57,7 @@ def load() -> XlConf:
         if "PYXEN_XL_CONF" in os.environ:
             one_line(f"Failed to read config file: {name}: {e.strerror}")
         return CONF
+    from pyxen.toolstack.xlcfg import XlCfgError, parse  # only when there is a file
     try:
         cfg = parse(data, name)
     except XlCfgError as e:
