@@ -1,4 +1,4 @@
-"""`xl create` (and destroy, pause, unpause) on xl's lean path (cli/xl_create.py,
+"""`xl create` (and destroy, pause, unpause, shutdown, reboot) on xl's lean path (cli/xl_create.py,
 cli/xlmain.py's FAST table) print the same bytes and exit with the same status as the
 click commands (PYXEN_XL_SLOW=1), for good and bad configurations; `xl create -c` on the
 lean path attaches the console and Ctrl-] detaches it."""
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_xl_domains import _read_until
-from xlhost import HELLO, REPO, Host, needs_vmm
+from test_xl_domains import _read_until, pv_ready
+from xlhost import HELLO, REPO, Host, needs_vmm, needs_xenstored
 
 from pyxen.cli.xl_create import parse_options
 
@@ -131,6 +131,30 @@ def test_lean_create_destroy_pause_unpause(host: Host, tmp_path: Path) -> None:
         same(host, cmd, "a", "b")
     same(host, "destroy", "0")
     same(host, "destroy", "Domain-0")
+    host.assert_clean()
+
+
+@needs_vmm
+@needs_xenstored
+def test_lean_shutdown_and_reboot(host: Host, tmp_path: Path) -> None:
+    for cmd in ("shutdown", "reboot"):
+        same(host, cmd, "nosuch")
+        same(host, cmd)
+        same(host, cmd, "a", "b")
+    idle = tmp_path / "idle.cfg"
+    idle.write_text(GOOD.replace('"t"', '"sd"') + 'cmdline = "mode=idle"\n'
+                    'on_reboot = "restart"\n')
+    for env in ({}, SLOW):
+        assert xl(host, "create", str(idle), env=env).returncode == 0
+        domid = pv_ready(host, "sd")
+        r = xl(host, "reboot", "sd", env=env)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", f"Rebooting domain {domid}\n")
+        host.wait_for(lambda d=domid: host.list().get("sd", {}).get("id") not in (None, str(d)),
+                      "the restarted domain")
+        domid = pv_ready(host, "sd")
+        r = xl(host, "shutdown", "sd", env=env)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", f"Shutting down domain {domid}\n")
+        host.wait_for(lambda: "sd" not in host.list(), "on_poweroff=destroy")
     host.assert_clean()
 
 

@@ -3,7 +3,7 @@ command table with unambiguous-prefix lookup, `xl help [CMD]`, `xl CMD -h`, xl's
 exit statuses for unknown commands, options and missing arguments, then the command.
 
 A lean path first: the commands people run in loops (FAST below: `list`, `info`,
-`console`, `domid`, `destroy`, `pause`, `unpause` with no options, and `create` with its
+`console`, `domid`, `destroy`, `pause`, `unpause`, `shutdown`, `reboot` with no options, and `create` with its
 options, cli/xl_create.py) run here without importing click or rich, and print what the
 click commands print (tests/toolstack/test_xl_surface.py and test_xl_create_lean.py
 compare the two). Everything else goes to the click group in cli/xl.py, where other
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyxen.cli.xlcore import G, XlError, call, fail, one_line
+from pyxen.cli.xlcore import G, XlError, call, connect, fail, one_line
 from pyxen.toolstack.client import HostdError
 
 TYPE_CHECKING = False
@@ -101,6 +101,30 @@ def fast_unpause(args: list[str]) -> int:
     return 0
 
 
+def _shutdown(reason: str, args: list[str]) -> int:
+    """xl shutdown/reboot DOMAIN with no options: cli/xl.py's _shutdown for one domain."""
+    if len(args) != 1:
+        return -1
+    verb = "Shutting down" if reason == "poweroff" else "Rebooting"
+    with connect() as c:
+        try:
+            domid = int(c.request("console", domain=args[0])["domid"])
+            sys.stderr.write(f"{verb} domain {domid}\n")  # click.echo(err=True): no -T stamp
+            sys.stderr.flush()
+            c.request("shutdown", domain=args[0], reason=reason, force=False)
+        except HostdError as e:
+            fail(str(e))
+    return 0
+
+
+def fast_shutdown(args: list[str]) -> int:
+    return _shutdown("poweroff", args)
+
+
+def fast_reboot(args: list[str]) -> int:
+    return _shutdown("reboot", args)
+
+
 def fast_create(args: list[str]) -> int:
     from pyxen.cli.xl_create import fast_create as create
     return create(args)
@@ -118,6 +142,8 @@ FAST: dict[str, Callable[[list[str]], int]] = {
     "destroy": fast_destroy,
     "pause": fast_pause,
     "unpause": fast_unpause,
+    "shutdown": fast_shutdown,
+    "reboot": fast_reboot,
     "create": fast_create,
 }
 OWN_OPTIONS = {"create"}
