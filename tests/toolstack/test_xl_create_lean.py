@@ -193,11 +193,17 @@ def test_lean_create_c_attaches_and_detaches(host: Host, tmp_path: Path) -> None
     host.assert_clean()
 
 
-def test_lean_create_imports_no_click() -> None:
-    code = ("import sys; from pyxen.cli import xlmain; xlmain.main(['create', '-n', "
-            "'examples/hello.cfg']); print(' '.join(sorted(m for m in ('click', 'rich') "
-            "if m in sys.modules)), file=sys.stderr)")
+def test_lean_create_imports_stay_lean(tmp_path: Path) -> None:
+    """The whole config path of `xl create` (parsed, checked, up to the kernel's open)
+    without click, rich, json, typing, pathlib or uuid (docs/xl.md)."""
+    f = tmp_path / "t.cfg"
+    f.write_text(GOOD.replace(str(HELLO), "/nonexistent/k.elf")
+                 + 'vif = [ "bridge=br0" ]\ndisk = [ "/dev/null,raw,xvda,r" ]\n')
+    code = ("import sys; from pyxen.cli import xlmain; rc = xlmain.main(['create', "
+            f"{str(f)!r}]); print(rc, ' '.join(sorted(m for m in ('click', 'rich', 'json', "
+            "'typing', 'pathlib', 'uuid') if m in sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=REPO, check=True,
                        env=dict(os.environ, PYXEN_RUNDIR="/nonexistent/pyxen-must-not-start"))
-    assert r.stderr.strip() == ""
+    assert r.stderr == "failed to open kernel '/nonexistent/k.elf': No such file or directory\n"
+    assert r.stdout.strip() == "1"
