@@ -5,6 +5,11 @@ measured in the same run: `python -c pass` and an idle Firecracker-like floor
 
     .venv/bin/python bench/create.py [-n 7] [-k 10] [--modes template,fresh]
 
+The xl figures are measured for both of xl's paths on the same host, interleaved: "lean"
+(the installed `xl`, cli/xlmain.py's FAST table and cli/xl_create.py) and "click"
+(PYXEN_XL_SLOW=1: the click command). The package is byte-compiled first, as an installed
+one is (this environment sets PYTHONDONTWRITEBYTECODE).
+
 Each mode gets its own throw-away host ($PYXEN_RUNDIR): "template" forks VMMs from
 hostd's warm template process (toolstack/template.py), "fresh" starts a new interpreter
 per domain (PYXEN_TEMPLATE=0, what pyxen did before the template).
@@ -41,6 +46,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "guests" / "build" / "hello.elf"
+_XL = Path(sys.executable).parent / "xl"  # the installed entry point (pyxen.cli.xlmain)
+XL = [str(_XL)] if _XL.exists() else [sys.executable, "-m", "pyxen.cli.xlmain"]
+PATHS = ("lean", "click")
 MEM_MIB = 32
 
 
@@ -138,11 +146,16 @@ class PyxenHost:
         if not template:
             self.env["PYXEN_TEMPLATE"] = "0"
         self.create_replies: list[float] = []
+        self.slow_env = dict(self.env, PYXEN_XL_SLOW="1")
         self.cfgdir = root.parent / "cfg"
         self.cfgdir.mkdir(parents=True, exist_ok=True)
 
-    def xl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        r = subprocess.run([sys.executable, "-m", "pyxen.cli.xl", *args], env=self.env,
+    def envof(self, path: str) -> dict[str, str]:
+        return self.slow_env if path == "click" else self.env
+
+    def xl(self, *args: str, check: bool = True,
+           path: str = "lean") -> subprocess.CompletedProcess[bytes]:
+        r = subprocess.run([*XL, *args], env=self.envof(path),
                            capture_output=True, timeout=120)
         if check and r.returncode:
             raise SystemExit(f"bench: xl {' '.join(args)}: {r.stderr.decode().strip()}")
@@ -155,11 +168,11 @@ class PyxenHost:
                      'on_poweroff = "destroy"\non_crash = "destroy"\n')
         return str(f)
 
-    def first_byte_xl(self, name: str) -> float:
+    def first_byte_xl(self, name: str, path: str) -> float:
         """`xl create -c` of a hello guest: time to the first byte on xl's stdout."""
+        cfg = self.cfg(name, "hello")
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "pyxen.cli.xl", "create", "-c",
-                              self.cfg(name, "hello")], env=self.env,
+        p = subprocess.Popen([*XL, "create", "-c", cfg], env=self.envof(path),
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              stdin=subprocess.DEVNULL)
         assert p.stdout is not None
@@ -228,24 +241,38 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
     res: dict = {}
     try:
         h.xl("list")  # starts hostd (and its template): not counted
-        h.first_byte_xl("warmup")
-        res["xl_first"] = med([h.first_byte_xl(f"h{i}") for i in range(n)])
+        h.first_byte_xl("warmup", "lean")
+        firsts: dict[str, list[float]] = {p: [] for p in PATHS}
+        for i in range(n):  # interleaved: the host's load moves
+            for p in PATHS:
+                firsts[p].append(h.first_byte_xl(f"h{p}{i}", p))
+        for p in PATHS:
+            res[f"xl_first_{p}"] = med(firsts[p])
         res["rpc_first"] = med([h.first_byte_rpc(f"r{i}") for i in range(n)])
         res["rpc_reply"] = med(h.create_replies)
         tpid = h.template_pid() if template else None
         res["tpl_before"] = smaps(tpid) if tpid else {}
         res["tpl_frames"] = len(frames([tpid])) if tpid else 0
-        t0 = time.perf_counter()
-        for i in range(k):
-            h.xl("create", h.cfg(f"s{i}", "idle"))
-        res["seq_rate"] = k / (time.perf_counter() - t0)
+        for p in reversed(PATHS):  # the lean path last: its domains are measured below
+            t0 = time.perf_counter()
+            for i in range(k):
+                h.xl("create", h.cfg(f"s{p}{i}", "idle"), path=p)
+            res[f"seq_rate_{p}"] = k / (time.perf_counter() - t0)
+            if p == "lean":
+                break
+            t0 = time.perf_counter()
+            for i in range(k):
+                h.xl("destroy", f"s{p}{i}", path=p)
+            res[f"destroy_rate_{p}"] = k / (time.perf_counter() - t0)
         time.sleep(1.0)  # idle: the guests have blocked
         pids = h.vmm_pids()
         res["vmms"] = [smaps(p) for p in pids]
         res["tpl_after"] = smaps(tpid) if tpid else {}
         res["group_frames"] = len(frames(pids + ([tpid] if tpid else [])))
+        t0 = time.perf_counter()
         for i in range(k):
-            h.xl("destroy", f"s{i}")
+            h.xl("destroy", f"slean{i}")
+        res["destroy_rate_lean"] = k / (time.perf_counter() - t0)
         from pyxen.toolstack import config as domconfig
         cfgs = [domconfig.load(h.cfg(f"q{i}", "idle"), []).to_json() for i in range(k)]
         t0 = time.perf_counter()
@@ -262,15 +289,20 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         res["rpc_par_rate"] = k / (time.perf_counter() - t0)
         for i in range(k):
             h.rpc("destroy", domain=f"w{i}")
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(
-            ["sh", "-c", " && ".join(
-                f"{sys.executable} -m pyxen.cli.xl create {h.cfg(f'p{j}_{i}', 'idle')}"
-                for i in range(k // par or 1))], env=h.env) for j in range(par)]
-        for p in procs:
-            if p.wait(300):
-                raise SystemExit("bench: a parallel xl create failed")
-        res["par_rate"] = par * (k // par or 1) / (time.perf_counter() - t0)
+        xl = " ".join(XL)
+        for p in PATHS:
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen(
+                ["sh", "-c", " && ".join(
+                    f"{xl} create {h.cfg(f'p{p}{j}_{i}', 'idle')}"
+                    for i in range(k // par or 1))], env=h.envof(p)) for j in range(par)]
+            for proc in procs:
+                if proc.wait(300):
+                    raise SystemExit("bench: a parallel xl create failed")
+            res[f"par_rate_{p}"] = par * (k // par or 1) / (time.perf_counter() - t0)
+            for j in range(par):
+                for i in range(k // par or 1):
+                    h.xl("destroy", f"p{p}{j}_{i}")
     finally:
         h.stop()
     return res
@@ -284,6 +316,8 @@ def main() -> None:
     ap.add_argument("--modes", default="template,fresh")
     args = ap.parse_args()
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "pyxen")],
+                   check=True)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="pyxen-bench-create-") as t:
         tmp = Path(t)
@@ -301,16 +335,21 @@ def main() -> None:
             group = (sum(pss) + r["tpl_after"].get("Pss", 0)
                      - r["tpl_before"].get("Pss", 0)) / max(len(vm), 1)
             print(f"--- {mode}")
-            print(f"xl create -c -> first console byte   {r['xl_first'] * 1e3:8.1f} ms   "
-                  f"({r['xl_first'] / py:.1f}x python -c pass, "
-                  f"{r['xl_first'] / f_first:.0f}x kvmfloor)")
+            for p in PATHS:
+                first = r[f"xl_first_{p}"]
+                print(f"xl create -c -> first byte ({p:<5})  {first * 1e3:8.1f} ms   "
+                      f"({first / py:.1f}x python -c pass, {first / f_first:.0f}x kvmfloor)")
             print(f"hostd create -> first console byte   {r['rpc_first'] * 1e3:8.1f} ms   "
                   f"(no xl start-up; {r['rpc_first'] / f_first:.0f}x kvmfloor; "
                   f"create's reply at {r['rpc_reply'] * 1e3:.1f} ms)")
-            print(f"xl create, sequential                {r['seq_rate']:8.2f} domains/s "
-                  f"({r['seq_rate'] / cores:.2f} per core)")
-            print(f"xl create, {args.parallel} xl's in parallel        "
-                  f"{r['par_rate']:8.2f} domains/s ({r['par_rate'] / cores:.2f} per core)")
+            for p in PATHS:
+                seq, par, dst = (r[f"seq_rate_{p}"], r[f"par_rate_{p}"],
+                                 r[f"destroy_rate_{p}"])
+                print(f"xl create, sequential ({p:<5})        {seq:8.2f} domains/s "
+                      f"({seq / cores:.2f} per core)")
+                print(f"xl create, {args.parallel} xl's in parallel ({p:<5})"
+                      f"{par:8.2f} domains/s ({par / cores:.2f} per core)")
+                print(f"xl destroy, sequential ({p:<5})       {dst:8.2f} domains/s")
             print(f"hostd create (no xl), sequential    {r['rpc_seq_rate']:8.2f} domains/s "
                   f"({r['rpc_seq_rate'] / cores:.2f} per core)")
             print(f"hostd create (no xl), {args.parallel} clients      "

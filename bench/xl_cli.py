@@ -1,6 +1,7 @@
 """How fast `xl` answers the commands people run in loops (issue 12 part 2): `xl list`,
-`xl domid`, `xl info`, `xl console` (attach, then Ctrl-] at once, through a pty), end to
-end, median of N runs, against `python -c pass` measured in the same run, interleaved
+`xl domid`, `xl info`, `xl console` (attach, then Ctrl-] at once, through a pty), `xl
+create -n` (the whole config path, printing libxl's JSON instead of creating), `xl pause`
+and `xl unpause`, end to end, median of N runs, against `python -c pass` measured in the same run, interleaved
 (this machine is shared: only same-run ratios mean anything).
 
     .venv/bin/python bench/xl_cli.py [-n RUNS]
@@ -87,9 +88,17 @@ def main() -> None:
             "xl domid Domain-0": lambda: run([XL, "domid", "Domain-0"], env),
             "xl info": lambda: run([XL, "info"], env),
             "xl list (click path)": lambda: run([XL, "list"], slow_env),
+            "xl create -n hello.cfg": lambda: run([XL, "create", "-n", "examples/hello.cfg"],
+                                                  env),
+            "xl create -n (click)": lambda: run([XL, "create", "-n", "examples/hello.cfg"],
+                                                slow_env),
         }
         if have_guest:
             cases["xl console idle"] = lambda: run_console("idle", env)
+            cases["xl pause idle"] = lambda: run([XL, "pause", "idle"], env)
+            cases["xl unpause idle"] = lambda: run([XL, "unpause", "idle"], env)
+            cases["xl pause (click)"] = lambda: run([XL, "pause", "idle"], slow_env)
+            cases["xl unpause (click)"] = lambda: run([XL, "unpause", "idle"], slow_env)
         wall: dict[str, list[float]] = {k: [] for k in cases}
         cpu: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(n):

@@ -16,10 +16,7 @@ import click
 
 from pyxen.cli.xlconsole import console_session
 from pyxen.cli.xlcore import G, XlError, call, connect, fail, one_line
-from pyxen.toolstack import config as domconfig
 from pyxen.toolstack.client import HostdClient, HostdError
-from pyxen.toolstack.config import ConfigError
-from pyxen.toolstack.xlcfg import XlCfgError
 
 __all__ = ["G", "XlError", "call", "connect", "console_session", "fail", "one_line"]
 
@@ -67,52 +64,10 @@ def cli() -> None:
 def create(console: bool, dryrun: bool, paused: bool, quiet: bool, cfgfile: str | None,
            args: tuple[str, ...]) -> None:
     """Create a domain from config file <filename>; key=value pairs override it."""
-    overrides: list[str] = []
-    for a in args:
-        if "=" in a:
-            overrides.append(a)
-        elif cfgfile is None:
-            cfgfile = a
-        else:
-            fail(f"xl create: more than one config file given: {cfgfile!r} and {a!r}")
-    dryrun = dryrun or G.dryrun
-    if cfgfile is not None:  # xl reads the file whole first (libxl_read_file_contents)
-        try:
-            with open(cfgfile, "rb"):
-                pass
-        except OSError as e:  # main_create returns -ERROR_FAIL
-            fail(f"Failed to read config file: {cfgfile}: {e.strerror}", 3)
-    warn = one_line
-    try:
-        if cfgfile is None:
-            if not overrides:
-                fail("Config file not specified (usage: xl create [-c] [-n] [-p] [-q] "
-                     "<ConfigFile> [key=value ...])")
-            from pyxen.toolstack.xlcfg import XlConfig, apply_override
-            xc = XlConfig("command line")
-            for o in overrides:
-                apply_override(xc, o)
-            cfg = domconfig.from_xlconfig(xc, warn=warn)
-        else:
-            cfg = domconfig.load(cfgfile, overrides, warn=warn)
-        from pyxen.cli import xlconf
-        cfg.vifs = [xlconf.vif_defaults(v) for v in cfg.vifs]
-        cfg.validate()
-        if dryrun:  # libxl's domain_config JSON, as xl prints it
-            xlconf.check_output_format()
-            from pyxen.toolstack.libxl_json import dumps as libxl_dumps
-            click.echo(libxl_dumps(cfg))
-            return
-        cfg.check_files()
-    except (XlCfgError, ConfigError) as e:
-        fail(str(e))
-    with connect() as c:
-        try:
-            reply = c.request("create", config=cfg.to_json(), paused=paused)
-        except HostdError as e:
-            fail(str(e))
-    if console:
-        sys.exit(console_session(int(reply["domid"]), Path(reply["console"])))
+    from pyxen.cli.xl_create import create as create_domain  # shared with xl's lean path
+    rc = create_domain(console, dryrun, paused, quiet, cfgfile, args)
+    if rc:
+        sys.exit(rc)
 
 
 # ------------------------------------------------------------------------- list

@@ -11,29 +11,33 @@ Where each key applies in pyxen is listed in docs/xl.md.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
 
 from pyxen.cli.xlcore import fail, one_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `xl create` reads this file: no typing, no dataclasses at start-up
+    from typing import Any
 
 DEFAULT_PATH = "/etc/xen/xl.conf"
 
 
-@dataclass
 class XlConf:
-    autoballoon: str = "auto"  # on / off / auto: pyxen's dom0 is the host and never balloons
-    run_hotplug_scripts: int = 1
-    lockfile: str = "/var/lock/xl"
-    vif_script: str | None = None  # vif.default.script
-    vif_bridge: str | None = None  # vif.default.bridge
-    vif_gatewaydev: str | None = None  # vif.default.gatewaydev
-    vif_backend: str | None = None  # vif.default.backend
-    output_format: str = "json"  # json / sxp (`xl list -l`, `xl create -n`)
-    blkdev_start: str | None = None
-    claim_mode: int = 1
-    max_grant_frames: int | None = None
-    max_maptrack_frames: int | None = None
-    domid_policy: str = "xen"
+    """The keys xl.conf sets (a plain class: dataclasses cost `xl create` start-up)."""
+
+    def __init__(self) -> None:
+        self.autoballoon = "auto"  # on / off / auto: pyxen's dom0 is the host, never balloons
+        self.run_hotplug_scripts = 1
+        self.lockfile = "/var/lock/xl"
+        self.vif_script: str | None = None  # vif.default.script
+        self.vif_bridge: str | None = None  # vif.default.bridge
+        self.vif_gatewaydev: str | None = None  # vif.default.gatewaydev
+        self.vif_backend: str | None = None  # vif.default.backend
+        self.output_format = "json"  # json / sxp (`xl list -l`, `xl create -n`)
+        self.blkdev_start: str | None = None
+        self.claim_mode = 1
+        self.max_grant_frames: int | None = None
+        self.max_maptrack_frames: int | None = None
+        self.domid_policy = "xen"
 
 
 CONF = XlConf()
@@ -45,8 +49,6 @@ def path() -> str:
 
 def load() -> XlConf:
     """Read xl.conf into CONF (defaults when there is none)."""
-    from pyxen.toolstack.xlcfg import XlCfgError, parse
-
     name = path()
     try:
         with open(name, encoding="utf-8", errors="surrogateescape") as f:
@@ -55,6 +57,7 @@ def load() -> XlConf:
         if "PYXEN_XL_CONF" in os.environ:
             one_line(f"Failed to read config file: {name}: {e.strerror}")
         return CONF
+    from pyxen.toolstack.xlcfg import XlCfgError, parse  # only when there is a file
     try:
         cfg = parse(data, name)
     except XlCfgError as e:

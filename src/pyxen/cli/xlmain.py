@@ -3,9 +3,10 @@ command table with unambiguous-prefix lookup, `xl help [CMD]`, `xl CMD -h`, xl's
 exit statuses for unknown commands, options and missing arguments, then the command.
 
 A lean path first: the commands people run in loops (FAST below: `list`, `info`,
-`console`, `domid` with no options) run here without importing click, rich or the config
-parsers, and print what the click commands print (tests/toolstack/test_xl_surface.py
-compares the two). Everything else goes to the click group in cli/xl.py, where other
+`console`, `domid`, `destroy`, `pause`, `unpause`, `shutdown`, `reboot` with no options, and `create` with its
+options, cli/xl_create.py) run here without importing click or rich, and print what the
+click commands print (tests/toolstack/test_xl_surface.py and test_xl_create_lean.py
+compare the two). Everything else goes to the click group in cli/xl.py, where other
 modules register their commands (cli/xl_sched.py's ``register``).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyxen.cli.xlcore import G, XlError, call, fail, one_line
+from pyxen.cli.xlcore import G, XlError, call, connect, fail, one_line
 from pyxen.toolstack.client import HostdError
 
 TYPE_CHECKING = False
@@ -79,14 +80,73 @@ def fast_domid(args: list[str]) -> int:
     fail(f"Can't get domid of domain name '{args[0]}', maybe this domain does not exist.")
 
 
+def fast_destroy(args: list[str]) -> int:
+    if len(args) != 1 or args[0] in ("0", "Domain-0"):  # domain 0: the click command's lines
+        return -1
+    call("destroy", domain=args[0])
+    return 0
+
+
+def fast_pause(args: list[str]) -> int:
+    if len(args) != 1:
+        return -1
+    call("pause", domain=args[0])
+    return 0
+
+
+def fast_unpause(args: list[str]) -> int:
+    if len(args) != 1:
+        return -1
+    call("unpause", domain=args[0])
+    return 0
+
+
+def _shutdown(reason: str, args: list[str]) -> int:
+    """xl shutdown/reboot DOMAIN with no options: cli/xl.py's _shutdown for one domain."""
+    if len(args) != 1:
+        return -1
+    verb = "Shutting down" if reason == "poweroff" else "Rebooting"
+    with connect() as c:
+        try:
+            domid = int(c.request("console", domain=args[0])["domid"])
+            sys.stderr.write(f"{verb} domain {domid}\n")  # click.echo(err=True): no -T stamp
+            sys.stderr.flush()
+            c.request("shutdown", domain=args[0], reason=reason, force=False)
+        except HostdError as e:
+            fail(str(e))
+    return 0
+
+
+def fast_shutdown(args: list[str]) -> int:
+    return _shutdown("poweroff", args)
+
+
+def fast_reboot(args: list[str]) -> int:
+    return _shutdown("reboot", args)
+
+
+def fast_create(args: list[str]) -> int:
+    from pyxen.cli.xl_create import fast_create as create
+    return create(args)
+
+
 # name -> function(args) returning the exit status, or -1 for "not mine: take the click
-# command". Only called when no argument starts with '-'. One line per command.
+# command". Only called when no argument starts with '-' and without -N, except for the
+# commands in OWN_OPTIONS, which read their options (and -N) themselves. One line per
+# command.
 FAST: dict[str, Callable[[list[str]], int]] = {
     "list": fast_list,
     "info": fast_info,
     "console": fast_console,
     "domid": fast_domid,
+    "destroy": fast_destroy,
+    "pause": fast_pause,
+    "unpause": fast_unpause,
+    "shutdown": fast_shutdown,
+    "reboot": fast_reboot,
+    "create": fast_create,
 }
+OWN_OPTIONS = {"create"}
 
 
 def _out(text: str) -> None:
@@ -208,8 +268,9 @@ def main(argv: list[str] | None = None, xl_module: Any = None) -> int:
                 return 1
             cmd, args = argv[i], argv[i + 1:]
             fast = FAST.get(cmd)
-            if (fast is not None and not G.dryrun and not os.environ.get("PYXEN_XL_SLOW")
-                    and not any(a.startswith("-") for a in args)):
+            if (fast is not None and not os.environ.get("PYXEN_XL_SLOW")
+                    and (cmd in OWN_OPTIONS or not G.dryrun
+                         and not any(a.startswith("-") for a in args))):
                 rc = fast(args)
                 if rc >= 0:
                     return rc

@@ -9,17 +9,18 @@ ramdisk paths are relative to xl's working directory, as libxl opens them.
 
 from __future__ import annotations
 
-import json
 import os
-import uuid as uuidlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 from pyxen.toolstack.vifspec import NicSpec, VifSpecError, assign_devids, parse_vif
 from pyxen.toolstack.xlcfg import XlCfgError, XlConfig, apply_override, parse_file
 from pyxen.toolstack.xldisk import DiskSpec, DiskSpecError, parse_disk
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `xl create` imports this module: typing, pathlib, uuid, json cost
+    from collections.abc import Callable  # milliseconds there (docs/xl.md)
+    from pathlib import Path
+    from typing import Any
 
 SUPPORTED_TYPES = ("pvh",)
 KNOWN_TYPES = ("pv", "pvh", "hvm")
@@ -76,6 +77,7 @@ class DomainConfig:
         return asdict(self)
 
     def dumps(self) -> str:
+        import json
         return json.dumps(self.to_json(), indent=4)
 
     @classmethod
@@ -92,7 +94,7 @@ class DomainConfig:
         if not isinstance(self.name, str) or not valid_name(self.name):
             raise ConfigError(f"invalid domain name {self.name!r}")
         try:
-            self.uuid = str(uuidlib.UUID(self.uuid))
+            self.uuid = canonical_uuid(self.uuid)
         except (ValueError, TypeError, AttributeError) as e:
             raise ConfigError(f"Failed to parse UUID: {self.uuid}") from e
         if self.type not in SUPPORTED_TYPES:
@@ -216,6 +218,42 @@ def check_disk_target(d: DiskSpec) -> None:
                             f"({'read-write' if d.readwrite else 'read-only'} access)")
 
 
+def canonical_uuid(text: str) -> str:
+    """str(uuid.UUID(text)) without importing uuid (and platform): the forms it accepts
+    ({...}, urn:uuid:, with or without hyphens), ValueError for others."""
+    hexdigits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    if len(hexdigits) != 32:
+        raise ValueError("badly formed hexadecimal UUID string")
+    value = int(hexdigits, 16)
+    if not 0 <= value < 1 << 128:
+        raise ValueError("int is out of range (need a 128-bit value)")
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def random_uuid() -> str:
+    """str(uuid.uuid4()): 122 random bits, version 4, the RFC 4122 variant."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xc000 << 48)) | (0x8000 << 48)
+    value = (value & ~(0xf000 << 64)) | (4 << 76)
+    return canonical_uuid(f"{value:032x}")
+
+
+def _norm(path: str) -> str:
+    """str(pathlib.PurePosixPath(path)): repeated slashes and "." parts dropped, a
+    trailing slash too; ".." kept; exactly two leading slashes kept."""
+    lead = "//" if path.startswith("//") and not path.startswith("///") else \
+        "/" if path.startswith("/") else ""
+    parts = [p for p in path.split("/") if p and p != "."]
+    return lead + "/".join(parts) if (lead or parts) else "."
+
+
+def _join(base: str | Path, path: str) -> str:
+    """str(Path(base) / path) for a relative ``path``."""
+    b = _norm(os.fspath(base))
+    return _norm(b + path if b in ("/", "//") else b + "/" + path)
+
+
 def valid_name(name: str) -> bool:
     """Names xl accepts and xenstore can hold: non-empty, printable, not all digits (a
     name that is a number would be read as a domid), no '/'."""
@@ -277,18 +315,18 @@ def _positive(cfg: XlConfig, key: str, default: int) -> int:
     return value
 
 
-def _path(value: str | None, base: Path) -> str | None:
+def _path(value: str | None, base: str | Path) -> str | None:
     if value is None or value == "":
         return None
-    p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else (base / p))
+    p = os.path.expanduser(value)
+    return _norm(p) if p.startswith("/") else _join(base, _norm(p))
 
 
 def from_xlconfig(cfg: XlConfig, cwd: Path | None = None,
                   warn: Callable[[str], None] | None = None) -> DomainConfig:
     """Turn parsed settings into a DomainConfig, raising XlCfgError at the offending key;
     ``warn`` gets one line per key pyxen does not act on (toolstack/xlcfg_keys.py)."""
-    dc = _from_xlconfig(cfg, cwd or Path.cwd())
+    dc = _from_xlconfig(cfg, cwd or os.getcwd())
     if warn is not None:
         from .xlcfg_keys import warnings
         for line in warnings(cfg.keys()):
@@ -296,7 +334,7 @@ def from_xlconfig(cfg: XlConfig, cwd: Path | None = None,
     return dc
 
 
-def _from_xlconfig(cfg: XlConfig, cwd: Path) -> DomainConfig:
+def _from_xlconfig(cfg: XlConfig, cwd: str | Path) -> DomainConfig:
     name = cfg.get_string("name")
     if name is None:
         raise XlCfgError(cfg.source, None, "Domain name must be specified.")
@@ -315,10 +353,10 @@ def _from_xlconfig(cfg: XlConfig, cwd: Path) -> DomainConfig:
 
     text = cfg.get_string("uuid")
     if text is None:
-        uuid = str(uuidlib.uuid4())
+        uuid = random_uuid()
     else:
         try:
-            uuid = str(uuidlib.UUID(text))
+            uuid = canonical_uuid(text)
         except ValueError as e:
             raise cfg.error("uuid", f"Failed to parse UUID: {text}") from e
 
@@ -336,8 +374,10 @@ def _from_xlconfig(cfg: XlConfig, cwd: Path) -> DomainConfig:
         raise cfg.error("maxvcpus" if "maxvcpus" in cfg else "vcpus",
                         f"{maxvcpus} vCPUs is more than pyxen supports ({MAX_VCPUS})")
 
-    from .numa import vnuma_from_xlconfig
-    vnuma, maxmem, maxvcpus = vnuma_from_xlconfig(cfg, memory, maxmem, vcpus, maxvcpus)
+    vnuma: list[dict[str, Any]] = []
+    if "vnuma" in cfg:
+        from .numa import vnuma_from_xlconfig
+        vnuma, maxmem, maxvcpus = vnuma_from_xlconfig(cfg, memory, maxmem, vcpus, maxvcpus)
     if maxvcpus > MAX_VCPUS:
         raise cfg.error("vnuma", f"{maxvcpus} vCPUs is more than pyxen supports ({MAX_VCPUS})")
 
@@ -362,7 +402,7 @@ def _from_xlconfig(cfg: XlConfig, cwd: Path) -> DomainConfig:
         try:
             disk = parse_disk(item, cfg.source)
             if disk.target and not os.path.isabs(os.path.expanduser(disk.target)):
-                disk.target = str(cwd / disk.target)
+                disk.target = _join(cwd, disk.target)
         except DiskSpecError as e:
             raise XlCfgError(cfg.source, None, str(e).removeprefix(f"{cfg.source}: ")) \
                 from None

@@ -4,10 +4,11 @@ for ``xl sched-credit``/``sched-credit2``/``vcpu-list``/``cpupool-list``."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from .cpupool import PoolError, check_cap, check_weight
 from .xlcfg import XlCfgError, XlConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_WEIGHT = 256
 
@@ -28,16 +29,18 @@ def from_xlconfig(cfg: XlConfig, maxvcpus: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     weight = cfg.get_long("cpu_weight")
     cap = cfg.get_long("cap")
-    try:
-        if weight is not None:
-            check_weight(weight)
-            out["cpu_weight"] = weight
-        if cap is not None:
-            check_cap(cap, maxvcpus)
-            out["cap"] = cap
-    except PoolError as e:
-        raise cfg.error("cpu_weight" if weight is not None and not 1 <= weight <= 65535
-                        else "cap", str(e)) from None
+    if weight is not None or cap is not None:  # cpupool (and its imports) only then
+        from .cpupool import PoolError, check_cap, check_weight
+        try:
+            if weight is not None:
+                check_weight(weight)
+                out["cpu_weight"] = weight
+            if cap is not None:
+                check_cap(cap, maxvcpus)
+                out["cap"] = cap
+        except PoolError as e:
+            raise cfg.error("cpu_weight" if weight is not None and not 1 <= weight <= 65535
+                            else "cap", str(e)) from None
     for key in ("cpus", "cpus_soft"):
         val = _affinity(cfg, key)
         if val is not None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_BRIDGE = "xenbr0"
 DEFAULT_MTU = 1500

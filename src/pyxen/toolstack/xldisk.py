@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMATS = ("raw", "qcow", "qcow2", "vhd", "empty", "qed")
 BACKENDTYPES = ("phy", "tap", "qdisk", "standalone")
