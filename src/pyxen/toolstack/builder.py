@@ -61,10 +61,11 @@ class Builder:
         if domid is None:
             domid = self._alloc_domid()
         ddir = paths.domain_dir(domid, self.root)
-        dom = Domain(domid=domid, config=cfg, dir=ddir)
+        dom = Domain(domid=domid, config=cfg, dir=ddir, creating=True)
         self.domains[domid] = dom  # reserves the name and the domid from here on
         try:
             await self._build(dom, restore_fd)
+            _still_wanted(dom)
             await self._test_hold(dom, "built")
             if restore_fd is not None:  # the VMM reads the image now (vmm/restore.py)
                 from .schedops import domain_built
@@ -72,10 +73,12 @@ class Builder:
                 await self._restored(dom)
             else:
                 await self._place_and_describe(dom)
+            _still_wanted(dom)
             await self._test_hold(dom, "described")
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
+            _still_wanted(dom)
             if not paused:
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
@@ -90,6 +93,8 @@ class Builder:
             if isinstance(e, Exception):
                 raise OpError(f"domain creation failed: {e}") from e
             raise
+        finally:
+            dom.creating = False
         self.xen_log(f"Domain {domid} ({cfg.name}) created: {cfg.vcpus} vCPU(s), "
                      f"{cfg.memory} MiB, kernel {cfg.kernel}")
         return dom
@@ -270,3 +275,11 @@ class Builder:
             if domid not in self.domains and not (self.root / "domains" / str(domid)).exists():
                 return domid
         raise OpError("no free domain id")
+
+
+def _still_wanted(dom: Domain) -> None:
+    """`xl destroy` of a domain still being built (e.g. the next incarnation of an
+    on_reboot="restart" domain) is carried out by its builder, between two steps: the
+    create's own error path tears down whatever exists by then, VMM included."""
+    if dom.destroy_requested:
+        raise OpError(f"domain {dom.domid} ({dom.config.name}) destroyed while being created")

@@ -60,6 +60,7 @@ class Domain:
     started: float = field(default_factory=time.time)
     destroying: bool = False
     destroy_requested: bool = False  # by xl destroy: no restart action may follow
+    creating: bool = False  # Builder.create is still at work: a destroy waits for it
     handled_shutdown: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     waiters: list[asyncio.Future[str]] = field(default_factory=list)

@@ -265,6 +265,10 @@ class Hostd(Builder, Lifecycle, HostInfo):
             return {"domid": dom.domid, "path": str(dom.dir / "console.sock")}
         if op == "destroy":
             dom.destroy_requested = True
+            while dom.creating:  # its builder tears it down at its next step (builder.py)
+                await asyncio.sleep(0.02)
+            if dom.domid not in self.domains:
+                return {}
             await self.destroy(dom, "destroyed")
             return {}
         if op in ("pause", "unpause"):
