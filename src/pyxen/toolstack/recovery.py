@@ -33,16 +33,9 @@ from typing import Any
 from . import devices, xsdomain
 from .config import ConfigError, DomainConfig
 from .domain import Domain, VmmControl, _rmtree
+from .procs import alive as _alive
 
 ADOPT_TIMEOUT_S = 10.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 async def wait_gone(pid: int, timeout: float) -> None:

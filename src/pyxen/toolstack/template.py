@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pyxen.codeid import fingerprint
+from pyxen.toolstack.procs import alive as _alive
 from pyxen.vmm.template import TITLE_ROOM
 
 START_TIMEOUT_S = 30.0
@@ -256,9 +257,3 @@ async def _terminate(pid: int, popen: subprocess.Popen[bytes] | None = None) -> 
             os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

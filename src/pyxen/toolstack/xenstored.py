@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from pyxen import paths
+from pyxen.toolstack.procs import alive as _alive
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -88,14 +89,6 @@ def stop(root: Path, pid: int | None) -> None:
             os.waitpid(pid, 0)
     with contextlib.suppress(FileNotFoundError):
         pid_file(root).unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class XsDomains:
