@@ -183,9 +183,22 @@ static void do_suspend(void)
     }
 }
 
+static void answer_request(void)
+{
+    char value[32], line[200];
+    if (xb_read("data/request", value, sizeof(value)) <= 0) return;
+    report_line(line, sizeof(line), value);
+    xb_write("data/report", line);
+    cprintf("savetest: %s\n", line);
+}
+
 static void handle_xenstore(void)
 {
-    char path[128], token[32], value[32], line[200];
+    char path[128], token[32], value[32];
+    if (blkfront_events_lost) {  /* blkfront drained our events while it waited */
+        blkfront_events_lost = 0;
+        answer_request();
+    }
     while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
         if (!strncmp(token, "control", 8)) {
             if (xb_read("control/shutdown", value, sizeof(value)) < 0) continue;
@@ -197,10 +210,7 @@ static void handle_xenstore(void)
                 shutdown(value[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
             }
         } else if (!strncmp(token, "req", 4)) {
-            if (xb_read("data/request", value, sizeof(value)) <= 0) continue;
-            report_line(line, sizeof(line), value);
-            xb_write("data/report", line);
-            cprintf("savetest: %s\n", line);
+            answer_request();
         }
     }
 }
