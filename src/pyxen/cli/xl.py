@@ -375,21 +375,25 @@ def block_detach(force: bool, domain: str, device: str) -> None:
 
 # ------------------------------------------------------------------------- entry
 
-from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
+from types import ModuleType  # noqa: E402
 
-_xl_sched.register(sys.modules[__name__])
 from pyxen.cli import xl_dom as _xl_dom  # noqa: E402 - domid, rename, uptime, sysrq, ...
+from pyxen.cli import xl_migrate as _xl_migrate  # noqa: E402 - migrate, migrate-receive
+from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
+from pyxen.cli import xl_sched as _xl_sched  # noqa: E402 - sched-*, vcpu-*, cpupool-*
 from pyxen.cli import xl_top as _xl_top  # noqa: E402 - xl top
 
-_xl_dom.register(sys.modules[__name__])
-_xl_top.register(sys.modules[__name__])
-from pyxen.cli import xl_migrate as _xl_migrate  # noqa: E402 - migrate, migrate-receive
 
-_xl_migrate.register(sys.modules[__name__])
+def _adopt(module: ModuleType) -> None:
+    """A subcommand module's commands join xl's group; the module reaches xl's helpers
+    (call, fail, connect) through its `_xl`, set here because xl may run as __main__."""
+    module._xl = sys.modules[__name__]
+    for name, cmd in module.cli.commands.items():
+        cli.add_command(cmd, name)
 
-from pyxen.cli import xl_save as _xl_save  # noqa: E402 - save, restore
 
-_xl_save.register(sys.modules[__name__])
+for _module in (_xl_sched, _xl_dom, _xl_top, _xl_migrate, _xl_save):
+    _adopt(_module)
 
 
 def main(argv: list[str] | None = None) -> int:

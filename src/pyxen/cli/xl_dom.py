@@ -13,14 +13,8 @@ import click
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 _xl: Any = None  # the xl module these commands belong to (it may be __main__)
 
-cli = click.Group()  # collects the commands; register() moves them onto xl's group
+cli = click.Group()  # collects the commands; cli/xl.py's _adopt() moves them onto xl's group
 
-
-def register(xl_module: Any) -> None:
-    global _xl
-    _xl = xl_module
-    for name, cmd in cli.commands.items():
-        xl_module.cli.add_command(cmd, name)
 
 
 def call(op: str, **args: Any) -> dict[str, Any]:

@@ -50,12 +50,6 @@ FAILED_BADLY = (
 cli = click.Group()
 
 
-def register(xl_module: Any) -> None:
-    global _xl
-    _xl = xl_module
-    for name, cmd in cli.commands.items():
-        xl_module.cli.add_command(cmd, name)
-
 
 class Hostd:
     """One connection to hostd kept for the whole handshake: the requests made while the

@@ -14,12 +14,6 @@ _xl: Any = None
 cli = click.Group()
 
 
-def register(xl_module: Any) -> None:
-    global _xl
-    _xl = xl_module
-    for name, cmd in cli.commands.items():
-        xl_module.cli.add_command(cmd, name)
-
 
 def _config_json(path: str) -> dict[str, Any]:
     from pyxen.toolstack.config import ConfigError, load

@@ -21,14 +21,8 @@ def fail(msg: str) -> Any:
     _xl.fail(msg)
 
 
-cli = click.Group()  # collects the commands; register() moves them onto xl's group
+cli = click.Group()  # collects the commands; cli/xl.py's _adopt() moves them onto xl's group
 
-
-def register(xl_module: Any) -> None:
-    global _xl
-    _xl = xl_module
-    for name, cmd in cli.commands.items():
-        xl_module.cli.add_command(cmd, name)
 
 
 def _credit_domain_header() -> None:

@@ -29,12 +29,6 @@ _xl: Any = None
 cli = click.Group()
 
 
-def register(xl_module: Any) -> None:
-    global _xl
-    _xl = xl_module
-    for name, cmd in cli.commands.items():
-        xl_module.cli.add_command(cmd, name)
-
 
 # name, width, value of a row (for sorting), text of a row
 COLUMNS: list[tuple[str, int]] = [

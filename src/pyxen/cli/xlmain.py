@@ -6,8 +6,8 @@ A lean path first: the commands people run in loops (FAST below: `list`, `info`,
 `console`, `domid`, `destroy`, `pause`, `unpause`, `shutdown`, `reboot` with no options, and `create` with its
 options, cli/xl_create.py) run here without importing click or rich, and print what the
 click commands print (tests/toolstack/test_xl_surface.py and test_xl_create_lean.py
-compare the two). Everything else goes to the click group in cli/xl.py, where other
-modules register their commands (cli/xl_sched.py's ``register``).
+compare the two). Everything else goes to the click group in cli/xl.py, to which ``_adopt`` adds
+the other cli/xl_*.py modules' commands.
 """
 
 from __future__ import annotations
