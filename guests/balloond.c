@@ -97,6 +97,6 @@ void balloond_main(const struct hvm_start_info *si)
                 shutdown(reason);
             }
         }
-        pv_wait();
+        xb_wait();  /* balance()'s xenstore reads may have taken the next event's kick */
     }
 }

@@ -69,7 +69,7 @@ static int wait_backend(struct blkfront *bf, int want1, int want2)
         st = blkfront_backend_state(bf);
         if (st == want1 || st == want2 || st == XenbusStateClosed || st == XenbusStateUnknown)
             break;
-        pv_wait();
+        xb_wait();  /* the state read may have taken the next event's kick */
     }
     xb_unwatch(path, token);
     return st;

@@ -204,7 +204,7 @@ static void hotplug_main(void)
             if (!strncmp(token, "cpu", 4)) scan = 1;
         }
         if (scan) hotplug_scan(initialised);
-        pv_wait();
+        xb_wait();  /* hotplug_scan's reads may have taken the next event's kick */
     }
 }
 

@@ -39,6 +39,7 @@ long xb_directory(const char *path, char *out, size_t size); /* NUL-separated na
 int xb_next_event(char *path, size_t psize, char *token, size_t tsize); /* 1 if one */
 void xb_poll(void);                    /* move arrived watch events off the ring */
 int xb_events_queued(void);            /* watch events taken off the ring, not yet read */
+void xb_wait(void);                    /* pv_wait unless a watch event is already in */
 const char *xb_error_name(long err);
 void xb_reset_state(void);
 

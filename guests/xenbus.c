@@ -193,6 +193,16 @@ void xb_poll(void)
     }
 }
 
+/* pv_wait for an event loop that talks to xenstore: every xenbus request clears the
+ * store port's pending bit (pv_ack), so a watch event that came in during one (queued,
+ * or still on the ring behind the reply) would leave a plain pv_wait blocked on a kick
+ * already taken. Pull what is on the ring first; wait only when no event is queued. */
+void xb_wait(void)
+{
+    xb_poll();
+    if (ev_head == ev_tail) pv_wait();
+}
+
 int xb_next_event(char *path, size_t psize, char *token, size_t tsize)
 {
     xb_poll();

@@ -4,6 +4,9 @@ KVM_EXIT_XEN path for hosts whose KVM intercepts VMCALL itself."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,8 +68,33 @@ def test_busy_guest_is_never_probed(domain) -> None:
     wait_line(log, "spinning in ring 3")
     probes = m.watchdog.probes
     time.sleep(1.0)
-    assert m.watchdog.probes == probes == 0
+    assert m.watchdog.probes == probes == 0, m.watchdog.why
     assert d.shutdown_reason is None
+
+
+@pytest.mark.timeout(60)
+def test_busy_guest_starved_of_cpu_is_never_probed(domain) -> None:
+    """The same guest on a loaded host, made extreme: its vCPU thread at nice 19 pinned to
+    one CPU beside a busy process. Its CPU time hardly moves, as a halted vCPU's would, but
+    the thread is runnable (waiting for the CPU), not asleep in KVM: no probe."""
+    d, m, log = domain("hello.elf", "mode=spin")
+    d.unpause()
+    wait_line(log, "spinning in ring 3")
+    w = m.watchdog.watches[0]
+    assert w.native_id is not None
+    cpu = min(os.sched_getaffinity(0))
+    burner = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        os.sched_setaffinity(burner.pid, {cpu})
+        os.sched_setaffinity(w.native_id, {cpu})
+        os.setpriority(os.PRIO_PROCESS, w.native_id, 19)
+        probes = m.watchdog.probes
+        time.sleep(1.0)
+        assert m.watchdog.probes == probes == 0, m.watchdog.why
+        assert d.shutdown_reason is None
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 @pytest.mark.timeout(60)

@@ -7,9 +7,11 @@ domain looks at each vCPU that has been inside one KVM_RUN for a while, using on
 host tells about the vCPU's thread (its CPU clock), and asks the vCPU to stop and look at
 itself (`probe`: arch/x86/machine.py reads mp_state, RFLAGS and the instruction at RIP):
 
-- a vCPU that sleeps (its thread's CPU time does not move) for HALT_AFTER is probed once;
-  again only after it has run something since (a LAPIC interrupt woke it in the kernel),
-  or every IDLE_REPROBE. A busy guest is never probed for this.
+- a vCPU that sleeps (its thread's CPU time does not move, and the host says the thread
+  is not runnable: on a loaded host a busy vCPU waiting for a CPU gets little CPU time
+  too) for HALT_AFTER is probed once; again only after it has run something since (a LAPIC
+  interrupt woke it in the kernel), or every IDLE_REPROBE. A busy guest is never probed
+  for this.
 - a vCPU that keeps a CPU busy without exits may be spinning on a VMCALL. While it has made
   a VMCALL within VMCALL_ACTIVE (a guest that uses them makes many) it is probed after
   `fast_wait`: VMCALL_FAST after a probe that found one, doubling with each that did not.
@@ -30,6 +32,7 @@ import ctypes
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -94,15 +97,30 @@ def thread_cpu() -> float:
     return time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
 
 
+def _task_stat(native_id: int) -> list[bytes] | None:
+    """The fields of /proc/self/task/TID/stat after the command name (state first)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def kernel_ticks(native_id: int) -> int | None:
     """Host kernel time (stime, clock ticks) of a thread of this process. Guest time is
     user time (utime) to Linux."""
+    fields = _task_stat(native_id)
     try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[12])
-    except (OSError, IndexError, ValueError):
+        return int(fields[12]) if fields is not None else None
+    except (IndexError, ValueError):
         return None
+
+
+def runnable(native_id: int) -> bool:
+    """The thread is running or waiting for a CPU (state R), not asleep (a vCPU halted in
+    KVM_RUN sleeps in the kernel: S)."""
+    fields = _task_stat(native_id)
+    return bool(fields) and fields[0] == b"R"
 
 
 class Watchdog:
@@ -116,6 +134,7 @@ class Watchdog:
         self.alive = alive
         self.cond = threading.Condition()
         self.probes = 0
+        self.why: Counter[str] = Counter()  # probes by reason: halted? vmcall? kernel?
         self.thread = threading.Thread(target=self._run, daemon=True, name=name)
 
     def start(self) -> None:
@@ -132,8 +151,9 @@ class Watchdog:
             with self.cond:
                 self.cond.wait(max(0.0, wake - time.monotonic()))
 
-    def _probe(self, i: int, w: VcpuWatch) -> None:
+    def _probe(self, i: int, w: VcpuWatch, why: str) -> None:
         self.probes += 1
+        self.why[why] += 1
         w.probe = True
         self.kick_work(i)
 
@@ -164,14 +184,15 @@ class Watchdog:
             if busy < IDLE_CPU_SHARE * in_run:  # asleep in KVM_RUN: halted?
                 if in_run < HALT_AFTER:
                     wake = min(wake, w.seen_at + HALT_AFTER)
-                elif (w.done_exits != w.exits or cpu - w.done_cpu > RAN_SINCE_PROBE
-                      or now - w.done_at > IDLE_REPROBE):
-                    self._probe(i, w)
+                elif ((w.done_exits != w.exits or cpu - w.done_cpu > RAN_SINCE_PROBE
+                       or now - w.done_at > IDLE_REPROBE)
+                      and (w.native_id is None or not runnable(w.native_id))):
+                    self._probe(i, w, "halted?")  # (a runnable one is only preempted)
                 continue
             if now - w.last_vmcall < VMCALL_ACTIVE and w.fast_wait < VMCALL_SLOW:
                 # busy, and it makes VMCALLs: look soon (sooner the more often it is one)
                 if in_run >= w.fast_wait:
-                    self._probe(i, w)
+                    self._probe(i, w, "vmcall")
                 else:
                     wake = min(wake, w.seen_at + w.fast_wait)
                 continue
@@ -187,7 +208,7 @@ class Watchdog:
             ticks = kernel_ticks(w.native_id)
             if ticks is not None and ticks - w.kernel_ticks >= \
                     0.5 * (now - w.kernel_at) * CLK_TCK:
-                self._probe(i, w)  # host kernel time: a VMCALL spin, or emulated ring 0
+                self._probe(i, w, "kernel")  # host kernel time: a VMCALL spin, or emulated ring 0
             else:  # guest time: it is computing; look again later
                 w.kernel_ticks, w.kernel_at = ticks, now
         return wake
