@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,19 @@ def vmm_info(host: Host, domid: int) -> dict:
         s.close()
 
 
-def test_kill9_hostd_loses_no_domain(host: Host, tmp_path: Path) -> None:
+@dataclass
+class TwoGuests:
+    """a (idle: PV control) with a xenstore watch on its data/k, and b (echo) with
+    `xl console` attached: what a hostd restart or upgrade must not disturb."""
+    da: int
+    db: int
+    con: subprocess.Popen
+    watch: subprocess.Popen
+    key: str
+
+
+@contextlib.contextmanager
+def two_guests(host: Host, tmp_path: Path) -> Iterator[TwoGuests]:
     host.xl("create", cfg(tmp_path, "a", "idle"), check=True)
     host.xl("create", cfg(tmp_path, "b", "echo"), check=True)
     da = pv_ready(host, "a")
@@ -70,6 +84,43 @@ def test_kill9_hostd_loses_no_domain(host: Host, tmp_path: Path) -> None:
         _read_until(con.stdout.fileno(), b"pyxen echo: ready")
         host.wait_for(lambda: watch.stdout is not None and key in watch.stdout.readline(),
                       "the watch's first event")
+        yield TwoGuests(da, db, con, watch, key)
+    finally:
+        for p in (con, watch):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def assert_adopted(g: TwoGuests, before: dict, after: dict, log: str) -> None:
+    """Both guests listed as before (ids, memory, vCPUs, running, times not going back)."""
+    assert set(after) == {"Domain-0", "a", "b"}
+    for name, domid in (("a", g.da), ("b", g.db)):
+        assert after[name]["id"] == str(domid)
+        assert after[name]["mem"] == before[name]["mem"] and after[name]["vcpus"] == "1"
+        assert after[name]["state"] in ("r-----", "-b----"), after[name]
+        assert float(after[name]["time"]) >= float(before[name]["time"])
+    assert f"Domain {g.da} (a) adopted" in log and f"Domain {g.db} (b) adopted" in log
+
+
+def assert_console_watch_pause(host: Host, xl: Host, g: TwoGuests) -> None:
+    """The console stayed attached, a watch set before fires after, pause/unpause work
+    through the new hostd (`xl`: the host as the new hostd's xl sees it)."""
+    assert g.con.stdin is not None and g.con.stdout is not None
+    g.con.stdin.write(b"hi")
+    g.con.stdin.flush()
+    _read_until(g.con.stdout.fileno(), b"pyxen echo: hi")
+    assert host.xenstore("xenstore-write", g.key, "1").returncode == 0
+    out, _ = g.watch.communicate(timeout=60)
+    assert g.key in out
+    xl.xl("pause", "b", check=True)
+    assert xl.list()["b"]["state"] == "--p---"
+    xl.xl("unpause", "b", check=True)
+    assert xl.list()["b"]["state"] in ("r-----", "-b----")
+
+
+def test_kill9_hostd_loses_no_domain(host: Host, tmp_path: Path) -> None:
+    with two_guests(host, tmp_path) as g:
         before = host.list()
         old, xs_pid = host.hostd_pid(), host.xenstored_pid()
         assert old is not None and xs_pid is not None
@@ -78,43 +129,18 @@ def test_kill9_hostd_loses_no_domain(host: Host, tmp_path: Path) -> None:
         after = host.list()  # this xl starts a new hostd, which adopts both VMMs
         assert host.hostd_pid() not in (None, old)
         assert host.xenstored_pid() == xs_pid  # the same xenstored, still serving
-        assert set(after) == {"Domain-0", "a", "b"}
-        for name, domid in (("a", da), ("b", db)):
-            assert after[name]["id"] == str(domid)
-            assert after[name]["mem"] == before[name]["mem"] and after[name]["vcpus"] == "1"
-            assert after[name]["state"] in ("r-----", "-b----"), after[name]
-            assert float(after[name]["time"]) >= float(before[name]["time"])
-        log = host.xl("dmesg", check=True).stdout
-        assert f"Domain {da} (a) adopted" in log and f"Domain {db} (b) adopted" in log
-
-        # the console stayed attached through the VMM's socket
-        con.stdin.write(b"hi")
-        con.stdin.flush()
-        _read_until(con.stdout.fileno(), b"pyxen echo: hi")
-        # a watch set before the kill fires after it
-        assert host.xenstore("xenstore-write", key, "1").returncode == 0
-        out, _ = watch.communicate(timeout=60)
-        assert key in out
-
-        host.xl("pause", "b", check=True)
-        assert host.list()["b"]["state"] == "--p---"
-        host.xl("unpause", "b", check=True)
-        assert host.list()["b"]["state"] in ("r-----", "-b----")
+        assert_adopted(g, before, after, host.xl("dmesg", check=True).stdout)
+        assert_console_watch_pause(host, host, g)
         # PV control: the guest's own xenstore ring survived too
         r = host.xl("shutdown", "-w", "a")
         assert r.returncode == 0, r.stderr
-        assert r.stderr.splitlines()[-1] == f"Domain {da} has been shut down, reason code 0"
+        assert r.stderr.splitlines()[-1] == f"Domain {g.da} has been shut down, reason code 0"
         host.wait_for(lambda: "a" not in host.list(), "on_poweroff=destroy")
         host.xl("destroy", "b", check=True)
-        assert con.wait(timeout=60) == 0  # the console closed: the domain is gone
-        for p in (f"/local/domain/{da}", f"/local/domain/{db}"):
+        assert g.con.wait(timeout=60) == 0  # the console closed: the domain is gone
+        for p in (f"/local/domain/{g.da}", f"/local/domain/{g.db}"):
             assert host.xenstore("xenstore-read", p).returncode != 0, p
         host.assert_clean()
-    finally:
-        for p in (con, watch):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 def test_new_hostd_finishes_shutdown_wait(host: Host, tmp_path: Path) -> None:

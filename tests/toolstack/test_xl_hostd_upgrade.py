@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 from test_template import alive, ppid, template_pid, vmm_pid
-from test_xl_domains import _read_until, cfg, pv_ready
-from test_xl_hostd_restart import kill9
+from test_xl_domains import cfg, pv_ready
+from test_xl_hostd_restart import assert_adopted, assert_console_watch_pause, kill9, two_guests
 from xlhost import REPO, Host, needs_vmm, needs_xenstored, processes_of
 
 pytestmark = [needs_vmm, needs_xenstored, pytest.mark.timeout(300)]
@@ -82,23 +82,9 @@ def environ(pid: int) -> list[str]:
 
 
 def test_upgrade_in_place_keeps_every_domain(host: Host, tmp_path: Path) -> None:
-    host.xl("create", cfg(tmp_path, "a", "idle"), check=True)
-    host.xl("create", cfg(tmp_path, "b", "echo"), check=True)
-    da = pv_ready(host, "a")
-    db = int(host.list()["b"]["id"])
-    con = subprocess.Popen([sys.executable, "-m", "pyxen.cli.xl", "console", "b"],
-                           cwd=host.workdir, env=host.env, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    xsenv = dict(host.env, XENSTORED_PATH=str(host.root / "xenstored" / "socket"))
-    key = f"/local/domain/{da}/data/k"
-    watch = subprocess.Popen(["xenstore-watch", "-n", "2", key], env=xsenv,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     newer = newer_checkout(tmp_path)
-    try:
-        assert con.stdout is not None and con.stdin is not None
-        _read_until(con.stdout.fileno(), b"pyxen echo: ready")
-        host.wait_for(lambda: watch.stdout is not None and key in watch.stdout.readline(),
-                      "the watch's first event")
+    with two_guests(host, tmp_path) as g:
+        da, db = g.da, g.db
         before = host.list()
         old_tpl = template_pid(host)
         assert str(newer) not in template_ping(host)["code"]
@@ -120,14 +106,8 @@ def test_upgrade_in_place_keeps_every_domain(host: Host, tmp_path: Path) -> None
         assert f"PYTHONPATH={newer}" in environ(new)
         log = up.xl("dmesg", check=True).stdout
         assert f"pyxen {NEW_VERSION} (Xen" in log  # the newer code runs hostd
-        assert f"Domain {da} (a) adopted" in log and f"Domain {db} (b) adopted" in log
         assert up.xenstored_pid() == xs_pid  # not restarted: guests keep their rings
-        assert set(after) == {"Domain-0", "a", "b"}
-        for name, domid in (("a", da), ("b", db)):
-            assert after[name]["id"] == str(domid)
-            assert after[name]["mem"] == before[name]["mem"] and after[name]["vcpus"] == "1"
-            assert after[name]["state"] in ("r-----", "-b----"), after[name]
-            assert float(after[name]["time"]) >= float(before[name]["time"])
+        assert_adopted(g, before, after, log)
 
         # the old template (old code, old environment) is replaced, its domains run on
         host.wait_for(lambda: str(newer / "pyxen") in template_ping(host).get("code", ""),
@@ -138,17 +118,7 @@ def test_upgrade_in_place_keeps_every_domain(host: Host, tmp_path: Path) -> None
         assert alive(pa) and alive(pb)
         assert f"VMM template (pid {old_tpl}) runs other code" in up.xl("dmesg").stdout
 
-        con.stdin.write(b"hi")  # the console stayed attached
-        con.stdin.flush()
-        _read_until(con.stdout.fileno(), b"pyxen echo: hi")
-        assert host.xenstore("xenstore-write", key, "1").returncode == 0
-        out, _ = watch.communicate(timeout=60)
-        assert key in out  # a watch set before the upgrade fires after it
-
-        up.xl("pause", "b", check=True)
-        assert up.list()["b"]["state"] == "--p---"
-        up.xl("unpause", "b", check=True)
-        assert up.list()["b"]["state"] in ("r-----", "-b----")
+        assert_console_watch_pause(host, up, g)
 
         # a new domain is forked from the newer template
         up.xl("create", cfg(tmp_path, "c", "idle"), check=True)
@@ -161,15 +131,10 @@ def test_upgrade_in_place_keeps_every_domain(host: Host, tmp_path: Path) -> None
         host.wait_for(lambda: "a" not in up.list(), "on_poweroff=destroy")
         up.xl("destroy", "b", check=True)
         up.xl("destroy", "c", check=True)
-        assert con.wait(timeout=60) == 0
+        assert g.con.wait(timeout=60) == 0
         for d in (da, db, dc):
             assert host.xenstore("xenstore-read", f"/local/domain/{d}").returncode != 0, d
         up.assert_clean()
-    finally:
-        for p in (con, watch):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 @pytest.mark.parametrize("stage", ["spawned", "described"])
