@@ -64,8 +64,6 @@ def complete_pending_exits(machine: Any) -> None:
     still in the sync area). One KVM_RUN with immediate_exit finishes it without running
     guest code, as KVM's API asks before state is saved. A vCPU started by VCPUOP_up
     whose context is not loaded yet gets it loaded now."""
-    from ..arch.x86.vcpu_state import hvm_context_state
-
     d = machine.domain
     for i, kv in enumerate(machine.vcpus):
         v = d.vcpus[i]
@@ -95,11 +93,7 @@ def complete_pending_exits(machine: Any) -> None:
                 regs.rax = 0
                 kv.set_regs(regs)
         if v.pending_context is not None:
-            ctx, v.pending_context = v.pending_context, None
-            regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
-            kv.set_sregs(sregs)
-            kv.set_regs(regs)
-            kv.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+            machine.load_pending_context(v, kv)
 
 
 def _rewind_to_hypercall(machine: Any, kv: Any) -> None:

@@ -230,7 +230,7 @@ class X86Machine:
                     v.running = False
                     d.cond.notify_all()
 
-    def _load_pending_context(self, v: VCPU, kv: Vcpu) -> None:
+    def load_pending_context(self, v: VCPU, kv: Vcpu) -> None:
         ctx, v.pending_context = v.pending_context, None
         regs, sregs = hvm_context_state(kv.get_sregs(), ctx)
         kv.set_sregs(sregs)
@@ -252,7 +252,7 @@ class X86Machine:
                     break
             try:
                 if v.pending_context is not None:
-                    self._load_pending_context(v, kv)
+                    self.load_pending_context(v, kv)
                 try:
                     rc = c_run(fd, run_addr, ctl_addr, hypercall, HYPERCALL_PORT,
                                XEN_DEBUG_PORT)
@@ -324,7 +324,7 @@ class X86Machine:
                     break
             try:
                 if v.pending_context is not None:
-                    self._load_pending_context(v, kv)
+                    self.load_pending_context(v, kv)
                 if ioctl(fd, KVM_RUN, 0) < 0:  # Vcpu.run, inlined
                     w.exits += 1
                     e = get_errno()
