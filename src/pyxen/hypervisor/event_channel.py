@@ -90,6 +90,7 @@ class _FastSendArea(ctypes.Structure):
     _fields_ = [("gen", ctypes.c_uint32), ("busy", ctypes.c_uint32),
                 ("ram_hva", ctypes.c_uint64), ("ram_end_addr", ctypes.c_uint64),
                 ("nports", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("sends", ctypes.c_uint64),  # sends completed in C
                 ("port", _FastSendPort * FAST_SEND_PORTS)]
 
 

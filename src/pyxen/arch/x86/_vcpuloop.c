@@ -23,6 +23,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <string.h>
@@ -49,6 +50,7 @@ struct fast_send {
     uint64_t ram_hva;        /* guest-physical a is at ram_hva + a below *ram_end_addr */
     uint64_t ram_end_addr;
     uint32_t nports, pad;
+    uint64_t sends;          /* sends completed here (tests, debug keys) */
     struct fast_send_port port[];
 };
 
@@ -108,6 +110,8 @@ static int fast_send(struct fast_send *fs, const struct kvm_sregs *s, uint64_t a
         uint64_t one = 1;
         done = write(p->fd, &one, sizeof(one)) == sizeof(one);
     }
+    if (done)
+        __atomic_add_fetch(&fs->sends, 1, __ATOMIC_RELAXED);
     __atomic_sub_fetch(&fs->busy, 1, __ATOMIC_SEQ_CST);
     return done;
 }
@@ -228,7 +232,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__vcpuloop(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ARMED", ARMED) < 0) {
+    if (m != NULL && (PyModule_AddIntConstant(m, "ARMED", ARMED) < 0
+                      || PyModule_AddIntConstant(m, "FAST_SEND_SENDS_OFFSET",
+                                                 offsetof(struct fast_send, sends)) < 0
+                      || PyModule_AddIntConstant(m, "FAST_SEND_PORT_OFFSET",
+                                                 offsetof(struct fast_send, port)) < 0)) {
         Py_DECREF(m);
         return NULL;
     }
