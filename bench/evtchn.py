@@ -35,9 +35,9 @@ import statistics
 from bench_domain import ROOT, bare_exit, bench_domain
 
 ELF = ROOT / "guests" / "build" / "evtchn_test.elf"
-FLOORS = (("sync", "C floor, reply at EVTCHNOP_send (this guest's code)"),
-          ("poll", "C floor, reply at SCHEDOP_poll (async path shape)"),
-          ("thread", "C floor, C backend thread + eventfds (as pyxen)"))
+FLOORS = (("sync", "C floor, answered at EVTCHNOP_send (sync):"),
+          ("poll", "C floor, answered at SCHEDOP_poll:"),
+          ("thread", "C floor, a C backend thread woken by eventfd:"))
 
 
 def run(n: int, abi: str = "2l") -> dict[str, float]:
@@ -66,7 +66,9 @@ def run(n: int, abi: str = "2l") -> dict[str, float]:
             "c_exit_us": c["exit_us"], "c_hcall_us": c["hcall_us"],
             "c_exit_cpu_us": c["exit_cpu_us"],
             **{f"floor_{m}_us": c[f"evtchn_{m}_us"] for m, _ in FLOORS},
-            **{f"floor_{m}_cpu_us": c[f"evtchn_{m}_cpu_us"] for m, _ in FLOORS}, "cpu_us": (n1 - n0) / 1000 / n,
+            **{f"floor_{m}_cpu_us": c[f"evtchn_{m}_cpu_us"] for m, _ in FLOORS},
+            **{k: c[f"evtchn_{k}"] for k in ("sync_insns", "poll_insns", "thread_polls")},
+            "cpu_us": (n1 - n0) / 1000 / n,
             "user_us": (u1 - u0) * 1e6 / n, "sys_us": (s1 - s0) * 1e6 / n}
 
 
@@ -87,9 +89,13 @@ def main() -> None:
     print(f"pyxen, bare exit loop (this guest, TSC):          {med(lambda r: r['exit_us']):8.1f}")
     for m, label in FLOORS:
         key = f"floor_{m}_us"
-        print(f"{label + ':':50}{med(lambda r: r[key]):8.1f}"  # noqa: B023
+        print(f"{label:50}{med(lambda r: r[key]):8.1f}"  # noqa: B023
               f"   x{med(lambda r: r[key] / r['c_exit_us']):.2f} C bare exit,"  # noqa: B023
               f" CPU {med(lambda r: r[key.replace('_us', '_cpu_us')]):.1f}")  # noqa: B023
+    print(f"  guest instructions per round trip (single-stepped): sync"
+          f" {med(lambda r: r['sync_insns']):.0f}, answered at poll"
+          f" {med(lambda r: r['poll_insns']):.0f} (bare exit: 4); the C backend thread's"
+          f" run polled {med(lambda r: r['thread_polls']):.2f} times per round trip")
     print(f"pyxen evtchn round trip guest -> dom0 -> guest:   {med(lambda r: r['rtt_us']):8.1f}"
           f"   x{med(lambda r: r['rtt_us'] / r['c_exit_us']):.2f} C bare exit,"
           f" x{med(lambda r: r['rtt_us'] / r['exit_us']):.2f} pyxen bare exit,"
