@@ -384,7 +384,6 @@ static void evtchn_floor(struct vcpu *c, const char *elf)
         s[5] = 0xe7; s[6] = HCALL_PORT; s[7] = 0xc3;
     }
     /* the guest's PING loop (kmain, mode=loopback), with r13 = n, r14 = i */
-    int32_t rel = (int32_t)(a[REQUEST] - (CODE + 0x200 + 0x13));
     uint8_t loop[] = {
         0x45, 0x31, 0xf6,                   /* xor %r14d,%r14d */
         0xeb, 0x14,                         /* jmp cmp */
@@ -398,7 +397,7 @@ static void evtchn_floor(struct vcpu *c, const char *elf)
         0x75, 0xe7,                         /* jne loop */
         0xe6, END_PORT,                     /* out %al,$END_PORT */
     };
-    rel = (int32_t)(a[REQUEST] - (CODE + 0x200 + 21));
+    int32_t rel = (int32_t)(a[REQUEST] - (CODE + 0x200 + 21));  /* from the call's end */
     memcpy(loop + 17, &rel, 4);
     memcpy(mem + CODE + 0x200, loop, sizeof(loop));
 
