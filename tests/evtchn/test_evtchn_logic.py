@@ -172,6 +172,19 @@ def test_fast_send_invalidate_waits_for_a_writer(setup) -> None:
     assert time.monotonic() - t0 >= 0.15 and a.gen != gen
 
 
+def test_fast_send_generation_wraps_without_reviving_entries(setup) -> None:
+    _, ev, dom0, _ = setup
+    a, b = ev.alloc_unbound(0), ev.alloc_unbound(0)
+    ep_a, _ = dom0.connect(7, a), dom0.connect(7, b)
+    ev.send(a)  # entered in generation 1
+    ev.fast_send.area.gen = 0xFFFFFFFF
+    ev.send(b)  # entered in the last generation before the wrap
+    ev.fast_send.invalidate()
+    assert ev.fast_send.area.gen == 1 and fast_entry(ev, a) == fast_entry(ev, b) == -1
+    ev.send(a)
+    assert fast_entry(ev, a) == ep_a.fd
+
+
 def test_fast_send_layout_matches_the_c_loop() -> None:
     from pyxen.arch.x86 import _vcpuloop
     from pyxen.hypervisor.event_channel import _FastSendArea

@@ -128,6 +128,8 @@ class FastSend:
         """Under the host lock: drop every entry; returns once no vCPU thread may still
         write an eventfd it looked up before (the caller may close it then)."""
         old = self.area.gen
+        if old == 0xFFFFFFFF:  # wrapping to 1: no entry of an old generation 1 may revive
+            ctypes.memset(self.addr + _FastSendArea.port.offset, 0, _FastSendArea.port.size)
         atomic.cmpxchg32(self._gen_addr, old, (old + 1) & 0xFFFFFFFF or 1)  # locked: a fence
         while atomic.read_u32(self._busy_addr):
             pass  # a vCPU thread is inside one write(2)
