@@ -59,17 +59,28 @@ class BenchDomain:
                 return
 
 
-def bare_exit(n: int, vcpus: int = 1) -> dict[str, float]:
+def bare_exit(n: int, vcpus: int = 1, evtchn_elf: Path | None = None) -> dict[str, float]:
     """The C floor: guests/build/bare_exit runs hello.elf's bench loops (the same guest
     instructions) on KVM with a minimal C VMM. exit_us / hcall_us per iteration, and with
-    vcpus > 1 the total hypercalls/s of all vCPUs at once."""
+    vcpus > 1 the total hypercalls/s of all vCPUs at once. With evtchn_elf, also the event
+    channel round trip floors of that guest's own request() code (evtchn_<mode>_us and
+    evtchn_<mode>_cpu_us, mode sync / poll / thread: see guests/bare_exit.c), the guest
+    instructions per round trip of the first two (evtchn_sync_insns, evtchn_poll_insns) and
+    the SCHEDOP_polls per round trip of the third (evtchn_thread_polls)."""
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    out = subprocess.run([str(ROOT / "guests" / "build" / "bare_exit"), str(n), str(vcpus)],
-                         check=True, capture_output=True, text=True).stdout
+    cmd = [str(ROOT / "guests" / "build" / "bare_exit"), str(n), str(vcpus)]
+    if evtchn_elf is not None:
+        cmd.append(str(evtchn_elf))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     kv = dict(f.split("=") for f in out.split())
     res = {"exit_us": float(kv["exit_ns"]) / 1000, "hcall_us": float(kv["hcall_ns"]) / 1000,
            "exit_cpu_us": float(kv["exit_cpu_ns"]) / 1000,
            "hcall_cpu_us": float(kv["hcall_cpu_ns"]) / 1000}
+    for k in [k for k in kv if k.startswith("evtchn_")]:
+        if k.endswith("_ns"):
+            res[k.removesuffix("_ns") + "_us"] = float(kv[k]) / 1000
+        else:  # evtchn_{sync,poll}_insns, evtchn_thread_polls: per round trip
+            res[k] = float(kv[k])
     if "hcalls_per_s" in kv:
         res["smp_hcalls_per_s"] = float(kv["hcalls_per_s"])
     return res

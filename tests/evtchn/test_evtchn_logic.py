@@ -118,6 +118,81 @@ def test_interdomain_with_dom0_backend(setup) -> None:
     assert e.value.errno == E.EINVAL
 
 
+def fast_entry(ev: GuestEventChannels, port: int) -> int:
+    """The eventfd the C vCPU loop would write for a send on port, or -1 (FastSend)."""
+    a = ev.fast_send.area
+    p = a.port[port]
+    return p.fd if p.gen == a.gen else -1
+
+
+def test_fast_send_entries_follow_the_ports(setup) -> None:
+    """A send to a dom0 backend enters the port for the C vCPU loop; closing either end
+    (and any close at all) drops every entry before the backend's eventfd can close."""
+    _, ev, dom0, _ = setup
+    a, b = ev.alloc_unbound(0), ev.alloc_unbound(0)
+    ep_a, ep_b = dom0.connect(7, a), dom0.connect(7, b)
+    assert fast_entry(ev, a) == fast_entry(ev, b) == -1  # entered by a send only
+    ev.send(a)
+    ev.send(b)
+    assert (fast_entry(ev, a), fast_entry(ev, b)) == (ep_a.fd, ep_b.fd)
+    ipi = ev.bind_ipi(0)
+    ev.send(ipi)  # delivered to the guest itself: never done in C
+    assert fast_entry(ev, ipi) == -1
+    ev.close(ipi)  # any close drops every entry
+    assert fast_entry(ev, a) == fast_entry(ev, b) == -1
+    ev.send(a)
+    ev.send(b)
+    ep_b.close()  # the backend goes: entries are dropped before its eventfd closes
+    assert fast_entry(ev, a) == fast_entry(ev, b) == -1
+    ev.send(b)  # unbound now: dropped, as in Xen, and not entered
+    ev.send(a)
+    assert (fast_entry(ev, a), fast_entry(ev, b)) == (ep_a.fd, -1)
+    ev.close(a)
+    assert fast_entry(ev, a) == -1
+    # guest-to-guest (here: the guest with itself) is no backend's eventfd
+    x = ev.alloc_unbound(DOMID_SELF)
+    y = ev.bind_interdomain(DOMID_SELF, x)
+    ev.send(x)
+    assert fast_entry(ev, x) == fast_entry(ev, y) == -1
+
+
+def test_fast_send_invalidate_waits_for_a_writer(setup) -> None:
+    """invalidate() returns only once no vCPU thread is inside its eventfd write (`busy`),
+    so the fd it looked up is still open while it writes."""
+    import threading
+    import time
+
+    _, ev, _, _ = setup
+    a = ev.fast_send.area
+    a.busy = 1  # a C writer inside
+    t0 = time.monotonic()
+    threading.Timer(0.2, lambda: setattr(a, "busy", 0)).start()
+    gen = a.gen
+    ev.fast_send.invalidate()
+    assert time.monotonic() - t0 >= 0.15 and a.gen != gen
+
+
+def test_fast_send_generation_wraps_without_reviving_entries(setup) -> None:
+    _, ev, dom0, _ = setup
+    a, b = ev.alloc_unbound(0), ev.alloc_unbound(0)
+    ep_a, _ = dom0.connect(7, a), dom0.connect(7, b)
+    ev.send(a)  # entered in generation 1
+    ev.fast_send.area.gen = 0xFFFFFFFF
+    ev.send(b)  # entered in the last generation before the wrap
+    ev.fast_send.invalidate()
+    assert ev.fast_send.area.gen == 1 and fast_entry(ev, a) == fast_entry(ev, b) == -1
+    ev.send(a)
+    assert fast_entry(ev, a) == ep_a.fd
+
+
+def test_fast_send_layout_matches_the_c_loop() -> None:
+    from pyxen.arch.x86 import _vcpuloop
+    from pyxen.hypervisor.event_channel import _FastSendArea
+
+    assert _FastSendArea.sends.offset == _vcpuloop.FAST_SEND_SENDS_OFFSET
+    assert _FastSendArea.port.offset == _vcpuloop.FAST_SEND_PORT_OFFSET
+
+
 def test_bind_interdomain_rules(setup) -> None:
     host, ev, dom0, _ = setup
     ep = dom0.open_unbound(remote_dom=9)  # for another domain

@@ -116,6 +116,24 @@ def test_destroy_frees_channels_and_grants(boot, guests: Path) -> None:
     assert m and int(m.group(1)) >= 1 and int(m.group(2)) == 1, freed
 
 
+@pytest.mark.timeout(120)
+def test_sends_to_a_backend_are_done_in_the_vcpu_loop(boot, guests: Path) -> None:
+    """The guest's EVTCHNOP_send to the loopback backend's port is completed by the C vCPU
+    loop (a write to the backend's eventfd, no Python): every one of the 300 PINGs is
+    answered, and the VMM counts (at least) that many sends done there."""
+    d = boot_test_guest(boot, guests, "mode=loopback n=300 end=idle")
+    assert d.request("unpause")["ok"]
+    attach_loopback(d)
+    d.wait_log(lambda ln: ln.endswith("loopback: idle"))
+    assert re.fullmatch(r"loopback: bench n=300 exit_cycles=\d+ rtt_cycles=\d+ tsc_khz=\d+",
+                        line(d.guest_lines(), "loopback: bench"))
+    assert d.request("destroy")["ok"]
+    assert d.proc.wait(20) == 0
+    freed = [ln for ln in d.log if "destroyed:" in ln]
+    m = re.search(r"; (\d+) send\(s\) to dom0 done in the vCPU loop", freed[0])
+    assert m and int(m.group(1)) >= 300, freed
+
+
 HOSTILE_EXPECTED = {
     "send never opened": -22, "send closed": -22, "close closed": -22, "close port 0": -22,
     "close out of range": -22, "unmask out of range": -22,

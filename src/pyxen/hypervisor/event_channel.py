@@ -77,8 +77,68 @@ class EvtchnHost:
         return t
 
 
+class _FastSendPort(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int32), ("gen", ctypes.c_uint32)]
+
+
+FAST_SEND_PORTS = EC.EVTCHN_2L_NR_CHANNELS
+
+
+class _FastSendArea(ctypes.Structure):
+    """struct fast_send of arch/x86/_vcpuloop.c (the same fields, in this order)."""
+
+    _fields_ = [("gen", ctypes.c_uint32), ("busy", ctypes.c_uint32),
+                ("ram_hva", ctypes.c_uint64), ("ram_end_addr", ctypes.c_uint64),
+                ("nports", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("sends", ctypes.c_uint64),  # sends completed in C
+                ("port", _FastSendPort * FAST_SEND_PORTS)]
+
+
+class FastSend:
+    """The guest's ports whose EVTCHNOP_send a vCPU thread may complete in C, without the
+    GIL: interdomain ports whose peer is a dom0 backend in this process, where Xen's send
+    is nothing but a kick of the backend's eventfd (BackendEventChannels.set_pending).
+    A port is entered here by the Python send that found it so (send() below), and every
+    entry is dropped at once (`gen` bumped) whenever any port is closed, before the
+    backend's eventfd can be closed: the C side (_vcpuloop.c) writes an eventfd only
+    between `busy` up and down, and invalidate() waits for `busy` to drop, so it never
+    writes one that was closed (or reused). The C side walks the guest's page tables to
+    read the port; anything it does not handle (another mode, memory beyond the simple
+    RAM window, a port not entered) takes the Python path as before."""
+
+    def __init__(self, memory: GuestMemory | None = None) -> None:
+        self.area = _FastSendArea(gen=1, nports=FAST_SEND_PORTS)
+        cell = getattr(getattr(memory, "p2m", None), "fast_end_cell", None)
+        if cell is not None:  # without it: no RAM the C side may read, never taken
+            self.area.ram_hva, self.area.ram_end_addr = memory.hva, ctypes.addressof(cell)
+        self.addr = ctypes.addressof(self.area)
+        self._gen_addr = self.addr + _FastSendArea.gen.offset
+        self._busy_addr = self.addr + _FastSendArea.busy.offset
+
+    def enter(self, port: int, fd: int) -> None:
+        """Under the host lock: port's send is a write to eventfd fd until the next
+        invalidate()."""
+        if 0 < port < FAST_SEND_PORTS and self.area.ram_end_addr:
+            p = self.area.port[port]
+            if p.gen != self.area.gen or p.fd != fd:
+                p.fd = fd  # x86 keeps the order of these two stores
+                p.gen = self.area.gen
+
+    def invalidate(self) -> None:
+        """Under the host lock: drop every entry; returns once no vCPU thread may still
+        write an eventfd it looked up before (the caller may close it then)."""
+        old = self.area.gen
+        if old == 0xFFFFFFFF:  # wrapping to 1: no entry of an old generation 1 may revive
+            ctypes.memset(self.addr + _FastSendArea.port.offset, 0, _FastSendArea.port.size)
+        atomic.cmpxchg32(self._gen_addr, old, (old + 1) & 0xFFFFFFFF or 1)  # locked: a fence
+        while atomic.read_u32(self._busy_addr):
+            pass  # a vCPU thread is inside one write(2)
+
+
 class EventChannels:
     """One domain's port table and the operations of event_channel.c on it."""
+
+    fast_send: FastSend | None = None  # a guest's: sends a vCPU loop completes in C
 
     def __init__(self, host: EvtchnHost, domid: int, max_port: int = DEFAULT_MAX_PORT,
                  nr_vcpus: int = 1) -> None:
@@ -113,6 +173,10 @@ class EventChannels:
 
     def is_busy(self, port: int) -> bool:
         return False
+
+    def fast_fd(self, port: int) -> int:
+        """An eventfd that raising `port` amounts to, or -1 (FastSend)."""
+        return -1
 
     def init_port(self, port: int) -> None:
         """evtchn_port_init: a port was just bound."""
@@ -217,6 +281,9 @@ class EventChannels:
             ch = self.chan(port)
             if ch.state in (ECS_FREE, ECS_RESERVED):
                 raise EvtchnError(E.EINVAL, f"port {port} is not in use")
+            for t in self.host.tables.values():  # before any backend eventfd may close
+                if t.fast_send is not None:
+                    t.fast_send.invalidate()
             if ch.state == ECS_VIRQ:
                 self.virq_to_port.pop((ch.notify_vcpu, ch.virq), None)
             elif ch.state == ECS_INTERDOMAIN:
@@ -239,6 +306,10 @@ class EventChannels:
                 if rd is not None:
                     rch = rd.ports[ch.remote_port]
                     rd.set_pending(ch.remote_port, rch.notify_vcpu)
+                    if self.fast_send is not None:
+                        fd = rd.fast_fd(ch.remote_port)
+                        if fd >= 0:
+                            self.fast_send.enter(port, fd)
             elif ch.state == ECS_IPI:
                 self.set_pending(port, ch.notify_vcpu)
             elif ch.state == ECS_UNBOUND:
@@ -357,6 +428,7 @@ class GuestEventChannels(EventChannels):
         self.vstate = [VcpuEvtchn() for _ in range(domain.max_vcpus)]
         self.callback_vector = 0  # HVM_PARAM_CALLBACK_IRQ, type vector
         self.abi: EvtchnPortOps = EvtchnTwoLevel(self)
+        self.fast_send = FastSend(domain.memory)
 
     # --- where the bits live ---------------------------------------------------------------
 
@@ -590,6 +662,10 @@ class BackendEventChannels(EventChannels):
 
     def is_pending(self, port: int) -> bool:
         return False
+
+    def fast_fd(self, port: int) -> int:
+        ep = self.endpoints.get(port)
+        return ep.fd if ep is not None and not ep.closed else -1
 
     def unmask(self, port: int) -> None:
         pass

@@ -207,6 +207,9 @@ class P2M:
         self.nr_ram = sum(n for _, n in populated)
         self.max_mapped_gfn = max((g + n - 1 for g, n in populated), default=0)
         self.fast_end = 0
+        # fast_end where C can read it (the vCPU loop's EVTCHNOP_send shortcut walks the
+        # guest's page tables below it: hypervisor/event_channel.py FastSend)
+        self.fast_end_cell = ctypes.c_uint64(0)
         self._update_fast_end()
 
     # --- where things are ------------------------------------------------------------------
@@ -232,7 +235,7 @@ class P2M:
         overlaid, so guest-physical address == store offset there."""
         w = self.windows[0] if self.windows and self.windows[0].gfn == 0 else None
         if w is None:
-            self.fast_end = 0
+            self.fast_end = self.fast_end_cell.value = 0
             return
         end = w.pages
         i = 0
@@ -241,7 +244,7 @@ class P2M:
             if hole < 0 or hole not in self.overlay:
                 break
             i = hole + 1
-        self.fast_end = (end if hole < 0 else hole) * PAGE_SIZE
+        self.fast_end = self.fast_end_cell.value = (end if hole < 0 else hole) * PAGE_SIZE
 
     def page_offset(self, gfn: int) -> int | None:
         """Store offset of what the guest sees at gfn, or None for a hole."""

@@ -44,7 +44,7 @@ def dom0_channels(d: Domain) -> BackendEventChannels:
 def teardown_event_services(d: Domain, backends: list[Any]) -> None:
     """Domain destruction: timers stop, every grant mapping is revoked, every port closes
     (backends' ends become unbound and are woken); then the backends stop."""
-    closed = revoked = 0
+    closed = revoked = fast = 0
     if d.timers is not None:
         d.timers.destroy()
     if d.grant_table is not None:  # first: backends woken below must find nothing mapped
@@ -52,8 +52,9 @@ def teardown_event_services(d: Domain, backends: list[Any]) -> None:
         d.grant_table.destroy()
     if d.evtchn is not None:
         closed = sum(1 for ch in d.evtchn.ports[1:] if ch.state not in (ECS_FREE, ECS_RESERVED))
+        fast = d.evtchn.fast_send.area.sends
         d.evtchn.destroy()
     for be in backends:
         be.close()
     d.log(f"d{d.domid}: destroyed: closed {closed} event channel(s), revoked {revoked} "
-          "grant mapping(s)")
+          f"grant mapping(s); {fast} send(s) to dom0 done in the vCPU loop")

@@ -246,6 +246,8 @@ class X86Machine:
         may_run, handle_exit, work = d.may_run, self._exit, self._work
         fd, run_addr, ctl_addr = kv.fd, kv.run_addr, ctypes.addressof(w.ctl)
         hypercall = self._hypercall_entry(v, kv)
+        fast = getattr(getattr(d, "evtchn", None), "fast_send", None)  # sends done in C
+        fast_addr = fast.addr if fast is not None else 0
         while True:
             if not (v.running and not m[_IMMEDIATE_EXIT] and may_run(v)):
                 if not d.wait_runnable(v, go):
@@ -255,7 +257,7 @@ class X86Machine:
                     self.load_pending_context(v, kv)
                 try:
                     rc = c_run(fd, run_addr, ctl_addr, hypercall, HYPERCALL_PORT,
-                               XEN_DEBUG_PORT)
+                               XEN_DEBUG_PORT, fast_addr)
                 except OSError as e:
                     raise KvmError(e.errno or 0, f"KVM_RUN: {e.strerror}") from None
                 if rc < 0 and rc != ARMED:  # kicked: the vCPU's state is complete here
