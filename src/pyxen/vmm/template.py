@@ -57,8 +57,12 @@ def set_cmdline(args: list[str]) -> bool:
     """Rewrite this process's /proc/PID/cmdline in place (its argv area, as
     setproctitle does) so that ps, and whoever looks for a VMM by its command line, sees
     a forked VMM as ``python -m pyxen.vmm --domid N --config PATH``, as if started so."""
-    try:
-        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    try:  # bytes, no text I/O: what a forked VMM runs first should touch little
+        fd = os.open("/proc/self/stat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+        finally:
+            os.close(fd)
         start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (man 5 proc)
     except (OSError, IndexError, ValueError):
         return False
@@ -97,12 +101,33 @@ def warm() -> None:
     not made again in each child. Nothing here touches KVM or any domain."""
     import asyncio
     import json as _json
+    import tempfile
 
-    async def nothing() -> None:
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while line := await r.readline():
+            w.write(line)
+            await w.drain()
+        w.close()
+
+    async def serve(path: str) -> None:
+        """A unix-socket server and its clients, as control.sock and console.sock are
+        served (vmm/server.py), round after round: code run often enough here is
+        specialised here (CPython 3.11), and a child runs it without rewriting it."""
         await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        srv = await asyncio.start_unix_server(echo, path)
+        for _ in range(10):
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(_json.dumps({"event": "log", "id": 1, "ok": True, "line": "x"}).encode()
+                    + b"\n")
+            await w.drain()
+            _json.loads(await r.readline())
+            w.close()
+            await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
 
-    asyncio.run(nothing())
-    _json.loads(_json.dumps({"event": "log", "id": 1, "ok": True, "line": "x"}))
+    with tempfile.TemporaryDirectory(prefix="pyxen-template-") as d:
+        asyncio.run(serve(os.path.join(d, "warm.sock")))
     t = threading.Thread(target=lambda: None, name="warm")
     t.start()
     t.join()
@@ -140,11 +165,12 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
         env = req.get("env") or {}
         os.environ.update({str(k): str(v) for k, v in env.items()})
         os.chdir("/")
-        args = ["--domid", str(int(req["domid"])), "--config", str(req["config"])]
-        sys.argv = [sys.executable, "-m", "pyxen.vmm", *args]
+        domid, config = int(req["domid"]), str(req["config"])
+        sys.argv = [sys.executable, "-m", "pyxen.vmm", "--domid", str(domid), "--config",
+                    config]
         set_cmdline(sys.argv)
-        from .main import main
-        rc = main(args)
+        from .main import run
+        rc = run(domid, config)  # main() without its argparse (main.run says why)
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - report, then go: never back to the template loop
