@@ -28,6 +28,7 @@ toolstack/template.py).
 
 from __future__ import annotations
 
+import _signal
 import argparse
 import gc
 import importlib
@@ -153,8 +154,9 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
     rc = 70
     try:
         os.setsid()
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        # _signal, not signal: the wrapper's enum conversions would copy enum's pages
+        for sig in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
+            _signal.signal(sig, _signal.SIG_DFL)
         os.close(listener.detach())  # detach: the objects must not close a reused fd later
         os.close(conn.detach())
         null = os.open(os.devnull, os.O_RDONLY)
@@ -162,8 +164,8 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # null, fds and anything else
-        env = req.get("env") or {}
-        os.environ.update({str(k): str(v) for k, v in env.items()})
+        for k, v in (req.get("env") or {}).items():
+            os.environ[str(k)] = str(v)  # (update() would run the Mapping ABCs' code)
         os.chdir("/")
         domid, config = int(req["domid"]), str(req["config"])
         sys.argv = [sys.executable, "-m", "pyxen.vmm", "--domid", str(domid), "--config",
