@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,18 +190,26 @@ def domain_gone(hostd: Any, dom: Any) -> None:
         return
     st.doms.pop(dom.domid, None)
     placing = st.placing.pop(dom.domid, None)
-    if placing is not None and not placing[0].done() and st.cg is not None:
+    if placing is not None and st.cg is not None:  # it died before it was built
         cg, domid = st.cg, dom.domid  # the groups go once the move under way is over
-        placing[0].add_done_callback(lambda _: _remove_quietly(cg, domid))
+        placing[0].add_done_callback(
+            lambda f: f.get_loop().run_in_executor(None, _remove_when_empty, cg, domid))
         return
     if st.cg is not None:
         with contextlib.suppress(Exception):
             st.cg.remove(dom.domid)
 
 
-def _remove_quietly(cg: cgmod.Cgroups, domid: int) -> None:
-    with contextlib.suppress(Exception):
-        cg.remove(domid)
+def _remove_when_empty(cg: cgmod.Cgroups, domid: int) -> None:
+    """A worker thread: the groups of a VMM that died while (or just after) being moved in
+    go. A task moved in as it exits keeps its group busy (EBUSY) a little longer than its
+    pid lives: retried for up to a second."""
+    for _ in range(50):
+        with contextlib.suppress(Exception):
+            cg.remove(domid)
+        if not any(g.exists() for g in cg.group(domid)):
+            return
+        time.sleep(0.02)
 
 
 def _pool_json(st: SchedState, p: Pool, hostd: Any) -> dict[str, Any]:
