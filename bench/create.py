@@ -84,6 +84,19 @@ def frames(pids: list[int]) -> set[int]:
     return out
 
 
+def childless(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process has no children (a VMM that is still exiting shares the
+    template's pages, and the template's PSS "alone" would read too low)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def uss(m: dict[str, int]) -> int:
     return m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
 
@@ -251,6 +264,8 @@ def run_mode(tmp: Path, template: bool, n: int, k: int, par: int) -> dict:
         res["rpc_first"] = med([h.first_byte_rpc(f"r{i}") for i in range(n)])
         res["rpc_reply"] = med(h.create_replies)
         tpid = h.template_pid() if template else None
+        if tpid:  # alone: the hello domains' VMMs above may still be exiting
+            childless(tpid)
         res["tpl_before"] = smaps(tpid) if tpid else {}
         res["tpl_frames"] = len(frames([tpid])) if tpid else 0
         for p in reversed(PATHS):  # the lean path last: its domains are measured below

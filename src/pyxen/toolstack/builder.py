@@ -140,6 +140,8 @@ class Builder:
         cfg_path = ddir / "config.json"
         cfg_path.write_text(dom.config.dumps() + "\n")
         reader, pipe = await self._start_vmm(dom, cfg_path, restore_fd)
+        from .schedops import domain_spawned
+        domain_spawned(self, dom)  # its cgroups, while it builds (domain_built waits)
         await self._test_hold(dom, "spawned")
         try:
             line = await asyncio.wait_for(reader.readline(), BUILD_TIMEOUT_S)

@@ -10,8 +10,8 @@ ramdisk paths are relative to xl's working directory, as libxl opens them.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 
+from pyxen.record import asdict, dataclass, field
 from pyxen.toolstack.vifspec import NicSpec, VifSpecError, assign_devids, parse_vif
 from pyxen.toolstack.xlcfg import XlCfgError, XlConfig, apply_override, parse_file
 from pyxen.toolstack.xldisk import DiskSpec, DiskSpecError, parse_disk

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class SchedState:
         self.topo = cpulist.Topology.from_sysfs()
         self.pools = CpuPools(self.topo)
         self.doms: dict[int, DomSched] = {}
+        # domid -> its VMM's move into its cgroups, under way while the VMM builds
+        self.placing: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
         self.cg: cgmod.Cgroups | None = None
         try:
             self.cg = cgmod.from_env(hostd.root)
@@ -120,10 +123,38 @@ def st_topo_all(hostd: Any) -> set[int]:
     return state(hostd).topo.all
 
 
+def domain_spawned(hostd: Any, dom: Any) -> None:
+    """The VMM process exists and is building the domain: start moving it into its cgroups
+    (a worker thread: the first write to cgroup.procs waits out an RCU grace period, ~10 ms
+    here, as long as the rest of a create) for :func:`domain_built` to wait on. Its weight
+    and cap are set only then: a capped domain's build is not slowed."""
+    st = state(hostd)
+    if st.cg is None or dom.pid is None:
+        return
+    cfg = dom.config
+    try:
+        pool = st.pools.find(cfg.pool if cfg.pool is not None else 0)
+    except PoolError:
+        return  # domain_built reports it
+    if not pool.cpus:
+        return
+    cpus = set(pool.cpus)
+    fut = asyncio.get_running_loop().run_in_executor(None, st.cg.create, dom.domid, dom.pid,
+                                                     cpus)
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no log
+    st.placing[dom.domid] = (fut, cpus)
+
+
 async def domain_built(hostd: Any, dom: Any) -> None:
     """The VMM exists (paused): put it in its cgroup and pool, pin its vCPU threads."""
     st = state(hostd)
     cfg = dom.config
+    placed = None  # the cpus of the pool the VMM was moved into while it built
+    if (placing := st.placing.get(dom.domid)) is not None:
+        with contextlib.suppress(Exception):  # its error, if any, comes again below
+            await asyncio.shield(placing[0])
+            placed = placing[1]
+        st.placing.pop(dom.domid, None)
     try:
         pool = st.pools.find(cfg.pool if cfg.pool is not None else 0)
         if not pool.cpus:
@@ -135,7 +166,10 @@ async def domain_built(hostd: Any, dom: Any) -> None:
     ds = DomSched(cfg.cpu_weight, cfg.cap, pool.poolid, hard, soft)
     if st.cg is not None and dom.pid is not None:
         try:
-            st.cg.create(dom.domid, dom.pid, pool.cpus)
+            if placed is None:
+                st.cg.create(dom.domid, dom.pid, pool.cpus)
+            elif placed != pool.cpus:  # the pool changed meanwhile
+                st.cg.set_cpus(dom.domid, pool.cpus)
             st.cg.set_weight(dom.domid, ds.weight)
             st.cg.set_cap(dom.domid, ds.cap)
         except cgmod.CgroupError as e:
@@ -155,9 +189,27 @@ def domain_gone(hostd: Any, dom: Any) -> None:
     if st is None:
         return
     st.doms.pop(dom.domid, None)
+    placing = st.placing.pop(dom.domid, None)
+    if placing is not None and st.cg is not None:  # it died before it was built
+        cg, domid = st.cg, dom.domid  # the groups go once the move under way is over
+        placing[0].add_done_callback(
+            lambda f: f.get_loop().run_in_executor(None, _remove_when_empty, cg, domid))
+        return
     if st.cg is not None:
         with contextlib.suppress(Exception):
             st.cg.remove(dom.domid)
+
+
+def _remove_when_empty(cg: cgmod.Cgroups, domid: int) -> None:
+    """A worker thread: the groups of a VMM that died while (or just after) being moved in
+    go. A task moved in as it exits keeps its group busy (EBUSY) a little longer than its
+    pid lives: retried for up to a second."""
+    for _ in range(50):
+        with contextlib.suppress(Exception):
+            cg.remove(domid)
+        if not any(g.exists() for g in cg.group(domid)):
+            return
+        time.sleep(0.02)
 
 
 def _pool_json(st: SchedState, p: Pool, hostd: Any) -> dict[str, Any]:

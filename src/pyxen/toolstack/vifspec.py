@@ -14,8 +14,8 @@ built-in step does what vif-bridge does (backends/tap.py), and a script= (e.g.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import asdict, dataclass, fields
+
+from pyxen.record import asdict, dataclass, fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class NicSpec:
 
 def parse_mac(text: str) -> str | None:
     """xl's mac= parsing (six strtoul base-16 fields, each <= 255), as libxl prints it."""
+    import re  # only for disk/vif specs: `xl create` starts without it
     parts = text.split(":")
     if len(parts) != 6:
         return None
@@ -101,6 +102,7 @@ def _rate_error(source: str, msg: str, text: str) -> VifSpecError:
 
 def parse_rate(text: str, source: str = "command line") -> tuple[int, int]:
     """xlu_vif_parse_rate: "RATE/s[@INTERVAL]" -> (bytes per interval, interval in us)."""
+    import re  # only for disk/vif specs: `xl create` starts without it
     rate, at, interval = text.partition("@")
     if not rate:
         raise _rate_error(source, "no rate specified", text)
@@ -138,6 +140,7 @@ def parse_rate(text: str, source: str = "command line") -> tuple[int, int]:
 
 def apply_item(spec: NicSpec, token: str, source: str = "command line") -> None:
     """parse_nic_config for one ``key=value`` token."""
+    import re  # only for disk/vif specs: `xl create` starts without it
     key, eq, value = token.partition("=")
     if not eq:
         raise VifSpecError(f"unrecognized argument `{token}'")
@@ -183,6 +186,7 @@ def parse_vif(text: str, source: str = "command line") -> NicSpec:
 
 def check(spec: NicSpec) -> None:
     """What libxl refuses for a PVH guest's vif, and what pyxen cannot do."""
+    import re  # only for disk/vif specs: `xl create` starts without it
     if spec.type == "ioemu":
         raise VifSpecError("trying to create PV or PVH guest with an emulated interface")
     if spec.backend not in (None, "", "0", "Domain-0"):

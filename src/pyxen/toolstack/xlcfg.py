@@ -12,8 +12,7 @@ is a string that happens to parse as one (so ``memory = "64"`` is as good as
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from pyxen.record import dataclass, field
 
 Value = str | list["Value"]
 
@@ -103,40 +102,62 @@ class XlConfig:
         return s.value
 
 
-_C_LONG = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_OCT = frozenset("01234567")
+_DEC = frozenset("0123456789")
 
 
 def parse_c_long(text: str) -> int | None:
     """strtol(text, &end, 0) that must consume the whole string; None when it does not."""
-    m = _C_LONG.match(text)
-    if not m:
-        return None
-    sign, digits = m.groups()
-    if digits.lower().startswith("0x"):
-        n = int(digits, 16)
-    elif digits.startswith("0") and len(digits) > 1:
+    digits = text.lstrip()  # strtol skips leading white space (isspace)
+    sign = digits[:1] if digits[:1] in ("+", "-") else ""
+    digits = digits[len(sign):]
+    if digits[:2] in ("0x", "0X") and len(digits) > 2 and _HEX.issuperset(digits[2:]):
+        n = int(digits[2:], 16)
+    elif digits[:1] == "0" and _OCT.issuperset(digits):
         n = int(digits, 8)
-    else:
+    elif digits[:1] in _DEC and digits[:1] != "0" and _DEC.issuperset(digits):
         n = int(digits)
+    else:
+        return None
     return -n if sign == "-" else n
 
 
 # ---------------------------------------------------------------------------- lexer
 
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>[ \t\r]+)
-  | (?P<comment>\#[^\n]*)
-  | (?P<newline>\n)
-  | (?P<ident>[a-z][._0-9a-z]*)
-  | (?P<number>[0-9][0-9a-fx]*)
-  | (?P<dstring>"(?:[^"\\\n]|\\[^\n])*")
-  | (?P<sstring>'(?:[^'\\\n]|\\[^\n])*')
-  | (?P<add>\+=)
-  | (?P<punct>[,=;\[\]])
-    """,
-    re.VERBOSE,
-)
+# libxlutil's lexer (libxlu_cfg_l.l), by hand: the re module costs `xl create` start-up
+_WS = frozenset(" \t\r")
+_IDENT_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz")
+_IDENT = _IDENT_FIRST | frozenset("._0123456789")
+_NUMBER = _DEC | frozenset("abcdefx")
+_PUNCT = frozenset(",=;[]")
+
+
+def _span(data: str, pos: int, chars: frozenset[str]) -> int:
+    """The end of the run of `chars` at `pos`."""
+    end = len(data)
+    while pos < end and data[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _string_end(data: str, pos: int) -> int | None:
+    """The end of the quoted string starting at `pos` (a backslash takes the next
+    character along, no newline inside), or None when it is not closed on its line."""
+    quote, i, end = data[pos], pos + 1, len(data)
+    while i < end:
+        c = data[i]
+        if c == quote:
+            return i + 1
+        if c == "\n":
+            return None
+        if c == "\\":
+            if i + 1 >= end or data[i + 1] == "\n":
+                return None
+            i += 1
+        i += 1
+    return None
+
 
 # Bison's names for the tokens, used in "unexpected X, expecting Y" messages.
 _TOKEN_NAMES = {
@@ -175,16 +196,18 @@ def _dequote(text: str, source: str, line: int) -> str:
         if nc in _ESCAPES:
             out.append(_ESCAPES[nc])
         elif nc == "x":
-            m = re.match(r"[0-9a-fA-F]{2}", body[i:i + 2])
-            if not m:
+            hexd = body[i:i + 2]
+            if len(hexd) != 2 or not _HEX.issuperset(hexd):
                 raise XlCfgError(source, line, f"config parsing error near `{text}': invalid "
                                  "digit after backslash hex numerical character escape in "
                                  "quoted string")
-            out.append(chr(int(m.group(), 16)))
+            out.append(chr(int(hexd, 16)))
             i += 2
         elif "0" <= nc <= "7":
-            m = re.match(r"[0-7]{0,2}", body[i:])
-            digits = nc + (m.group() if m else "")
+            digits = nc
+            while len(digits) < 3 and i + len(digits) - 1 < len(body) and \
+                    body[i + len(digits) - 1] in _OCT:
+                digits += body[i + len(digits) - 1]
             out.append(chr(int(digits, 8) & 0xFF))
             i += len(digits) - 1
         else:
@@ -196,28 +219,45 @@ def _dequote(text: str, source: str, line: int) -> str:
 def _tokenize(data: str, source: str) -> list[_Tok]:
     toks: list[_Tok] = []
     pos, line = 0, 1
-    while pos < len(data):
-        m = _TOKEN.match(data, pos)
-        if not m:
-            bad = re.match(r"[^ \t\n]*", data[pos:]).group() or data[pos]  # type: ignore[union-attr]
-            hint = ""
-            if re.match(r"[A-Z]", bad):
-                hint = " (xl.cfg keys are lowercase)"
+    end = len(data)
+    while pos < end:
+        c = data[pos]
+        start = pos
+        if c in _WS:
+            pos = _span(data, pos, _WS)
+            continue
+        if c == "#":
+            nl = data.find("\n", pos)
+            pos = end if nl < 0 else nl
+            continue
+        if c == "\n":
+            toks.append(_Tok("newline", c, c, line))
+            line += 1
+            pos += 1
+        elif c in _IDENT_FIRST:
+            pos = _span(data, pos + 1, _IDENT)
+            toks.append(_Tok("ident", data[start:pos], data[start:pos], line))
+        elif c in _DEC:
+            pos = _span(data, pos + 1, _NUMBER)
+            toks.append(_Tok("number", data[start:pos], data[start:pos], line))
+        elif c in "\"'" and (stop := _string_end(data, pos)) is not None:
+            pos = stop
+            text = data[start:pos]
+            toks.append(_Tok("string", text, _dequote(text, source, line), line))
+        elif c == "+" and data.startswith("+=", pos):
+            pos += 2
+            toks.append(_Tok("add", "+=", "+=", line))
+        elif c in _PUNCT:
+            pos += 1
+            toks.append(_Tok(c, c, c, line))
+        else:
+            stop = pos
+            while stop < end and data[stop] not in " \t\n":
+                stop += 1
+            bad = data[pos:stop] or data[pos]
+            hint = " (xl.cfg keys are lowercase)" if "A" <= bad[0] <= "Z" else ""
             raise XlCfgError(source, line,
                              f"config parsing error near `{bad}': lexical error{hint}")
-        kind = m.lastgroup or ""
-        text = m.group()
-        pos = m.end()
-        if kind in ("ws", "comment"):
-            continue
-        if kind in ("dstring", "sstring"):
-            toks.append(_Tok("string", text, _dequote(text, source, line), line))
-        elif kind == "punct":
-            toks.append(_Tok(text, text, text, line))
-        else:
-            toks.append(_Tok(kind, text, text, line))
-        if kind == "newline":
-            line += 1
     toks.append(_Tok("eof", "", "", line))
     return toks
 
@@ -327,7 +367,18 @@ def parse_file(path: str) -> XlConfig:
     return parse(data, path)
 
 
-_BARE_WORD = re.compile(r"[^\s'\"\[\],;=#]+\Z")
+_NOT_BARE = frozenset("'\"[],;=#")
+
+
+def _bare_word(value: str) -> bool:
+    """A word with no white space, quote, bracket, comma, semicolon, = or #."""
+    return bool(value) and not any(c.isspace() or c in _NOT_BARE for c in value)
+
+
+def _valid_key(key: str) -> bool:
+    """[a-z][._0-9a-z]*, with a trailing + (key+=value)."""
+    key = key[:-1] if key.endswith("+") else key
+    return bool(key) and key[0] in _IDENT_FIRST and _IDENT.issuperset(key)
 
 
 def apply_override(cfg: XlConfig, arg: str) -> None:
@@ -340,14 +391,14 @@ def apply_override(cfg: XlConfig, arg: str) -> None:
     source = "command line"
     key, sep, raw = arg.partition("=")
     key = key.strip()
-    if not sep or not re.fullmatch(r"[a-z][._0-9a-z]*\+?", key):
+    if not sep or not _valid_key(key):
         raise XlCfgError(source, None, f"bad key=value argument `{arg}'")
     before = len(cfg.settings)
     try:
         parse(arg + "\n", source, into=cfg)
     except XlCfgError as e:
         value = raw.strip()
-        if key.endswith("+") or not _BARE_WORD.match(value):
+        if key.endswith("+") or not _bare_word(value):
             raise XlCfgError(source, None, f"`{arg}': {e.message}") from e
         cfg.settings.append(Setting(key, value, 0, source))
     for s in cfg.settings[before:]:

@@ -9,7 +9,9 @@ it calls) acts on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `xl create` imports this module: collections costs it milliseconds
+    from collections.abc import Iterable
 
 # Acted on by pyxen (docs/xl.md, "xl.cfg"). pvh and builder are the pre-4.10 spellings
 # of type=, which xl still reads.

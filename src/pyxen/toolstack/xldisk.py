@@ -15,8 +15,7 @@ Virtual device names become Xen device numbers as docs/misc/vbd-interface.txt sa
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+from pyxen.record import asdict, dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -126,6 +125,7 @@ class _Parse:
         return True
 
     def run(self) -> DiskSpec:
+        import re  # only for disk/vif specs: `xl create` starts without it
         s = self.spec
         pos = 0
         while pos < len(s):
@@ -150,6 +150,7 @@ class _Parse:
         return self.finish()
 
     def item(self, item: str, rest: str) -> None:
+        import re  # only for disk/vif specs: `xl create` starts without it
         d = self.disk
         key, eq, value = item.partition("=")
         if eq and re.fullmatch(r"[a-z][-a-z0-9_]*", key):
@@ -258,6 +259,7 @@ def parse_disk(spec: str, source: str = "xl") -> DiskSpec:
 
 def _letters_partition(text: str, prefix: str, max_disk: int, max_part: int
                        ) -> tuple[int, int] | None:
+    import re  # only for disk/vif specs: `xl create` starts without it
     if not text.startswith(prefix):
         return None
     rest = text[len(prefix):]
@@ -279,6 +281,7 @@ def _letters_partition(text: str, prefix: str, max_disk: int, max_part: int
 
 def vdev_to_devid(vdev: str) -> int | None:
     """The Xen virtual device number of a vdev name, or None when it names none."""
+    import re  # only for disk/vif specs: `xl create` starts without it
     m = re.fullmatch(r"d(\d+)p(\d+)", vdev)
     found = None
     if m and int(m.group(1)) < (1 << 20) and int(m.group(2)) < 256:

@@ -26,10 +26,14 @@ def dom_path(domid: int) -> str:
 def write_domain(client: Any, domid: int, cfg: DomainConfig, *, store_port: int | None = None,
                  store_mfn: int | None = None, console_port: int | None = None,
                  console_mfn: int | None = None) -> None:
-    """Create every entry libxl creates for a new PVH domain, in one transaction."""
-    client.run_transaction(lambda tx: _write_domain(_Tx(client, tx), domid, cfg,
-                                                    store_port, store_mfn, console_port,
-                                                    console_mfn))
+    """Create every entry libxl creates for a new PVH domain, in one transaction. Its
+    writes go out together (_Batch): a few round trips to xenstored, not ~40, on every
+    create's path."""
+    def fill(tx: int) -> None:
+        batch = _Batch(client, tx)
+        _write_domain(batch, domid, cfg, store_port, store_mfn, console_port, console_mfn)
+        batch.flush()
+    client.run_transaction(fill)
 
 
 class _Tx:
@@ -49,6 +53,49 @@ class _Tx:
 
     def exists(self, path: str) -> bool:
         return bool(self.c.exists(path, self.tx))
+
+
+class _Batch(_Tx):
+    """_Tx whose writes, permissions and removals are sent together at the next read
+    (exists) or flush(), with XenstoreClient.call_many when the client has it."""
+
+    def __init__(self, client: Any, tx: int) -> None:
+        super().__init__(client, tx)
+        self.queued: list[tuple[str, tuple[Any, ...]]] = []
+
+    def write(self, path: str, value: str) -> None:
+        self.queued.append(("write", (path, value)))
+
+    def set_perms(self, path: str, perms: list[str]) -> None:
+        self.queued.append(("set_perms", (path, perms)))
+
+    def rm(self, path: str) -> None:
+        self.queued.append(("rm", (path,)))
+
+    def exists(self, path: str) -> bool:
+        self.flush()
+        return super().exists(path)
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        if not queued:
+            return
+        if not hasattr(self.c, "call_many"):  # another client: one call each
+            for name, args in queued:
+                getattr(super(), name)(*args)
+            return
+        from pyxen.xenstore.wire import Op
+        reqs = []
+        for name, args in queued:
+            path = args[0].encode() + b"\0"
+            if name == "write":
+                reqs.append((Op.WRITE, path + args[1].encode()))
+            elif name == "set_perms":
+                reqs.append((Op.SET_PERMS, path + b"".join(p.encode() + b"\0"
+                                                           for p in args[1])))
+            else:
+                reqs.append((Op.RM, path))
+        self.c.call_many(reqs, self.tx)
 
 
 def _write_domain(client: _Tx, domid: int, cfg: DomainConfig, store_port: int | None,

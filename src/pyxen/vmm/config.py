@@ -41,7 +41,8 @@ def _int(cfg: dict, key: str, default: int | None = None) -> int:
 
 def load_config(path: str | Path) -> VmmConfig:
     try:
-        cfg = json.loads(Path(path).read_text())
+        with open(path, "rb") as f:  # not pathlib: its first use copies pages of a forked VMM
+            cfg = json.loads(f.read())
     except FileNotFoundError:
         raise ConfigError(f"domain config {path} not found") from None
     except (OSError, ValueError) as e:

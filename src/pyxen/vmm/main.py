@@ -106,12 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restore-fd", type=int, default=None,
                     help="build from a save image read from this fd (libxl stream on)")
     args = ap.parse_args(argv)
-    ddir = paths.domain_dir(args.domid)
+    return run(args.domid, args.config, args.restore_fd)
+
+
+def run(domid: int, config: str, restore_fd: int | None = None) -> int:
+    """The VMM from its parsed command line. The template's children come here directly
+    (vmm/template.py): argparse's first run in a forked VMM would copy ~0.4 MiB of the
+    template's pages (its code and gettext's), per domain."""
+    ddir = paths.domain_dir(domid)
     install_kick_handler()
     backlog: list[dict] = []
     try:
-        cfg = load_config(args.config)
-        domain, machine = build(args.domid, cfg, backlog, args.restore_fd is not None)
+        cfg = load_config(config)
+        domain, machine = build(domid, cfg, backlog, restore_fd is not None)
         server = VmmServer(domain, machine, ddir, backlog)
         server.bind()
         try:  # PV console ring + xenstore page (Xen's special pages), served from here
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             server.backends.append(bus)
     except (ConfigError, BuildError, HostError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"pyxen-vmm d{args.domid}: error: {msg}", file=sys.stderr)
+        print(f"pyxen-vmm d{domid}: error: {msg}", file=sys.stderr)
         announce({"event": "error", "message": msg})
         return 2
     except Exception as e:  # still one actionable line, never a traceback on stdout
@@ -137,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"internal error while building the domain: {type(e).__name__}: {e}"
         announce({"event": "error", "message": msg.splitlines()[0]})
         return 2
-    if args.restore_fd is not None:  # the image streams in while hostd sets up (restore.py)
+    if restore_fd is not None:  # the image streams in while hostd sets up (restore.py)
         from .restore import restore_in_background
         announce({"event": "built", "restoring": True, **pv.announce()})
-        restore_in_background(domain, machine, args.restore_fd)
+        restore_in_background(domain, machine, restore_fd)
         return server.serve()
     announce({"event": "built", **pv.announce()})
     trim_heap()

@@ -28,6 +28,7 @@ toolstack/template.py).
 
 from __future__ import annotations
 
+import _signal
 import argparse
 import gc
 import importlib
@@ -57,8 +58,12 @@ def set_cmdline(args: list[str]) -> bool:
     """Rewrite this process's /proc/PID/cmdline in place (its argv area, as
     setproctitle does) so that ps, and whoever looks for a VMM by its command line, sees
     a forked VMM as ``python -m pyxen.vmm --domid N --config PATH``, as if started so."""
-    try:
-        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    try:  # bytes, no text I/O: what a forked VMM runs first should touch little
+        fd = os.open("/proc/self/stat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+        finally:
+            os.close(fd)
         start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (man 5 proc)
     except (OSError, IndexError, ValueError):
         return False
@@ -97,12 +102,33 @@ def warm() -> None:
     not made again in each child. Nothing here touches KVM or any domain."""
     import asyncio
     import json as _json
+    import tempfile
 
-    async def nothing() -> None:
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while line := await r.readline():
+            w.write(line)
+            await w.drain()
+        w.close()
+
+    async def serve(path: str) -> None:
+        """A unix-socket server and its clients, as control.sock and console.sock are
+        served (vmm/server.py), round after round: code run often enough here is
+        specialised here (CPython 3.11), and a child runs it without rewriting it."""
         await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        srv = await asyncio.start_unix_server(echo, path)
+        for _ in range(10):
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(_json.dumps({"event": "log", "id": 1, "ok": True, "line": "x"}).encode()
+                    + b"\n")
+            await w.drain()
+            _json.loads(await r.readline())
+            w.close()
+            await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
 
-    asyncio.run(nothing())
-    _json.loads(_json.dumps({"event": "log", "id": 1, "ok": True, "line": "x"}))
+    with tempfile.TemporaryDirectory(prefix="pyxen-template-") as d:
+        asyncio.run(serve(os.path.join(d, "warm.sock")))
     t = threading.Thread(target=lambda: None, name="warm")
     t.start()
     t.join()
@@ -128,8 +154,9 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
     rc = 70
     try:
         os.setsid()
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        # _signal, not signal: the wrapper's enum conversions would copy enum's pages
+        for sig in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
+            _signal.signal(sig, _signal.SIG_DFL)
         os.close(listener.detach())  # detach: the objects must not close a reused fd later
         os.close(conn.detach())
         null = os.open(os.devnull, os.O_RDONLY)
@@ -137,14 +164,15 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # null, fds and anything else
-        env = req.get("env") or {}
-        os.environ.update({str(k): str(v) for k, v in env.items()})
+        for k, v in (req.get("env") or {}).items():
+            os.environ[str(k)] = str(v)  # (update() would run the Mapping ABCs' code)
         os.chdir("/")
-        args = ["--domid", str(int(req["domid"])), "--config", str(req["config"])]
-        sys.argv = [sys.executable, "-m", "pyxen.vmm", *args]
+        domid, config = int(req["domid"]), str(req["config"])
+        sys.argv = [sys.executable, "-m", "pyxen.vmm", "--domid", str(domid), "--config",
+                    config]
         set_cmdline(sys.argv)
-        from .main import main
-        rc = main(args)
+        from .main import run
+        rc = run(domid, config)  # main() without its argparse (main.run says why)
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - report, then go: never back to the template loop

@@ -140,6 +140,41 @@ class XenstoreClient:
             raise ConnectionError("no reply from xenstored")
         return self._check(*p.reply)
 
+    def call_many(self, requests: list[tuple[int, bytes]], tx: int = 0) -> list[bytes]:
+        """Send the requests back to back and then take their replies: one round trip
+        for all of them (xenstored answers a connection's requests in order). The
+        replies in order; the first error is raised once every reply is in."""
+        ids, msgs = [], []
+        for op, payload in requests:
+            if len(payload) > XENSTORE_PAYLOAD_MAX:
+                raise XenstoreError("E2BIG")
+            req_id = next(self._req) & 0xFFFFFFFF
+            ids.append(req_id)
+            msgs.append(HEADER.pack(op, req_id, tx, len(payload)) + payload)
+        replies: dict[int, tuple[int, bytes]] = {}
+        if self._reader is None:
+            with self._lock:
+                if self._reader is None:
+                    self.sock.sendall(b"".join(msgs))
+                    want = set(ids)
+                    while want:
+                        rop, rid, _tx, reply = self._recv_msg()
+                        if rop == Op.WATCH_EVENT:
+                            self._deliver_event(reply)
+                        elif rid in want:
+                            want.discard(rid)
+                            replies[rid] = (rop, reply)
+        if len(replies) != len(ids):  # the reader thread takes them
+            pending = {rid: _Pending() for rid in ids}
+            self._pending.update(pending)
+            with self._lock:
+                self.sock.sendall(b"".join(msgs))
+            for rid, p in pending.items():
+                if not p.event.wait(60) or p.reply is None:
+                    raise ConnectionError("no reply from xenstored")
+                replies[rid] = p.reply
+        return [self._check(*replies[rid]) for rid in ids]
+
     @staticmethod
     def _check(op: int, reply: bytes) -> bytes:
         if op == Op.ERROR:
