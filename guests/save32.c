@@ -10,7 +10,9 @@
  * "suspend" acknowledges and calls SCHEDOP_shutdown(SHUTDOWN_suspend), which returns 1
  * (cancelled, or a checkpoint: carry on) or 0 (a new domain: map shared_info again, take
  * the new store/console channels, watch again). It counts one tick per 10 ms wait and
- * keeps a 64 KiB memory pattern. data/request = S -> data/report =
+ * keeps a 64 KiB memory pattern. mode=nopv: no PV drivers at all (no xenstore, no
+ * HVM_PARAM_CALLBACK_IRQ): it yields in a loop and prints "save32: nopv counter=C sum=X"
+ * through console_io every `every` yields (default 3000: mostly in the hypercall). Else data/request = S -> data/report =
  *   "seq=S counter=C sum=X dom=D resumed=R cancelled=K time=T evtchn=E wc=W early=E/W
  *    port=P"
  * and the same line on the console, where
@@ -175,6 +177,19 @@ void kmain32(uint32_t start_info_paddr)
     struct hvm_start_info *start = GUEST_PTR(start_info_paddr);
     if (start->magic == XEN_HVM_START_MAGIC_VALUE) cmdline_load(start->cmdline_paddr);
     for (unsigned int i = 0; i < PATTERN_WORDS; i++) pattern[i] = mix(0x5EED32u ^ i);
+    char mode[16] = "pv";
+    opt("mode", mode, sizeof(mode));
+    if (streq(mode, "nopv")) {  /* no PV drivers: saved as it is, never told */
+        unsigned long every = opt_ul("every", 3000);
+        debug_port_printk("save32: no PV drivers, reporting every %lu yields\n", every);
+        for (;;) {
+            counter++;
+            sched_op(SCHEDOP_yield, NULL);
+            if (counter % every == 0)
+                printk("save32: nopv counter=%u sum=%08x\n", (unsigned int)counter,
+                       pattern_sum());
+        }
+    }
     pv_connect();
     cprintf("save32: ready in domain %u, sum=%08x\n", domid, pattern_sum());
     for (;;) {
