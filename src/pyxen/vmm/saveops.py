@@ -58,8 +58,8 @@ def save(server: Any, req: dict[str, Any], fd: int | None) -> dict[str, Any]:
     d = server.domain
     d.pause()
     try:
-        _test_hold()
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            _test_hold()
             try:
                 stats = save_domain(d, server.machine, out, config,
                                     xl_header=bool(req.get("xl_header", True)))
