@@ -13,7 +13,7 @@ int cons_init(void)
     uint64_t pfn, p;
     if (hvm_param(HVM_PARAM_CONSOLE_PFN, &pfn) || !pfn) return -XEN_ENODEV;
     if (hvm_param(HVM_PARAM_CONSOLE_EVTCHN, &p)) return -XEN_ENODEV;
-    intf = (struct xencons_interface *)(pfn << 12);
+    intf = (struct xencons_interface *)(uintptr_t)(pfn << 12);
     port = (evtchn_port_t)p;
     int rc = hvc_init();
     if (rc) return rc;

@@ -89,6 +89,7 @@ void printk(const char *fmt, ...);          /* console_io write + the PV console
 int hvc_init(void);                         /* the PV console ring (HVM params); 0 or -errno */
 size_t hvc_write(const char *s, size_t n);  /* what fits (waits a little for space) */
 size_t hvc_read(char *buf, size_t size);    /* console input from the ring, never waits */
+void hvc_reset(void);                       /* look the ring up again (a new domain) */
 void debug_port_printk(const char *fmt, ...); /* port 0xe9 */
 void shutdown(unsigned int reason) __attribute__((noreturn));
 

@@ -113,6 +113,9 @@ int hvc_init(void)
     return 0;
 }
 
+/* After a resume in a new domain: the console's event channel is the new domain's. */
+void hvc_reset(void) { hvc_state = 0; }
+
 size_t hvc_write(const char *s, size_t n)
 {
     size_t done = 0;

@@ -19,6 +19,7 @@ static inline long pv_event_channel_op(int cmd, void *arg)
 int pv_evtchn_init(void);                 /* maps shared_info; 0 or a negative Xen errno */
 void pv_evtchn_watch(evtchn_port_t port); /* masked: we SCHEDOP_poll it, no upcall */
 void pv_evtchn_reset(void);               /* after a resume in a new domain */
+volatile struct shared_info *pv_shared_info(void); /* mapped by pv_evtchn_init */
 void pv_notify(evtchn_port_t port);
 void pv_wait(void);                /* until a watched port is pending (or a yield) */
 void pv_wait_until(uint64_t deadline_ns); /* the same, or until that system time */

@@ -9,6 +9,9 @@
 /* ---------------------------------------------------------------- event channels */
 
 static char si_page[4096] __attribute__((aligned(4096)));
+/* Bits per evtchn_pending/evtchn_mask word: 64, or 32 in a -m32 guest (x86_32 layout). */
+#define EVW (sizeof(xen_ulong_t) * 8)
+#define EVBIT(port) ((xen_ulong_t)1 << ((port) % EVW))
 static struct shared_info *si;
 static evtchn_port_t watched[32];
 static unsigned int nwatched;
@@ -27,7 +30,7 @@ int pv_evtchn_init(void)
     if (si) return 0;
     struct xen_add_to_physmap xatp = {
         .domid = DOMID_SELF, .space = XENMAPSPACE_shared_info, .idx = 0,
-        .gpfn = (uint64_t)si_page >> 12,
+        .gpfn = (uintptr_t)si_page >> 12,
     };
     long rc = memory_op(XENMEM_add_to_physmap, &xatp);
     if (rc) return (int)rc;
@@ -37,6 +40,8 @@ int pv_evtchn_init(void)
     pv_evtchn_usable = pv_event_channel_op(EVTCHNOP_status, &st) != -XEN_ENOSYS;
     return 0;
 }
+
+volatile struct shared_info *pv_shared_info(void) { return si; }
 
 /* After a resume in a new domain (SCHEDOP_shutdown(SHUTDOWN_suspend) returned 0): the
  * shared_info page is no longer mapped and the ports are new. */
@@ -50,7 +55,7 @@ void pv_evtchn_watch(evtchn_port_t port)
 {
     if (!port || nwatched == sizeof(watched) / sizeof(watched[0])) return;
     watched[nwatched++] = port;
-    __atomic_fetch_or(&si->evtchn_mask[port / 64], 1UL << (port % 64), __ATOMIC_SEQ_CST);
+    __atomic_fetch_or(&si->evtchn_mask[port / EVW], EVBIT(port), __ATOMIC_SEQ_CST);
 }
 
 void pv_notify(evtchn_port_t port)
@@ -62,8 +67,8 @@ void pv_notify(evtchn_port_t port)
 void pv_ack(void)
 {
     for (unsigned int i = 0; i < nwatched; i++)
-        __atomic_fetch_and(&si->evtchn_pending[watched[i] / 64],
-                           ~(1UL << (watched[i] % 64)), __ATOMIC_SEQ_CST);
+        __atomic_fetch_and(&si->evtchn_pending[watched[i] / EVW], ~EVBIT(watched[i]),
+                           __ATOMIC_SEQ_CST);
     si->vcpu_info[0].evtchn_upcall_pending = 0;
 }
 
@@ -89,7 +94,12 @@ uint64_t pv_time_ns(void)
         asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
         uint64_t delta = (((uint64_t)hi << 32) | lo) - t->tsc_timestamp;
         if (t->tsc_shift < 0) delta >>= -t->tsc_shift; else delta <<= t->tsc_shift;
+#ifdef __x86_64__
         ns = t->system_time + (uint64_t)(((unsigned __int128)delta * t->tsc_to_system_mul) >> 32);
+#else   /* no 128-bit arithmetic in -m32: (delta * mul) >> 32 in two halves */
+        ns = t->system_time + (((uint64_t)(uint32_t)delta * t->tsc_to_system_mul) >> 32)
+             + (uint64_t)(uint32_t)(delta >> 32) * t->tsc_to_system_mul;
+#endif
         rmb();
     } while ((ver & 1) || ver != t->version);
     return ns;
@@ -125,7 +135,7 @@ int xb_init(void)
     uint64_t pfn, port;
     if (hvm_param(HVM_PARAM_STORE_PFN, &pfn) || !pfn) return -XEN_ENODEV;
     if (hvm_param(HVM_PARAM_STORE_EVTCHN, &port)) return -XEN_ENODEV;
-    intf = (struct xenstore_domain_interface *)(pfn << 12);
+    intf = (struct xenstore_domain_interface *)(uintptr_t)(pfn << 12);
     store_port = (evtchn_port_t)port;
     int rc = pv_evtchn_init();
     if (rc) return rc;

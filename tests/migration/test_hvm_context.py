@@ -103,6 +103,47 @@ def test_vcpu_state_round_trip() -> None:
     vm2.close()
 
 
+def test_32_bit_protected_mode_vcpu_round_trip() -> None:
+    """A 32-bit PVH vCPU (guests/start32.S: protected mode, paging off, flat 32-bit
+    segments, no long mode): the CPU record carries CR0.PE without PG, EFER without
+    LME/LMA, D/B set and L clear in CS, and it loads back into KVM as the same vCPU."""
+    kvm = Kvm()
+    cpuid = kvm.supported_cpuid()
+    vm, v = new_vcpu(kvm)
+    s = v.get_sregs()
+    s.cs = segment(0x08, 0xC9B)
+    for name in ("ds", "es", "ss", "fs", "gs"):
+        setattr(s, name, segment(0x10, 0xC93))
+    s.tr = segment(0x18, 0x8B, limit=0x67)
+    s.ldt = segment(0, 0x82, limit=0xFFFF)
+    s.gdt.base, s.gdt.limit = 0x1000, 0x1F
+    s.cr0, s.cr3, s.cr4, s.efer = 0x11, 0, 0, 0
+    v.set_sregs(s)
+    r = K.kvm_regs(rax=0, rbx=0x10A000, rcx=7, rsp=0x10BFF0, rip=0x1043A7, rflags=0x2)
+    v.set_regs(r)
+    recs1 = by_type(save_vcpu(v, 0, True, cpuid))
+    cpu1 = S.hvm_hw_cpu.from_buffer_copy(recs1[S.HVM_SAVE_CPU])
+    assert (cpu1.rip, cpu1.rsp, cpu1.rbx) == (0x1043A7, 0x10BFF0, 0x10A000)
+    assert cpu1.cr0 & 0x80000001 == 1 and cpu1.cr4 == 0 and cpu1.msr_efer & 0x500 == 0
+    assert cpu1.cs_arbytes == 0xC9B and cpu1.cs_limit == 0xFFFFFFFF and cpu1.cs_base == 0
+    assert cpu1.ss_arbytes == cpu1.ds_arbytes == 0xC93 and cpu1.ss_sel == 0x10
+    assert cpu1.tr_arbytes == 0x8B and cpu1.tr_limit == 0x67
+
+    vm2, v2 = new_vcpu(kvm)
+    assert load_vcpu(v2, recs1) is True
+    s2 = v2.get_sregs()
+    assert (s2.cs.db, s2.cs.l, s2.cs.g, s2.cs.selector) == (1, 0, 1, 0x08)
+    assert s2.efer & 0x500 == 0 and s2.cr0 & 0x80000001 == 1
+    cpu2 = S.hvm_hw_cpu.from_buffer_copy(by_type(save_vcpu(v2, 0, True, cpuid))[
+        S.HVM_SAVE_CPU])
+    cpu1.tsc = cpu2.tsc = 0
+    assert bytes(cpu2) == bytes(cpu1)
+    for x in (v, v2):
+        x.close()
+    vm.close()
+    vm2.close()
+
+
 def test_malformed_contexts_name_the_record() -> None:
     hdr = hvm_save.header(0, 1000)
     good = hvm_save.pack([hdr])

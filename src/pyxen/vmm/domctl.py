@@ -65,7 +65,13 @@ def _note(ntype: int, desc: bytes) -> bytes:
 
 
 def _vcpu_context(d: Any, i: int) -> bytes:
-    """The vCPU's registers as XEN_DOMCTL_getvcpucontext gives them (x86_64 layout)."""
+    """The vCPU's registers as XEN_DOMCTL_getvcpucontext gives them for an HVM/PVH vCPU
+    (Xen's arch_get_info_guest): always the native x86_64 layout, whatever the guest's
+    mode (the compat layout is for 32-bit PV domains only), so a 32-bit vCPU's registers
+    are zero-extended. The FXSAVE image, debug registers, segment selectors, CR0/2/3/4,
+    FS base and the GS bases (kernel/user by CS's RPL); VGCF_in_kernel is PV-only."""
+    from ..arch.x86.vcpu_save import KVM_GET_DEBUGREGS, MSR_SHADOW_GS, get_msrs, kvm_debugregs
+
     ctx = C.vcpu_guest_context()
     v = d.vcpus[i]
     if not v.online:
@@ -78,10 +84,25 @@ def _vcpu_context(d: Any, i: int) -> bytes:
         setattr(u, name, getattr(r, name))
     for seg in ("cs", "ss", "es", "ds", "fs", "gs"):
         setattr(u, seg, getattr(s, seg).selector)
-    ctx.flags = C.VGCF_I387_VALID | C.VGCF_ONLINE | (C.VGCF_IN_KERNEL
-                                                     if s.cs.dpl == 0 else 0)
+    ctx.flags = C.VGCF_I387_VALID | C.VGCF_ONLINE
     ctx.ctrlreg[0], ctx.ctrlreg[2], ctx.ctrlreg[3], ctx.ctrlreg[4] = s.cr0, s.cr2, s.cr3, s.cr4
-    ctx.fs_base, ctx.gs_base_kernel = s.fs.base, s.gs.base
+    ctx.fs_base = s.fs.base
+    try:  # KVM's own copies (the vCPU is paused: out of KVM_RUN)
+        xs = K.kvm_xsave()
+        ioctl(kv.fd, K.KVM_GET_XSAVE, xs)
+        ctypes.memmove(ctx.fpu_ctxt, ctypes.addressof(xs), 512)
+        dr = kvm_debugregs()
+        ioctl(kv.fd, KVM_GET_DEBUGREGS, dr)
+        for n in range(4):
+            ctx.debugreg[n] = dr.db[n]
+        ctx.debugreg[6], ctx.debugreg[7] = dr.dr6, dr.dr7
+        shadow_gs = get_msrs(kv, [MSR_SHADOW_GS])[MSR_SHADOW_GS]
+    except OSError:
+        shadow_gs = 0
+    if s.cs.selector & 3 == 0:
+        ctx.gs_base_kernel, ctx.gs_base_user = s.gs.base, shadow_gs
+    else:
+        ctx.gs_base_user, ctx.gs_base_kernel = s.gs.base, shadow_gs
     return bytes(ctx)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from typing import Any
 
 FD_TIMEOUT_S = 10.0
@@ -58,6 +59,7 @@ def save(server: Any, req: dict[str, Any], fd: int | None) -> dict[str, Any]:
     d.pause()
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            _test_hold()
             try:
                 stats = save_domain(d, server.machine, out, config,
                                     xl_header=bool(req.get("xl_header", True)))
@@ -74,6 +76,19 @@ def save(server: Any, req: dict[str, Any], fd: int | None) -> dict[str, Any]:
     finally:
         d.unpause()  # the caller paused it before (pause is counted)
     return stats
+
+
+def _test_hold() -> None:
+    """Tests only: PYXEN_TEST_HOLD_SAVE=FILE in the VMM's environment (hostd's) holds
+    every save, the domain paused and the fd taken, once it has created FILE, until the
+    test removes FILE (an hour at most): what else answers while a save is in flight."""
+    path = os.environ.get("PYXEN_TEST_HOLD_SAVE")
+    if not path:
+        return
+    open(path, "a").close()
+    deadline = time.monotonic() + 3600
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class SaveFailed(Exception):
