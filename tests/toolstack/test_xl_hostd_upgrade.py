@@ -153,6 +153,9 @@ def test_kill9_mid_create_leaves_nothing(host: Host, tmp_path: Path, stage: str)
                              "the held creation")
         ddir = held[0].parent
         domid = int(ddir.name)
+        # (at "spawned" the forked VMM may not have named itself yet)
+        host.wait_for(lambda: [p for p, cmd in processes_of(host.root)
+                               if f"pyxen.vmm --domid {domid} " in cmd], "the VMM's name")
         vmm = vmm_pid(host, domid)
         old_tpl = template_pid(host)
         if stage == "described":  # xenstore has the domain, introduced

@@ -153,6 +153,12 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
     """In the forked child: become domain N's VMM; never returns."""
     rc = 70
     try:
+        # first thing: until then this process reads as the template to whoever looks for
+        # a domain's VMM by its command line (a hostd restarted mid-create, tests)
+        domid, config = int(req["domid"]), str(req["config"])
+        sys.argv = [sys.executable, "-m", "pyxen.vmm", "--domid", str(domid), "--config",
+                    config]
+        set_cmdline(sys.argv)
         os.setsid()
         # _signal, not signal: the wrapper's enum conversions would copy enum's pages
         for sig in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
@@ -167,10 +173,6 @@ def _child(listener: socket.socket, conn: socket.socket, req: dict, fds: list[in
         for k, v in (req.get("env") or {}).items():
             os.environ[str(k)] = str(v)  # (update() would run the Mapping ABCs' code)
         os.chdir("/")
-        domid, config = int(req["domid"]), str(req["config"])
-        sys.argv = [sys.executable, "-m", "pyxen.vmm", "--domid", str(domid), "--config",
-                    config]
-        set_cmdline(sys.argv)
         from .main import run
         rc = run(domid, config)  # main() without its argparse (main.run says why)
     except SystemExit as e:
