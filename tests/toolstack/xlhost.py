@@ -39,6 +39,33 @@ needs_xenstored = pytest.mark.skipif(not have_xenstored(),
                                      reason="needs pyxen.xenstore.server")
 
 
+def cgroups_of(root: Path) -> list[Path]:
+    """The cgroups hostd made for this rundir (toolstack/cgroups.py: one base group per
+    hierarchy, a d<N> group per domain in it), v1 and v2 alike."""
+    from pyxen.toolstack.cgroups import base_name
+    name = base_name(root)
+    cg = Path("/sys/fs/cgroup")
+    found = {d.resolve(): d for d in (cg / name, *cg.glob(f"*/{name}")) if d.is_dir()}
+    return sorted(found.values())
+
+
+def remove_cgroups(groups: list[Path], wait: bool) -> None:
+    """Domain groups first, then the base; a task killed just now may still be leaving."""
+    deadline = time.monotonic() + (10 if wait else 0)
+    for base in groups:
+        for d in [*sorted(base.glob("d*/")), base]:
+            while True:
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+
+
 def processes_of(root: Path) -> list[tuple[int, str]]:
     """Processes whose environment names this test host's rundir (hostd, VMMs, xl)."""
     marker = f"PYXEN_RUNDIR={root}".encode()
@@ -153,7 +180,10 @@ class Host:
         for p, _ in left:  # never leave them behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+        groups = cgroups_of(self.root)
+        remove_cgroups(groups, wait=bool(left))
         assert left == [], f"processes left behind: {left}"
+        assert groups == [], f"hostd left its cgroups behind: {groups}"
         assert not (self.root / "pyxend.sock").exists()
         assert not (self.root / "xenstored" / "socket").exists()
         domains = self.root / "domains"
