@@ -47,6 +47,9 @@ void xb_reset_state(void);
 /* xenbus.c: the PV control interface (control/shutdown), as Linux's xenbus does it */
 int pv_control_init(void);             /* features, watch, callback param; 0 or -errno */
 int pv_control_event(const char *token); /* SHUTDOWN_poweroff/reboot to act on, or -1 */
+/* Every queued watch event: a control/shutdown "suspend" calls suspend() (which makes the
+ * suspend hypercall and returns), poweroff/reboot shut down, other tokens go to other(). */
+void pv_serve_events(void (*suspend)(void), void (*other)(const char *token));
 const char *pv_control_name(int reason);
 int pv_sysrq_init(void);                /* watch control/sysrq; 0 or -errno */
 int pv_sysrq_event(const char *token);  /* the sysrq key written (node cleared), or -1 */

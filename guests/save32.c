@@ -148,23 +148,14 @@ static void do_suspend(void)
     }
 }
 
+static void on_event(const char *token)
+{
+    if (!strncmp(token, "req", 4)) answer_request();
+}
+
 static void handle_xenstore(void)
 {
-    char path[128], token[32], value[32];
-    while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
-        if (!strncmp(token, "control", 8)) {
-            if (xb_read("control/shutdown", value, sizeof(value)) < 0) continue;
-            if (!strncmp(value, "suspend", 8)) {
-                xb_write("control/shutdown", "");
-                do_suspend();
-            } else if (!strncmp(value, "poweroff", 9) || !strncmp(value, "reboot", 7)) {
-                xb_write("control/shutdown", "");
-                shutdown(value[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
-            }
-        } else if (!strncmp(token, "req", 4)) {
-            answer_request();
-        }
-    }
+    pv_serve_events(do_suspend, on_event);
 }
 
 void kmain32(uint32_t start_info_paddr)

@@ -192,27 +192,18 @@ static void answer_request(void)
     cprintf("savetest: %s\n", line);
 }
 
+static void on_event(const char *token)
+{
+    if (!strncmp(token, "req", 4)) answer_request();
+}
+
 static void handle_xenstore(void)
 {
-    char path[128], token[32], value[32];
     if (blkfront_events_lost) {  /* blkfront drained our events while it waited */
         blkfront_events_lost = 0;
         answer_request();
     }
-    while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
-        if (!strncmp(token, "control", 8)) {
-            if (xb_read("control/shutdown", value, sizeof(value)) < 0) continue;
-            if (!strncmp(value, "suspend", 8)) {
-                xb_write("control/shutdown", "");
-                do_suspend();
-            } else if (!strncmp(value, "poweroff", 9) || !strncmp(value, "reboot", 7)) {
-                xb_write("control/shutdown", "");
-                shutdown(value[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
-            }
-        } else if (!strncmp(token, "req", 4)) {
-            answer_request();
-        }
-    }
+    pv_serve_events(do_suspend, on_event);
 }
 
 void kmain(uint32_t start_info_paddr)

@@ -344,13 +344,29 @@ int pv_sysrq_event(const char *token)
 const char *pv_control_name(int reason)
 { return reason == SHUTDOWN_reboot ? "reboot" : "poweroff"; }
 
-int pv_control_event(const char *token)
+/* A guest that cannot suspend leaves "suspend" unacknowledged (as a Linux built without
+ * it): the toolstack then gives up on the guest's cooperation, as libxl does. */
+static int control_event(const char *token, int can_suspend)
 {
     char value[32];
     if (strncmp(token, CONTROL_TOKEN, sizeof(CONTROL_TOKEN))) return -1;
     if (xb_read("control/shutdown", value, sizeof(value)) < 0) return -1;
     int reason = !strncmp(value, "poweroff", 9) ? SHUTDOWN_poweroff
-               : !strncmp(value, "reboot", 7) ? SHUTDOWN_reboot : -1;
+               : !strncmp(value, "reboot", 7) ? SHUTDOWN_reboot
+               : can_suspend && !strncmp(value, "suspend", 8) ? SHUTDOWN_suspend : -1;
     if (reason >= 0) xb_write("control/shutdown", "");  /* "" (our own write): ignored */
     return reason;
+}
+
+int pv_control_event(const char *token) { return control_event(token, 0); }
+
+void pv_serve_events(void (*suspend)(void), void (*other)(const char *token))
+{
+    char path[128], token[32];
+    while (xb_next_event(path, sizeof(path), token, sizeof(token))) {
+        int reason = control_event(token, 1);
+        if (reason == SHUTDOWN_suspend) suspend();
+        else if (reason >= 0) shutdown((unsigned int)reason);
+        else other(token);
+    }
 }

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_saverestore import ask, create
 from xlhost import REPO, Host, have_vmm
 
 pytestmark = [pytest.mark.skipif(not have_vmm(), reason="needs /dev/kvm and the test guests"),
@@ -30,25 +31,11 @@ def write_cfg(tmp_path: Path, name: str = "s32") -> Path:
 
 
 def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
-    base = f"/local/domain/{domid}/data"
-    r = host.xenstore("xenstore-write", f"{base}/request", seq)
-    assert r.returncode == 0, r.stderr
-
-    def answered() -> re.Match[str] | None:
-        out = host.xenstore("xenstore-read", f"{base}/report").stdout.strip()
-        m = REPORT.fullmatch(out)
-        return m if m and m.group(1) == seq else None
-
-    m = host.wait_for(answered, f"the guest's report {seq}", timeout=60)
+    m = ask(host, domid, seq, REPORT)
     return {"counter": int(m.group(2)), "sum": m.group(3), "dom": int(m.group(4)),
             "resumed": int(m.group(5)), "cancelled": int(m.group(6)),
             "time": int(m.group(7)), "evtchn": m.group(8), "wc": m.group(9),
             "early": m.group(10)}
-
-
-def create(host: Host, cfg: Path) -> int:
-    host.xl("create", str(cfg), check=True)
-    return int(host.list()[cfg.stem]["id"])
 
 
 def cpu_record(img: Path) -> tuple[object, int]:

@@ -35,18 +35,24 @@ def create(host: Host, cfg: Path) -> int:
     return int(host.list()[cfg.stem]["id"])
 
 
-def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
-    """Ask the guest (data/request) and wait for its answer (data/report)."""
+def ask(host: Host, domid: int, seq: str, pattern: re.Pattern[str]) -> re.Match[str]:
+    """Ask the guest (data/request = seq) and wait for its answer (data/report, matching
+    `pattern`, whose first group echoes seq)."""
     base = f"/local/domain/{domid}/data"
     r = host.xenstore("xenstore-write", f"{base}/request", seq)
     assert r.returncode == 0, r.stderr
 
     def answered() -> re.Match[str] | None:
         out = host.xenstore("xenstore-read", f"{base}/report").stdout.strip()
-        m = REPORT.fullmatch(out)
+        m = pattern.fullmatch(out)
         return m if m and m.group(1) == seq else None
 
-    m = host.wait_for(answered, f"the guest's report {seq}", timeout=60)
+    return host.wait_for(answered, f"the guest's report {seq}", timeout=60)
+
+
+def report(host: Host, domid: int, seq: str) -> dict[str, int | str]:
+    """savetest's report: its counter, memory checksum, domid, resume counts, disk."""
+    m = ask(host, domid, seq, REPORT)
     return {"counter": int(m.group(2)), "sum": m.group(3), "dom": int(m.group(4)),
             "resumed": int(m.group(5)), "cancelled": int(m.group(6)), "time": int(m.group(7)),
             "disk": m.group(8)}
