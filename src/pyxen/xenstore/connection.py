@@ -146,10 +146,25 @@ class Connection:
                             self.pending_replies += 1
                             queued += 1
                             continue
-                elif op == _WRITE and writable and not tx_id:
+                elif op == _WRITE and writable:
                     i = payload.find(b"\0")
                     path = wpaths.get(payload[:i]) if i > 0 else None
-                    if path is not None:
+                    if path is not None and tx_id:
+                        # In a transaction: dom0 only (no transaction quotas to mind);
+                        # what store.write() does to a node that exists, on the overlay.
+                        tx = txs.get(tx_id)
+                        if priv and tx is not None and tx.get(path) is not None:
+                            node = tx.get_for_update(path)
+                            node.value = payload[i + 1:]
+                            tx.put(path, node)
+                            tx.events.append(S.Event(path, node.perms))
+                            msg = _pack_header(_WRITE, req_id, tx_id, 3) + OK
+                            out.append((msg, True))
+                            self.out_bytes += len(msg)
+                            self.pending_replies += 1
+                            queued += 1
+                            continue
+                    elif path is not None:
                         node = nodes.get(path)
                         if node is not None:
                             value = payload[i + 1:]

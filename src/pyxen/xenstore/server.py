@@ -196,6 +196,28 @@ class SocketTransport:
         # The loop journalled this turn's changes before flushing any transport
         # (before_flush): nothing is acknowledged before it is in the journal.
         out = conn.out
+        if len(out) == 1 and not conn.inbuf and self.mask == EVENT_READ:
+            # The usual turn: one message, sent whole, nothing more to read.
+            data, is_reply = out[0]
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                conn.core.drop(conn)
+                return
+            if n == len(data):
+                out.clear()
+                conn.out_bytes -= n
+                if is_reply:
+                    conn.pending_replies -= 1
+                if not conn.can_process():
+                    self.mask = EVENT_WRITE  # never leave a socket unwatched (hang-ups)
+                    self.loop.modify(self.fd, EVENT_WRITE)
+                return
+            if n:
+                conn.out_bytes -= n
+                out[0] = (data[n:], is_reply)
         for _ in range(64):
             if out:
                 if len(out) == 1:
