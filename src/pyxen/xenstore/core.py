@@ -91,7 +91,7 @@ class Core:
         if not dirty:
             return
         if self.persistence is not None:
-            self.persistence.record_nodes(self.store, list(dirty))
+            self.persistence.record_nodes(self.store, dirty)
             if self.persistence.journal_bytes > COMPACT_BYTES:
                 self.snapshot()
         dirty.clear()
