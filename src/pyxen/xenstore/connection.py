@@ -40,6 +40,7 @@ OK = b"OK\0"
 PATH_CACHE = 4096  # READ paths remembered per connection
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
+_TX_START = int(Op.TRANSACTION_START)
 _WATCH_EVENT = int(Op.WATCH_EVENT)
 _ERROR = int(Op.ERROR)
 _unpack_header = HEADER.unpack_from
@@ -180,6 +181,15 @@ class Connection:
                                 self.pending_replies += 1
                                 queued += 1
                                 continue
+                elif op == _TX_START and priv and not tx_id:
+                    # dom0 (no transaction quota): TRANSACTION_START cannot fail.
+                    reply = core.start_transaction(self)
+                    msg = _pack_header(_TX_START, req_id, 0, len(reply)) + reply
+                    out.append((msg, True))
+                    self.out_bytes += len(msg)
+                    self.pending_replies += 1
+                    queued += 1
+                    continue
                 self.request(op, req_id, tx_id, payload)
                 if self.closed:
                     break

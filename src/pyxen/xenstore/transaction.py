@@ -20,6 +20,9 @@ from .store import Event, Node, Store, node_cost
 
 
 class Transaction:
+    __slots__ = ("store", "tx_id", "overlay", "snap", "seen", "events", "doomed",
+                 "_counts", "_mem")
+
     def __init__(self, store: Store, tx_id: int) -> None:
         self.store = store
         self.tx_id = tx_id
