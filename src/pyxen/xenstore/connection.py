@@ -41,6 +41,7 @@ PATH_CACHE = 4096  # READ paths remembered per connection
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 _TX_START = int(Op.TRANSACTION_START)
+_TX_END = int(Op.TRANSACTION_END)
 _WATCH_EVENT = int(Op.WATCH_EVENT)
 _ERROR = int(Op.ERROR)
 _unpack_header = HEADER.unpack_from
@@ -190,6 +191,19 @@ class Connection:
                     self.pending_replies += 1
                     queued += 1
                     continue
+                elif op == _TX_END and priv and tx_id and payload == b"T\0":
+                    # dom0's commit that does not conflict cannot fail (no quotas).
+                    tx = txs.get(tx_id)
+                    if tx is not None and not tx.conflicts():
+                        core.end_transaction(self, tx, True)
+                        if self.closed:
+                            break
+                        msg = _pack_header(_TX_END, req_id, tx_id, 3) + OK
+                        out.append((msg, True))
+                        self.out_bytes += len(msg)
+                        self.pending_replies += 1
+                        queued += 1
+                        continue
                 self.request(op, req_id, tx_id, payload)
                 if self.closed:
                     break
