@@ -105,16 +105,11 @@ class Connection:
         pos = 0
         nbuf = len(buf)
         core = self.core
-        quotas = core.quotas
-        limit = quotas.outstanding
+        limit = core.quotas.outstanding
         paths = self._read_paths
-        wpaths = self._paths
-        store = core.store
-        nodes = store.nodes
+        nodes = core.store.nodes
         caller = self.caller
         priv = caller.privileged
-        writable = not self.read_only
-        txs = self.transactions
         out = self.out
         queued = 0
         try:
@@ -134,11 +129,11 @@ class Connection:
                             node = nodes.get(path)
                         else:
                             node = None
-                            tx = txs.get(tx_id)
+                            tx = self.transactions.get(tx_id)
                             # Unprivileged: only while the access cannot take the
                             # transaction past its nodes quota (dispatch's check).
                             if tx is not None and (
-                                    priv or tx.touched() < quotas.transaction_nodes):
+                                    priv or tx.touched() < core.quotas.transaction_nodes):
                                 node = tx.get(path)
                         if node is not None and (priv or caller.perm_for(node.perms) & READ):
                             value = node.value
@@ -148,13 +143,13 @@ class Connection:
                             self.pending_replies += 1
                             queued += 1
                             continue
-                elif op == _WRITE and writable:
+                elif op == _WRITE and not self.read_only:
                     i = payload.find(b"\0")
-                    path = wpaths.get(payload[:i]) if i > 0 else None
+                    path = self._paths.get(payload[:i]) if i > 0 else None
                     if path is not None and tx_id:
                         # In a transaction: dom0 only (no transaction quotas to mind);
                         # what store.write() does to a node that exists, on the overlay.
-                        tx = txs.get(tx_id)
+                        tx = self.transactions.get(tx_id)
                         if priv and tx is not None and tx.get(path) is not None:
                             node = tx.get_for_update(path)
                             node.value = payload[i + 1:]
@@ -171,7 +166,7 @@ class Connection:
                         if node is not None:
                             value = payload[i + 1:]
                             if priv or self._may_write(node, value):
-                                store.set_value(path, node, value)
+                                core.store.set_value(path, node, value)
                                 if core.watches.by_path:
                                     core.fire_change(path, node.perms)
                                     if self.closed:
@@ -193,7 +188,7 @@ class Connection:
                     continue
                 elif op == _TX_END and priv and tx_id and payload == b"T\0":
                     # dom0's commit that does not conflict cannot fail (no quotas).
-                    tx = txs.get(tx_id)
+                    tx = self.transactions.get(tx_id)
                     if tx is not None and not tx.conflicts():
                         core.end_transaction(self, tx, True)
                         if self.closed:
