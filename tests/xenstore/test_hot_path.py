@@ -58,6 +58,84 @@ def test_path_quota_change_reaches_cached_paths(dom0, host):
         u.write(long, "w")
 
 
+def test_inline_write_checks_permissions_and_quotas_every_time(dom0, small_host):
+    """A WRITE of a node that exists, with a path the connection sent before, is
+    answered inline; it must still refuse what store.write() refuses."""
+    d0 = small_host.client()
+    d0.write("/local/domain/7/w", "0")
+    d0.set_perms("/local/domain/7/w", ["n0", "w7"])
+    u = small_host.domu(7)
+    u.write("w", "1")
+    u.write("w", "2")  # inline from now on
+    assert d0.read("/local/domain/7/w") == b"2"
+    d0.set_perms("/local/domain/7/w", ["n0", "r7"])
+    with pytest.raises(XenstoreError, match="EACCES"):
+        u.write("w", "3")
+    d0.set_perms("/local/domain/7/w", ["n0", "b7"])
+    with pytest.raises(XenstoreError, match="EQUOTA"):
+        u.write("w", "x" * 300)  # over node-size 256
+    u.write("w", "4")
+    assert d0.read("/local/domain/7/w") == b"4"
+
+
+def test_inline_write_is_refused_on_the_read_only_socket(dom0, host):
+    dom0.write("/hp/ro", "v")
+    ro = host.client(host.server.ro_socket_path)
+    assert ro.read("/hp/ro") == b"v"  # the raw path is now cached on this connection
+    with pytest.raises(XenstoreError, match="EROFS"):
+        ro.write("/hp/ro", "w")
+    assert dom0.read("/hp/ro") == b"v"
+
+
+def test_inline_write_fires_watches_in_order_with_relative_paths(dom0, host):
+    import queue
+
+    dom0.write("/local/domain/8/dev/x", "0")
+    dom0.set_perms("/local/domain/8", ["n8"])
+    dom0.set_perms("/local/domain/8/dev", ["n8"])
+    dom0.set_perms("/local/domain/8/dev/x", ["n8"])
+    u = host.domu(8)
+    q: queue.Queue = queue.Queue()
+    u.watch("dev", "rel", q)
+    u.watch("/local/domain/8/dev/x", "abs", q)
+    assert {q.get(timeout=5) for _ in range(2)} == {
+        ("dev", "rel"), ("/local/domain/8/dev/x", "abs")}
+    for v in ("1", "2"):  # the second is inline
+        u.write("dev/x", v)
+        assert [q.get(timeout=5), q.get(timeout=5)] == [
+            ("/local/domain/8/dev/x", "abs"), ("dev/x", "rel")]
+    dom0.set_perms("/local/domain/8/dev/x", ["n0"])  # u may no longer read it
+    dom0.write("/local/domain/8/dev/x", "3")
+    dom0.write("/local/domain/8/dev/x", "4")
+    assert u.read("dev") is not None  # a round trip: no event was queued before it
+    assert q.empty()
+
+
+def test_inline_write_in_a_transaction_is_private_until_commit(dom0, host):
+    import queue
+
+    dom0.write("/hp/tw", "0")
+    w = host.client()
+    q: queue.Queue = queue.Queue()
+    w.watch("/hp/tw", "t", q)
+    assert q.get(timeout=5) == ("/hp/tw", "t")
+    tx = dom0.transaction_start()
+    dom0.write("/hp/tw", "1", tx)
+    dom0.write("/hp/tw", "2", tx)  # inline
+    assert dom0.read("/hp/tw", tx) == b"2"
+    assert dom0.read("/hp/tw") == b"0"
+    assert w.read("/hp/tw") == b"0" and q.empty()
+    assert dom0.transaction_end(tx)
+    assert dom0.read("/hp/tw") == b"2"
+    assert q.get(timeout=5) == ("/hp/tw", "t")  # fired at commit
+    # a conflicting change still makes the commit fail
+    tx = dom0.transaction_start()
+    dom0.write("/hp/tw", "3", tx)
+    w.write("/hp/tw", "other")
+    assert not dom0.transaction_end(tx)
+    assert dom0.read("/hp/tw") == b"other"
+
+
 def test_pipelined_requests_each_get_their_reply(dom0, host):
     """Many requests in one send: answered in order, writes journalled first."""
     import socket

@@ -39,6 +39,11 @@ log = logging.getLogger("pyxen.xenstore")
 OK = b"OK\0"
 PATH_CACHE = 4096  # READ paths remembered per connection
 _READ = int(Op.READ)
+_WRITE = int(Op.WRITE)
+_TX_START = int(Op.TRANSACTION_START)
+_TX_END = int(Op.TRANSACTION_END)
+_WATCH_EVENT = int(Op.WATCH_EVENT)
+_ERROR = int(Op.ERROR)
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 
@@ -91,16 +96,18 @@ class Connection:
     def process(self) -> None:
         """Answer every complete request in inbuf (up to the outstanding quota).
 
-        The hot path: a plain READ of a node whose path this connection has sent
-        before is answered inline (no dispatch, no re-validation of the path);
-        everything else, and every error, goes through dispatch(). Replies are queued
-        and leave in one send per loop turn (after the journal is written)."""
+        The hot path: a READ, and a WRITE of a node that exists, whose path this
+        connection has sent before is answered inline (no dispatch, no re-validation
+        of the path), in or out of a transaction; anything else, and anything that
+        would fail, goes through dispatch(), which makes every check again. Replies
+        are queued and leave in one send per loop turn (after the journal is written)."""
         buf = self.inbuf
         pos = 0
         nbuf = len(buf)
-        limit = self.core.quotas.outstanding
+        core = self.core
+        limit = core.quotas.outstanding
         paths = self._read_paths
-        nodes = self.core.store.nodes
+        nodes = core.store.nodes
         caller = self.caller
         priv = caller.privileged
         out = self.out
@@ -115,18 +122,83 @@ class Connection:
                     break
                 payload = bytes(buf[pos + HEADER_SIZE:end])
                 pos = end
-                if op == _READ and not tx_id:
+                if op == _READ:
                     path = paths.get(payload)
                     if path is not None:
-                        node = nodes.get(path)
+                        if not tx_id:
+                            node = nodes.get(path)
+                        else:
+                            node = None
+                            tx = self.transactions.get(tx_id)
+                            # Unprivileged: only while the access cannot take the
+                            # transaction past its nodes quota (dispatch's check).
+                            if tx is not None and (
+                                    priv or tx.touched() < core.quotas.transaction_nodes):
+                                node = tx.get(path)
                         if node is not None and (priv or caller.perm_for(node.perms) & READ):
                             value = node.value
-                            msg = _pack_header(_READ, req_id, 0, len(value)) + value
+                            msg = _pack_header(_READ, req_id, tx_id, len(value)) + value
                             out.append((msg, True))
                             self.out_bytes += len(msg)
                             self.pending_replies += 1
                             queued += 1
                             continue
+                elif op == _WRITE and not self.read_only:
+                    i = payload.find(b"\0")
+                    path = self._paths.get(payload[:i]) if i > 0 else None
+                    if path is not None and tx_id:
+                        # In a transaction: dom0 only (no transaction quotas to mind);
+                        # what store.write() does to a node that exists, on the overlay.
+                        tx = self.transactions.get(tx_id)
+                        if priv and tx is not None and tx.get(path) is not None:
+                            node = tx.get_for_update(path)
+                            node.value = payload[i + 1:]
+                            tx.put(path, node)
+                            tx.events.append(S.Event(path, node.perms))
+                            msg = _pack_header(_WRITE, req_id, tx_id, 3) + OK
+                            out.append((msg, True))
+                            self.out_bytes += len(msg)
+                            self.pending_replies += 1
+                            queued += 1
+                            continue
+                    elif path is not None:
+                        node = nodes.get(path)
+                        if node is not None:
+                            value = payload[i + 1:]
+                            if priv or self._may_write(node, value):
+                                core.store.set_value(path, node, value)
+                                if core.watches.by_path:
+                                    core.fire_change(path, node.perms)
+                                    if self.closed:
+                                        break
+                                msg = _pack_header(_WRITE, req_id, 0, 3) + OK
+                                out.append((msg, True))
+                                self.out_bytes += len(msg)
+                                self.pending_replies += 1
+                                queued += 1
+                                continue
+                elif op == _TX_START and priv and not tx_id:
+                    # dom0 (no transaction quota): TRANSACTION_START cannot fail.
+                    reply = core.start_transaction(self)
+                    msg = _pack_header(_TX_START, req_id, 0, len(reply)) + reply
+                    out.append((msg, True))
+                    self.out_bytes += len(msg)
+                    self.pending_replies += 1
+                    queued += 1
+                    continue
+                elif op == _TX_END and priv and tx_id and payload == b"T\0":
+                    # dom0's commit that does not conflict cannot fail (no quotas).
+                    tx = self.transactions.get(tx_id)
+                    if tx is not None and not tx.conflicts():
+                        core.end_transaction(self, tx, True)
+                        if self.closed:
+                            break
+                        msg = _pack_header(_TX_END, req_id, tx_id, 3) + OK
+                        out.append((msg, True))
+                        self.out_bytes += len(msg)
+                        self.pending_replies += 1
+                        queued += 1
+                        continue
                 self.request(op, req_id, tx_id, payload)
                 if self.closed:
                     break
@@ -134,19 +206,31 @@ class Connection:
             if pos:
                 del buf[:pos]
         if queued:
-            self.core.stats["requests"] += queued
+            core.stats["requests"] += queued
             self._check_output()
+
+    def _may_write(self, node: S.Node, value: bytes) -> bool:
+        """Would store.write() let this unprivileged caller set node's value? (If not,
+        the slow path runs it, to fail with the right error.)"""
+        caller = self.caller
+        if caller.perm_for(node.perms) & S.WRITE != S.WRITE:
+            return False
+        q = self.core.quotas
+        grow = len(value) - len(node.value)
+        if self.core.store.memory(caller.domid) + grow > q.memory:
+            return False
+        return node.entry_size() + grow <= q.node_size
 
     def request(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
         self.core.stats["requests"] += 1
         try:
             rop, reply = self.dispatch(op, tx_id, payload)
         except XenstoreError as e:
-            self.send(Op.ERROR, req_id, tx_id, error_payload(e.name), reply=True)
+            self.send(_ERROR, req_id, tx_id, error_payload(e.name), reply=True)
             return
         except Exception:  # a bug must cost one request, never the daemon
             log.exception("%s: internal error on op %d", self.name, op)
-            self.send(Op.ERROR, req_id, tx_id, error_payload("EIO"), reply=True)
+            self.send(_ERROR, req_id, tx_id, error_payload("EIO"), reply=True)
             return
         self.send(rop, req_id, tx_id, reply, reply=True)
         after = self._after_reply
@@ -176,7 +260,13 @@ class Connection:
         self.wake_output()
 
     def watch_event(self, path: str, token: bytes) -> None:
-        self.send(Op.WATCH_EVENT, 0, 0, path.encode() + b"\0" + token + b"\0", reply=False)
+        if self.closed:
+            return
+        payload = path.encode() + b"\0" + token + b"\0"
+        msg = _pack_header(_WATCH_EVENT, 0, 0, len(payload)) + payload
+        self.out.append((msg, False))
+        self.out_bytes += len(msg)
+        self._check_output()
 
     def sent(self, n_messages_fully_written: list[bool]) -> None:
         """Bookkeeping after the transport wrote whole messages (flags: was_reply)."""

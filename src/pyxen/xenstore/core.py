@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import path as P
 from . import store as S
-from .perms import DOM0, DOM0_DEFAULT, Caller, Perms, format_perms, ignore_domain, load_perms
+from .perms import DOM0, DOM0_DEFAULT, READ, Caller, Perms, format_perms, ignore_domain, load_perms
 from .persist import COMPACT_BYTES, Persistence
 from .quota import Quotas
 from .store import Event, Store
@@ -91,7 +91,7 @@ class Core:
         if not dirty:
             return
         if self.persistence is not None:
-            self.persistence.record_nodes(self.store, list(dirty))
+            self.persistence.record_nodes(self.store, dirty)
             if self.persistence.journal_bytes > COMPACT_BYTES:
                 self.snapshot()
         dirty.clear()
@@ -125,8 +125,29 @@ class Core:
         if not self.watches.by_path:
             return
         for ev in events:
+            if ev.removed is None and ev.path[0] == "/":
+                self.fire_change(ev.path, ev.perms)
+                continue
             for w, p in self.watches.matches(ev):
                 w.conn.watch_event(w.event_path(p), w.token)
+
+    def fire_change(self, path: str, perms: Perms) -> None:
+        """fire() of one change to a node that is not a removal: the watches on the
+        node and on each ancestor, nearest first (WatchTable.matches' order), without
+        building the event or walking a generator (the path of every watched WRITE)."""
+        by_path = self.watches.by_path
+        p = path
+        while True:
+            ws = by_path.get(p)
+            if ws is not None:
+                for w in ws:
+                    conn = w.conn
+                    if conn.caller.perm_for(perms) & READ:
+                        conn.watch_event(w.event_path(path) if w.relative else path, w.token)
+            if p == "/":
+                return
+            i = p.rfind("/")
+            p = "/" if i <= 0 else p[:i]
 
     def add_watch(self, conn: Connection, raw_path: bytes, token: bytes) -> bytes:
         path = conn._path(raw_path, special=True)

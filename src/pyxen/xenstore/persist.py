@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class Persistence:
         self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.journal_bytes = os.fstat(self._fd).st_size
 
-    def record_nodes(self, store: Store, paths: list[str]) -> None:
+    def record_nodes(self, store: Store, paths: Iterable[str]) -> None:
         """One line for all the given paths: {"n": [[path, value|null, perms|null]]}.
 
         Built by hand (the hot path of every write): paths are validated xenstore

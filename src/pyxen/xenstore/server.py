@@ -33,6 +33,7 @@ from .ring import RingTransport
 log = logging.getLogger("pyxen.xenstore")
 
 RECV_SIZE = 65536
+MAX_EVENTS = 256  # per epoll_wait (CPython allocates room for maxevents on every call)
 EVENT_READ = select.EPOLLIN
 EVENT_WRITE = select.EPOLLOUT
 
@@ -51,6 +52,7 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.register(self._wake_r, EVENT_READ, self._drain_calls)
         self.dirty: set[Any] = set()
+        self.rbuf = memoryview(bytearray(RECV_SIZE))  # what every socket reads into
         self.before_flush: Callable[[], None] = lambda: None  # e.g. write the journal
         self.thread: threading.Thread | None = None
         self.running = False
@@ -123,7 +125,7 @@ class Loop:
         handlers = self.handlers
         dirty = self.dirty
         while self.running:
-            for fd, mask in poll(1.0):
+            for fd, mask in poll(1.0, MAX_EVENTS):
                 cb = handlers.get(fd)
                 if cb is None:
                     continue
@@ -169,17 +171,18 @@ class SocketTransport:
         """Read what is there and answer it; the replies leave in the loop's flush."""
         conn = self.conn
         if mask & EVENT_READ:
+            rbuf = self.loop.rbuf
             try:
-                data = self.sock.recv(RECV_SIZE)
+                n = self.sock.recv_into(rbuf)
             except (BlockingIOError, InterruptedError):
-                data = None
+                n = -1
             except OSError:
-                data = b""
-            if data == b"":
+                n = 0
+            if n == 0:
                 conn.core.drop(conn)
                 return
-            if data:
-                conn.inbuf += data
+            if n > 0:
+                conn.inbuf += rbuf[:n]
                 try:
                     conn.process()
                 except ProtocolViolation as e:
@@ -196,6 +199,28 @@ class SocketTransport:
         # The loop journalled this turn's changes before flushing any transport
         # (before_flush): nothing is acknowledged before it is in the journal.
         out = conn.out
+        if len(out) == 1 and not conn.inbuf and self.mask == EVENT_READ:
+            # The usual turn: one message, sent whole, nothing more to read.
+            data, is_reply = out[0]
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                conn.core.drop(conn)
+                return
+            if n == len(data):
+                out.clear()
+                conn.out_bytes -= n
+                if is_reply:
+                    conn.pending_replies -= 1
+                if not conn.can_process():
+                    self.mask = EVENT_WRITE  # never leave a socket unwatched (hang-ups)
+                    self.loop.modify(self.fd, EVENT_WRITE)
+                return
+            if n:
+                conn.out_bytes -= n
+                out[0] = (data[n:], is_reply)
         for _ in range(64):
             if out:
                 if len(out) == 1:

@@ -103,6 +103,24 @@ class Store:
         self.nodes[path] = node
         self.dirty[path] = None
 
+    def set_value(self, path: str, node: Node, value: bytes) -> None:
+        """put() of the committed `node` at `path` with only its value changed: the
+        same generation, accounting and journal marks, without a copy (a WRITE)."""
+        old_owner, old_cost = node.acct
+        owner = node.perms[0][0]
+        cost = NODE_OVERHEAD + len(path) + len(value) + 8 * len(node.perms)
+        node.value = value
+        self.generation += 1
+        node.gen = self.generation
+        mem = self.mem
+        if owner == old_owner:
+            mem[owner] = mem.get(owner, 0) + cost - old_cost
+        else:
+            self._charge(node.acct, -1)
+            self._charge((owner, cost), 1)
+        node.acct = (owner, cost)
+        self.dirty[path] = None
+
     def delete(self, path: str) -> None:
         old = self.nodes.pop(path, None)
         if old is not None:

@@ -20,6 +20,9 @@ from .store import Event, Node, Store, node_cost
 
 
 class Transaction:
+    __slots__ = ("store", "tx_id", "overlay", "snap", "seen", "events", "doomed",
+                 "_counts", "_mem")
+
     def __init__(self, store: Store, tx_id: int) -> None:
         self.store = store
         self.tx_id = tx_id
@@ -59,11 +62,12 @@ class Transaction:
             node = self.overlay[path]
             assert node is not None
             return node
-        base = self.get(path)
-        assert base is not None
-        copy = base.copy()
-        self.overlay[path] = copy
-        return copy
+        # What get() returns here is already this transaction's own copy (taken at
+        # first access, in snap); once in the overlay, get() never looks at snap again.
+        node = self.get(path)
+        assert node is not None
+        self.overlay[path] = node
+        return node
 
     def put(self, path: str, node: Node) -> None:
         prev = self.get(path)
