@@ -81,7 +81,7 @@ def test_control_quota_changes_limits_at_run_time(small_host):
 
 
 def test_memory_quota(tmp_path):
-    from conftest import Host
+    from xshost import Host
 
     h = Host(tmp_path / "xs", Quotas(memory=8192))
     try:

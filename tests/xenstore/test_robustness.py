@@ -69,7 +69,7 @@ def test_client_that_never_reads_replies(host, dom0):
 
 
 def test_watch_flood_to_a_non_reader_drops_it(tmp_path):
-    from conftest import Host
+    from xshost import Host
 
     from pyxen.xenstore import Quotas
 
