@@ -318,11 +318,14 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
         say(f"migration sender: domain suspended: {phases}")
 
     try:
+        # xl renames its copy once the target is ready; here the rename is done while
+        # the target finishes its restore (off the guest's downtime), the messages are
+        # xl's. A failure from here on renames it back (hostd's migrate_resume).
+        hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
         read_fixed(recv_fd, MIGRATE_RECEIVER_READY, "ready message", rune)
         if debug:
             say(f"migration sender: target ready at {time.time():.6f}")
         say("migration sender: Target has acknowledged transfer.")
-        hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
     except (HandshakeError, OpFailed) as e:
         say(str(e))
         close_transport()
