@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,8 @@ class Builder:
         msg = await fut
         if msg.get("event") != "restored":
             raise OpError(str(msg.get("message") or "the VMM could not restore the image"))
+        dom.restored_times = {"image_end_at": msg.get("end_at"),  # type: ignore[attr-defined]
+                              "vmm_restored_at": msg.get("at"), "hostd_at": time.time()}
         if self.xs is not None:
             # The introduction (xenstored maps the ring from the VMM: two process hops,
             # 2-8 ms here) goes on beside the rest, for a live migration the reply and

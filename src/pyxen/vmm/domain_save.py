@@ -353,6 +353,7 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     tsc_khz = 0
     tsc_nsec: int | None = None
     n = 0
+    end_at = 0.0
     for rec in r.records():
         if isinstance(rec, PageData):
             done = load_runs(d, rec.runs(), f"PAGE_DATA record {n}")
@@ -366,6 +367,7 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         elif isinstance(rec, HvmParams):
             params = rec.params
         elif isinstance(rec, End):
+            end_at = time.time()
             break
     if context is None:
         raise RestoreError("the image has no HVM_CONTEXT record")
@@ -383,7 +385,8 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     # `received` goes back to the caller, to be dropped after the restored event: freeing
     # a 512 MiB domain's 131k pfn objects takes ~2 ms, guest downtime in a migration.
     return {"pages": len(received), "released": released,
-            "seconds": round(time.monotonic() - t0, 6), "received": received}
+            "seconds": round(time.monotonic() - t0, 6), "received": received,
+            "end_at": end_at}
 
 
 def resume(machine: Any, cancelled: bool) -> None:

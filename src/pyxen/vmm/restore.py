@@ -47,7 +47,8 @@ def restore_in_background(domain: Any, machine: Any, fd: int) -> threading.Threa
         except BuildError as e:
             domain.emit({"event": "restore_failed", "message": str(e)})
             return
-        domain.emit({"event": "restored"})
+        # time.time() of the image's END record and of this event (xl migrate-receive -d)
+        domain.emit({"event": "restored", "end_at": stats["end_at"], "at": time.time()})
         # The event goes out on the server's thread, which needs the GIL: this thread
         # steps aside first (else up to the 5 ms switch interval here, downtime in a
         # migration), then logs and drops the received pfn set (~2 ms: restore_stream).
