@@ -335,6 +335,7 @@ def migrate_send_op(d: Domain, machine: Any, req: dict[str, Any]) -> dict[str, A
         raise ValueError("migrate_send needs a 'config' object")
     policy = PrecopyPolicy(int(req.get("max_iters", 5)), int(req.get("target_dirty", 50)))
     pv = bool(req.get("pv_suspend"))
+    log_off_now(d)  # a previous send's log (its slots' flags) is off before this one's
     d.migration_pv = pv
     d.migration_abort = threading.Event()
 
