@@ -90,6 +90,32 @@ def baseline(src: BenchHost, domid: int, nbytes: int) -> float:
     return elapsed
 
 
+STEPS = (  # (label, pattern) in xl migrate --debug's and migrate-receive -d's lines
+    ("source: stream done", r"stream done at ([\d.]+)"),
+    ("source xl has hostd's reply", r"hostd replied at ([\d.]+)"),
+    ("source renamed", r"renamed at ([\d.]+)"),
+    ("target VMM read END", r"image end at ([\d.]+)"),
+    ("target VMM restored", r"VMM restored at ([\d.]+)"),
+    ("target hostd has it", r"hostd at ([\d.]+)"),
+    ("target hostd replies", r"hostd at [\d.]+, replied at ([\d.]+)"),
+    ("target xl: ready sent", r"target: restored at ([\d.]+)"),
+    ("source xl: ready read", r"target ready at ([\d.]+)"),
+    ("target xl: go read", r"permission at ([\d.]+)"),
+    ("target hostd: go", r"go at ([\d.]+)"),
+    ("target hostd: unpaused", r"unpaused at ([\d.]+)"),
+)
+
+
+def breakdown(stderr: str, paused: float) -> str:
+    """Each step's time.time() after the pause, in ms, from both ends' debug lines."""
+    parts = []
+    for label, pattern in STEPS:
+        m = re.search(pattern, stderr)
+        if m:
+            parts.append(f"  +{(float(m.group(1)) - paused) * 1000:6.1f} ms  {label}")
+    return "after the pause (time.time() on both ends):\n" + "\n".join(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=16.0, help="MiB/s the guest dirties")
@@ -145,6 +171,7 @@ def main() -> int:
               f"of which last pages + state + end: {(done - paused) * 1000:.1f} ms, "
               f"restore end + handshake + unpause: {(unpaused - done) * 1000:.1f} ms)")
         print(f"stopped phase on the source: {phases.group(1) if phases else '?'}")
+        print(breakdown(r.stderr, paused))
         print(f"total:    {total:.2f} s (xl migrate, banner to 'Migration successful.')")
         print(f"baseline: {base:.2f} s to copy {args.memory} MiB source VMM -> receiver "
               f"({nbytes / base / 2**20:.0f} MiB/s); again from the target's VMM after: "

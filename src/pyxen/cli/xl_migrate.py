@@ -9,8 +9,9 @@ adds a direct TCP mode: `xl migrate-receive --listen [ADDR:]PORT` on the target,
 
 The protocol on the transport (xl's): the receiver's banner line; the save image (xl's
 header, libxl stream, libxc stream); "domain received, ready to unpause" from the target;
-the source renames its copy NAME--migratedaway and sends "domain is yours, you are cleared
-to unpause"; the target renames its NAME--incoming copy to NAME, unpauses it and answers
+the source renames its copy NAME--migratedaway (xl on that message; pyxen while it waits
+for it, off the guest's downtime) and sends "domain is yours, you are cleared to
+unpause"; the target renames its NAME--incoming copy to NAME, unpauses it and answers
 "my copy unpause results are as follows" and a status octet (0: running). Only then is the
 source destroyed. Messages are NUL-terminated (xl writes sizeof), the banner is not.
 """
@@ -308,6 +309,7 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
         say("Migration failed, resuming at sender.")
         _resume(hostd, domid)
         sys.exit(1)
+    replied = time.time()
     progress.stop()
     if debug:
         say(f"migration sender: {len(stats['iterations'])} live iteration(s) "
@@ -316,13 +318,19 @@ def migrate(ssh: str, config_file: str | None, no_daemon: bool, pause: bool, deb
             f"stream done at {stats['stream_done']:.6f}")
         phases = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in stats["stop_phases"].items())
         say(f"migration sender: domain suspended: {phases}")
+        say(f"migration sender: hostd replied at {replied:.6f}")
 
     try:
+        # xl renames its copy once the target is ready; here the rename is done while
+        # the target finishes its restore (off the guest's downtime), the messages are
+        # xl's. A failure from here on renames it back (hostd's migrate_resume).
+        hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
+        renamed = time.time()
         read_fixed(recv_fd, MIGRATE_RECEIVER_READY, "ready message", rune)
         if debug:
-            say(f"migration sender: target ready at {time.time():.6f}")
+            say(f"migration sender: renamed at {renamed:.6f}, target ready at "
+                f"{time.time():.6f}")
         say("migration sender: Target has acknowledged transfer.")
-        hostd.call("domain_rename", domain=domid, name=f"{name}--migratedaway")
     except (HandshakeError, OpFailed) as e:
         say(str(e))
         close_transport()
@@ -425,7 +433,10 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         say("migration target: Domain creation failed (code -3).")
         sys.exit(1)
     domid, common = r["domid"], r["common_name"]
-    if debug:
+    if debug:  # bench/migrate.py's breakdown of the target's part of the downtime
+        say(f"migration target: image end at {r.get('image_end_at') or 0:.6f}, VMM restored "
+            f"at {r.get('vmm_restored_at') or 0:.6f}, hostd at {r.get('hostd_at') or 0:.6f}, "
+            f"replied at {r.get('replied_at') or 0:.6f}")
         say(f"migration target: restored at {time.time():.6f}")
     say("migration target: Transfer complete, requesting permission to start domain.")
     rc = 0
@@ -445,7 +456,8 @@ def migrate_receive(debug: bool, no_daemon: bool, pause: bool, listen: str | Non
         started = hostd.call("migrate_go", domain=domid, name=common, unpause=not pause)
         say("migration target: Domain started successsfully.")
         if debug:
-            say(f"migration target: unpaused at {started['unpaused_at']:.6f}")
+            say(f"migration target: go at {started.get('go_at') or 0:.6f}, "
+                f"unpaused at {started['unpaused_at']:.6f}")
     except OpFailed as e:
         say(str(e))
         rc = 3

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,15 @@ class Builder:
             else:
                 await self._place_and_describe(dom)
             _still_wanted(dom)
+            if dom.config.disks or dom.config.vifs:
+                await introduced(dom)
             await self._test_hold(dom, "described")
             await self._attach_disks(dom)
             from .netops import attach_vifs
             await attach_vifs(self, dom)
             _still_wanted(dom)
             if not paused:
+                await introduced(dom)
                 await self._vmm(dom, "unpause")
             dom.state = "paused" if paused else "running"
             (dom.dir / CREATING).unlink(missing_ok=True)  # done: a new hostd adopts it from here on
@@ -233,8 +237,15 @@ class Builder:
         msg = await fut
         if msg.get("event") != "restored":
             raise OpError(str(msg.get("message") or "the VMM could not restore the image"))
+        dom.restored_times = {"image_end_at": msg.get("end_at"),  # type: ignore[attr-defined]
+                              "vmm_restored_at": msg.get("at"), "hostd_at": time.time()}
         if self.xs is not None:
-            self._introduce(dom)
+            # The introduction (xenstored maps the ring from the VMM: two process hops,
+            # 2-8 ms here) goes on beside the rest, for a live migration the reply and
+            # xl's handshake; the domain stays paused until it is done: an unpause, a
+            # device attach and a teardown wait for it (introduced()).
+            dom.introducing = asyncio.get_running_loop().run_in_executor(  # type: ignore[attr-defined]
+                None, self._introduce, dom)
 
     def _write_xenstore(self, dom: Domain) -> None:
         if self.xs is None:
@@ -277,6 +288,15 @@ class Builder:
             if domid not in self.domains and not (self.root / "domains" / str(domid)).exists():
                 return domid
         raise OpError("no free domain id")
+
+
+async def introduced(dom: Domain) -> None:
+    """Wait for a restored domain's xenstore introduction (Builder._restored) if it is
+    still going on: before the domain runs or goes away."""
+    fut = getattr(dom, "introducing", None)
+    if fut is not None and not fut.done():
+        with contextlib.suppress(Exception):
+            await asyncio.shield(fut)
 
 
 def _still_wanted(dom: Domain) -> None:

@@ -42,6 +42,9 @@ class Lifecycle:
         if dom.state in ("shutdown", "crashed", "dying"):
             raise OpError(f"domain {dom.domid} ({dom.config.name}) has shut down: "
                           f"{'pause' if pause else 'unpause'} does not apply")
+        if not pause:
+            from .builder import introduced
+            await introduced(dom)
         await self._vmm(dom, "pause" if pause else "unpause")
         dom.state = "paused" if pause else "running"
 
@@ -159,6 +162,8 @@ class Lifecycle:
     async def _teardown(self, dom: Domain) -> None:
         """Stop the VMM, then remove xenstore entries, release, remove the domain dir."""
         dom.destroying = True
+        from .builder import introduced
+        await introduced(dom)  # a restored domain's introduction finishes first
         if dom.ctl is not None:
             with contextlib.suppress(Exception):
                 await dom.ctl.request("destroy", timeout=DESTROY_TIMEOUT_S)

@@ -9,9 +9,9 @@ go from the source VMM straight into the stream (vmm/precopy.py).
 | `migrate_resume` | `domain` | the source copy runs again (failed migration) |
 | `migrate_probe` | `domain`, `stream`, `bytes` | `seconds`: the VMM wrote that much guest memory to the stream, nothing else (bench/migrate.py's baseline) |
 | `domain_rename` | `domain`, `name` | libxl_domain_rename: xenstore's name nodes and config.json |
-| `migrate_receive` | `stream` | `domid`, `name` (NAME--incoming), `common_name` (NAME); paused |
+| `migrate_receive` | `stream` | `domid`, `name` (NAME--incoming), `common_name` (NAME), the `time.time()`s `image_end_at` (the VMM read END), `vmm_restored_at`, `hostd_at` (hostd had the VMM's event), `replied_at`; paused; its xenstore introduction may still be going on (`migrate_go` waits for it) |
 | `migrate_abort` | `domain` | the target's copy is destroyed and its console log removed: a failed migration leaves nothing |
-| `migrate_go` | `domain`, `name`, `unpause` | the target's copy renamed NAME and unpaused (one round trip while the guest is down); `unpaused_at` (time.time()) |
+| `migrate_go` | `domain`, `name`, `unpause` | the target's copy renamed NAME and unpaused (one round trip while the guest is down); `go_at` (hostd had the request), `unpaused_at` (time.time()) |
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ async def migrate_op(hostd: Hostd, op: str, req: dict[str, Any]) -> dict[str, An
             if other is not dom and other.config.name == name:
                 raise OpError(f'Domain with name "{name}" already exists.')
         unpaused_at = None
+        go_at = time.time()
         if req.get("unpause", True):
             await hostd.pause(dom, False)
             unpaused_at = time.time()
         incoming = dom.config.name
         rename(hostd, dom, name)
         _rename_console_log(hostd, incoming, name)
-        return {"unpaused_at": unpaused_at or time.time()}
+        return {"unpaused_at": unpaused_at or time.time(), "go_at": go_at}
     if op == "migrate_abort":
         name = dom.config.name
         dom.destroy_requested = True
@@ -266,7 +267,8 @@ async def migrate_receive(hostd: Hostd, req: dict[str, Any]) -> dict[str, Any]:
     finally:
         os.close(fd)
     hostd.xen_log(f"Domain {dom.domid} ({cfg.name}) received by migration")
-    return {"domid": dom.domid, "name": dom.config.name, "common_name": common}
+    return {"domid": dom.domid, "name": dom.config.name, "common_name": common,
+            **getattr(dom, "restored_times", {}), "replied_at": time.time()}
 
 
 def _remove_console_log(hostd: Hostd, name: str) -> None:

@@ -265,13 +265,13 @@ def load_runs(d: Any, runs: Iterable[tuple[int, memoryview]], where: str) -> lis
     return done
 
 
-def release_unsent(d: Any, received: set[int]) -> int:
+def release_unsent(d: Any, unsent: Iterable[int]) -> int:
     """RAM the new domain was built with but the image did not carry (ballooned out on the
     source) is given back, so the domain holds what it held."""
     p2m = d.memory.p2m
     n = 0
-    for pfn in saved_pfns(d):
-        if pfn not in received and p2m.is_populated(pfn):
+    for pfn in sorted(unsent):
+        if p2m.is_populated(pfn):
             p2m.release(pfn)
             n += 1
     return n
@@ -345,13 +345,20 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     r = SaveReader(inp, xl_header=xl_header)
     r.begin()
     received: set[int] = set()
+    # What the built domain owns, less each PAGE_DATA record as it comes: the end of the
+    # image has only the remainder to release (one pass over a 512 MiB domain's 131k pfns
+    # at the end took ~40 ms, all of it guest downtime in a live migration).
+    unsent = set(saved_pfns(d))
     context = params = None
     tsc_khz = 0
     tsc_nsec: int | None = None
     n = 0
+    end_at = 0.0
     for rec in r.records():
         if isinstance(rec, PageData):
-            received.update(load_runs(d, rec.runs(), f"PAGE_DATA record {n}"))
+            done = load_runs(d, rec.runs(), f"PAGE_DATA record {n}")
+            received.update(done)
+            unsent.difference_update(done)
             n += 1
         elif isinstance(rec, TscInfo):
             tsc_khz, tsc_nsec = rec.khz, rec.nsec
@@ -360,13 +367,14 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
         elif isinstance(rec, HvmParams):
             params = rec.params
         elif isinstance(rec, End):
+            end_at = time.time()
             break
     if context is None:
         raise RestoreError("the image has no HVM_CONTEXT record")
     if tsc_khz and abs(tsc_khz - machine.tsc_khz) > machine.tsc_khz // 1000:
         d.log(f"d{d.domid}: restore: the image's TSC runs at {tsc_khz} kHz, this host's at "
               f"{machine.tsc_khz} kHz (no TSC scaling: the guest sees this host's rate)")
-    released = release_unsent(d, received)
+    released = release_unsent(d, unsent)
     if tsc_nsec is not None:
         # Xen system time goes on from the saved point, as the TSC does: the guest sees
         # no time pass while it was saved (its clocks stay monotonic).
@@ -374,8 +382,11 @@ def restore_stream(d: Any, machine: Any, inp: BinaryIO, *, xl_header: bool = Fal
     load_context(machine, context)
     if params:
         load_params(d, params)
+    # `received` goes back to the caller, to be dropped after the restored event: freeing
+    # a 512 MiB domain's 131k pfn objects takes ~2 ms, guest downtime in a migration.
     return {"pages": len(received), "released": released,
-            "seconds": round(time.monotonic() - t0, 6)}
+            "seconds": round(time.monotonic() - t0, 6), "received": received,
+            "end_at": end_at}
 
 
 def resume(machine: Any, cancelled: bool) -> None:
