@@ -76,16 +76,20 @@ void kmain32(uint32_t start_info_paddr)
     long rc2 = event_channel_op(EVTCHNOP_expand_array, &ea);
     volatile struct evtchn_fifo_control_block *cb = (void *)control_page;
     printk("evtchn32: fifo init %ld link_bits %u expand %ld\n", rc, ic.link_bits, rc2);
-    /* port 33, pending under 2-level, is linked on queue 7 once its word exists (behind
-     * whatever else was pending, e.g. the console port pyxen's backend notified) */
-    evtchn_port_t last = 0;
-    int n = 0;
+    /* port 33, pending under 2-level, is linked on queue 7 once its word exists, in port
+     * order behind whatever else was pending then (e.g. the console port pyxen's backend
+     * notified); a notification arriving after init is linked behind it: so 33's LINK
+     * field is not printed, only whether 33 is on the queue with ascending ports before */
+    evtchn_port_t prev = 0;
+    int n = 0, found = 0, ordered = 1;
     for (evtchn_port_t at = cb->head[EVTCHN_FIFO_PRIORITY_DEFAULT]; at && n < 64; n++) {
-        last = at;
+        if (at == p) { found = 1; break; }
+        ordered &= at > prev;
+        prev = at;
         at = event_array[at] & EVTCHN_FIFO_LINK_MASK;
     }
-    printk("evtchn32: fifo carried over: word %x, queue 7 ends with %u, ready %x\n",
-           event_array[p], last, cb->ready);
+    printk("evtchn32: fifo carried over: word %x, on queue 7 %d (in port order %d), "
+           "ready %x\n", event_array[p] & ~EVTCHN_FIFO_LINK_MASK, found, ordered, cb->ready);
 
     evtchn_port_t q = bind_ipis_up_to(p + 1);
     struct evtchn_set_priority sp = { .port = q, .priority = 2 };
