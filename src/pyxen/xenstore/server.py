@@ -192,6 +192,17 @@ class SocketTransport:
         if mask & ~EVENT_READ:
             self.loop.dirty.add(self)  # writable again (or hung up): flush/retry
 
+    def _send(self, data: bytes) -> int | None:
+        """Bytes the socket took (0: it would block); None: the peer is gone and the
+        connection has been dropped."""
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.conn.core.drop(self.conn)
+            return None
+
     def flush(self) -> None:
         conn = self.conn
         if conn.closed:
@@ -202,12 +213,8 @@ class SocketTransport:
         if len(out) == 1 and not conn.inbuf and self.mask == EVENT_READ:
             # The usual turn: one message, sent whole, nothing more to read.
             data, is_reply = out[0]
-            try:
-                n = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                conn.core.drop(conn)
+            n = self._send(data)
+            if n is None:
                 return
             if n == len(data):
                 out.clear()
@@ -227,12 +234,8 @@ class SocketTransport:
                     data = out[0][0]
                 else:
                     data = b"".join([m for m, _ in out])
-                try:
-                    n = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    conn.core.drop(conn)
+                n = self._send(data)
+                if n is None:
                     return
                 conn.out_bytes -= n
                 if n == len(data):
