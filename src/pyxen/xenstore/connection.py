@@ -110,7 +110,6 @@ class Connection:
         nodes = core.store.nodes
         caller = self.caller
         priv = caller.privileged
-        out = self.out
         queued = 0
         try:
             while nbuf - pos >= HEADER_SIZE and self.pending_replies < limit:
@@ -137,10 +136,7 @@ class Connection:
                                 node = tx.get(path)
                         if node is not None and (priv or caller.perm_for(node.perms) & READ):
                             value = node.value
-                            msg = _pack_header(_READ, req_id, tx_id, len(value)) + value
-                            out.append((msg, True))
-                            self.out_bytes += len(msg)
-                            self.pending_replies += 1
+                            self._queue(_READ, req_id, tx_id, value, True)
                             queued += 1
                             continue
                 elif op == _WRITE and not self.read_only:
@@ -155,10 +151,7 @@ class Connection:
                             node.value = payload[i + 1:]
                             tx.put(path, node)
                             tx.events.append(S.Event(path, node.perms))
-                            msg = _pack_header(_WRITE, req_id, tx_id, 3) + OK
-                            out.append((msg, True))
-                            self.out_bytes += len(msg)
-                            self.pending_replies += 1
+                            self._queue(_WRITE, req_id, tx_id, OK, True)
                             queued += 1
                             continue
                     elif path is not None:
@@ -171,19 +164,13 @@ class Connection:
                                     core.fire_change(path, node.perms)
                                     if self.closed:
                                         break
-                                msg = _pack_header(_WRITE, req_id, 0, 3) + OK
-                                out.append((msg, True))
-                                self.out_bytes += len(msg)
-                                self.pending_replies += 1
+                                self._queue(_WRITE, req_id, 0, OK, True)
                                 queued += 1
                                 continue
                 elif op == _TX_START and priv and not tx_id:
                     # dom0 (no transaction quota): TRANSACTION_START cannot fail.
                     reply = core.start_transaction(self)
-                    msg = _pack_header(_TX_START, req_id, 0, len(reply)) + reply
-                    out.append((msg, True))
-                    self.out_bytes += len(msg)
-                    self.pending_replies += 1
+                    self._queue(_TX_START, req_id, 0, reply, True)
                     queued += 1
                     continue
                 elif op == _TX_END and priv and tx_id and payload == b"T\0":
@@ -193,10 +180,7 @@ class Connection:
                         core.end_transaction(self, tx, True)
                         if self.closed:
                             break
-                        msg = _pack_header(_TX_END, req_id, tx_id, 3) + OK
-                        out.append((msg, True))
-                        self.out_bytes += len(msg)
-                        self.pending_replies += 1
+                        self._queue(_TX_END, req_id, tx_id, OK, True)
                         queued += 1
                         continue
                 self.request(op, req_id, tx_id, payload)
@@ -242,12 +226,16 @@ class Connection:
     def send(self, op: int, req_id: int, tx_id: int, payload: bytes, *, reply: bool) -> None:
         if self.closed:
             return
+        self._queue(op, req_id, tx_id, payload, reply)
+        self._check_output()
+
+    def _queue(self, op: int, req_id: int, tx_id: int, payload: bytes, reply: bool) -> None:
+        """A message for the next flush; process() checks the output cap once per turn."""
         msg = _pack_header(op, req_id, tx_id, len(payload)) + payload
         self.out.append((msg, reply))
         self.out_bytes += len(msg)
         if reply:
             self.pending_replies += 1
-        self._check_output()
 
     def _check_output(self) -> None:
         cap = (self.core.quotas.privileged_output if self.caller.privileged
@@ -260,13 +248,7 @@ class Connection:
         self.wake_output()
 
     def watch_event(self, path: str, token: bytes) -> None:
-        if self.closed:
-            return
-        payload = path.encode() + b"\0" + token + b"\0"
-        msg = _pack_header(_WATCH_EVENT, 0, 0, len(payload)) + payload
-        self.out.append((msg, False))
-        self.out_bytes += len(msg)
-        self._check_output()
+        self.send(_WATCH_EVENT, 0, 0, path.encode() + b"\0" + token + b"\0", reply=False)
 
     def sent(self, n_messages_fully_written: list[bool]) -> None:
         """Bookkeeping after the transport wrote whole messages (flags: was_reply)."""
