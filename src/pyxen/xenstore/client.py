@@ -118,27 +118,7 @@ class XenstoreClient:
 
     def call(self, op: int, payload: bytes, tx: int = 0) -> bytes:
         """Send one request; return the reply payload or raise XenstoreError."""
-        if len(payload) > XENSTORE_PAYLOAD_MAX:
-            raise XenstoreError("E2BIG")
-        req_id = next(self._req) & 0xFFFFFFFF
-        msg = HEADER.pack(op, req_id, tx, len(payload)) + payload
-        if self._reader is None:
-            with self._lock:
-                if self._reader is None:
-                    self.sock.sendall(msg)
-                    while True:
-                        rop, rid, _tx, reply = self._recv_msg()
-                        if rop == Op.WATCH_EVENT:
-                            self._deliver_event(reply)
-                        elif rid == req_id:
-                            return self._check(rop, reply)
-        p = _Pending()
-        self._pending[req_id] = p
-        with self._lock:
-            self.sock.sendall(msg)
-        if not p.event.wait(60) or p.reply is None:
-            raise ConnectionError("no reply from xenstored")
-        return self._check(*p.reply)
+        return self.call_many([(op, payload)], tx)[0]
 
     def call_many(self, requests: list[tuple[int, bytes]], tx: int = 0) -> list[bytes]:
         """Send the requests back to back and then take their replies: one round trip
