@@ -61,6 +61,10 @@ class SchedState:
         if self.cg is None:
             hostd.xen_log("no usable cgroups: weights, caps and cpupools are not enforced")
 
+    def pool_of(self, cfg: Any) -> Pool:
+        """The cpupool xl.cfg's pool= names (Pool-0 without one); PoolError if none."""
+        return self.pools.find(cfg.pool if cfg.pool is not None else 0)
+
     def ndomains(self, pool: Pool) -> int:
         return sum(1 for d in self.doms.values() if d.poolid == pool.poolid) + \
             (1 if pool.poolid == 0 else 0)  # Domain-0 is in Pool-0
@@ -133,7 +137,7 @@ def domain_spawned(hostd: Any, dom: Any) -> None:
         return
     cfg = dom.config
     try:
-        pool = st.pools.find(cfg.pool if cfg.pool is not None else 0)
+        pool = st.pool_of(cfg)
     except PoolError:
         return  # domain_built reports it
     if not pool.cpus:
@@ -156,7 +160,7 @@ async def domain_built(hostd: Any, dom: Any) -> None:
             placed = placing[1]
         st.placing.pop(dom.domid, None)
     try:
-        pool = st.pools.find(cfg.pool if cfg.pool is not None else 0)
+        pool = st.pool_of(cfg)
         if not pool.cpus:
             raise PoolError(f"cpupool {pool.name} has no CPUs: no domain can run in it")
         hard = _affinities(cfg.cpus, cfg.maxvcpus, st.topo)
